@@ -56,7 +56,8 @@ macro_rules! behavior_suite {
             invalid_names_are_refused,
             too_large_is_refused,
             async_closure_updates,
-            set_overwrites
+            set_overwrites,
+            non_finite_floats_are_refused
         );
     };
     (@cases $target:expr; $($case:ident),* $(,)?) => {

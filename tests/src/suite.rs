@@ -584,3 +584,23 @@ pub async fn set_overwrites(t: &Target) {
         .unwrap();
     assert_eq!(n, 51);
 }
+
+/// A NaN or infinite float is an `Encode` error (JSON has no such number) and nothing is written.
+pub async fn non_finite_floats_are_refused(t: &Target) {
+    let st = t.storage();
+    st.set("float", &1.5f64).await.unwrap();
+    let r = st.scoped("float", |v: &mut f64| *v = f64::NAN).await;
+    assert!(matches!(r, Err(Error::Encode { .. })), "{r:?}");
+    let r = st
+        .scoped("floats", |v: &mut Vec<Option<f64>>| {
+            v.push(Some(f64::INFINITY))
+        })
+        .await;
+    assert!(matches!(r, Err(Error::Encode { .. })), "{r:?}");
+    assert!(matches!(
+        st.set("float", &f64::NEG_INFINITY).await,
+        Err(Error::Encode { .. })
+    ));
+    assert_eq!(st.get::<f64>("float").await.unwrap(), Some(1.5));
+    assert_eq!(st.get::<Vec<Option<f64>>>("floats").await.unwrap(), None);
+}
