@@ -5,7 +5,8 @@
 //! Needs `MP_TEST_MYSQL_URL` (for example `mysql://root@127.0.0.1:3306/test`: a user that may
 //! create tables and databases, read the global status and KILL its own connections); unset,
 //! every case is skipped with a printed reason, or fails under `MP_TEST_REQUIRE_SERVERS=1`.
-//! Each case below works in a table (or database) of its own and drops it at the end.
+//! Each case below works in a table (or database) of its own and drops it at the end, panic
+//! or not.
 
 mp_storage_tests::behavior_suite!(mp_storage_tests::targets::mysql());
 
@@ -61,7 +62,7 @@ async fn admin(url: &str) -> mysql_async::Conn {
         .expect("an admin connection")
 }
 
-/// A table of the case's own, dropped by [`Table::done`].
+/// A table of the case's own, dropped with the value (a panicking case included).
 struct Table {
     base: String,
     name: String,
@@ -90,17 +91,16 @@ impl Table {
             .await
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.url))
     }
+}
 
-    async fn done(self) {
-        let mut conn = admin(&self.base).await;
-        conn.query_drop(format!("DROP TABLE IF EXISTS `{}`", self.name))
-            .await
-            .expect("drop the test table");
+impl Drop for Table {
+    fn drop(&mut self) {
+        run_on_server(&self.base, format!("DROP TABLE IF EXISTS `{}`", self.name));
     }
 }
 
 /// A database of the case's own, so that its connections can be told apart from everyone
-/// else's in the process list. Dropped by [`Database::done`].
+/// else's in the process list. Dropped with the value.
 struct Database {
     base: String,
     name: String,
@@ -143,12 +143,42 @@ impl Database {
         }
         killed
     }
+}
 
-    async fn done(self) {
-        let mut conn = admin(&self.base).await;
-        conn.query_drop(format!("DROP DATABASE IF EXISTS `{}`", self.name))
-            .await
-            .expect("drop the test database");
+impl Drop for Database {
+    fn drop(&mut self) {
+        run_on_server(
+            &self.base,
+            format!("DROP DATABASE IF EXISTS `{}`", self.name),
+        );
+    }
+}
+
+/// Runs one statement on a connection of its own, from a thread of its own: for cleanups in
+/// `Drop`, which also run when a case panics. Failures are printed, never raised.
+fn run_on_server(url: &str, statement: String) {
+    let base = url.split('?').next().unwrap_or(url).to_owned();
+    let done = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let opts = mysql_async::Opts::from_url(&base).map_err(|e| e.to_string())?;
+            let mut conn = mysql_async::Conn::new(opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.query_drop(&statement)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.disconnect().await.map_err(|e| e.to_string())
+        })
+    })
+    .join();
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("cleanup failed: {e}"),
+        Err(_) => eprintln!("cleanup panicked"),
     }
 }
 
@@ -236,7 +266,6 @@ async fn names_with_sql_characters_are_exact() {
     assert_eq!(st.list("a_").await.unwrap(), vec!["a_b".to_owned()]);
     assert_eq!(st.list("%").await.unwrap(), vec!["%", "%%"]);
     assert_eq!(st.list("zz").await.unwrap(), Vec::<String>::new());
-    table.done().await;
 }
 
 /// Keys up to 2,048 bytes (key prefix plus name) round trip and list; a longer raw key is
@@ -281,7 +310,6 @@ async fn longest_keys_round_trip() {
         driver.put(&too_long, write(b"1", 1)).await,
         Err(Error::InvalidName { .. })
     ));
-    table.done().await;
 }
 
 /// The driver keeps data and tokens byte for byte, counts versions, and answers conflicts with
@@ -366,7 +394,6 @@ async fn records_are_exact_and_cas_is_checked() {
     assert!(!d.delete("p").await.unwrap());
     assert_eq!(d.load("p").await.unwrap(), None);
     assert_eq!(d.list("").await.unwrap(), vec!["k".to_owned()]);
-    table.done().await;
 }
 
 /// A record as large as the driver allows is stored and read back whole.
@@ -388,7 +415,6 @@ async fn largest_record_round_trips() {
     );
     let r = d.load("big").await.unwrap().unwrap();
     assert!(r.data == data, "the big record came back changed");
-    table.done().await;
 }
 
 /// A table that exists with other columns is refused at open, not on the first write; a bad
@@ -474,7 +500,6 @@ async fn warm_update_is_one_statement() {
         st.get::<Counter>("warm").await.unwrap().unwrap().count,
         3 + rounds * N
     );
-    table.done().await;
 }
 
 /// 4 processes × 8 tasks × 250 increments of one scope: exact, and every count distinct.
@@ -496,7 +521,6 @@ async fn processes_increment_exactly() {
     )
     .await;
     assert_eq!(total, 8_000);
-    table.done().await;
 }
 
 /// A statement in flight on a connection that is killed fails with a connection error; the
@@ -579,8 +603,6 @@ async fn killed_connections_in_flight_give_typed_errors() {
         st.get::<Counter>("locked").await.unwrap().unwrap().count,
         10
     );
-    drop((st, driver, locker, killer));
-    db.done().await;
 }
 
 /// Connections killed again and again under load: every failed call has a typed, retryable
@@ -650,8 +672,6 @@ async fn repeated_kills_under_load_recover() {
         (done..=done + failed).contains(&stored),
         "stored {stored}, done {done}, unknown {failed}"
     );
-    drop((st, killer));
-    db.done().await;
 }
 
 /// A server that is down (or a host that does not answer) fails with a connection error
