@@ -212,7 +212,10 @@ mod mysql_tx {
     impl MysqlTx {
         pub async fn connect(url: &str) -> Result<Self, BenchError> {
             let base = url.split('?').next().unwrap_or(url);
-            let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(base)?);
+            // The library keeps pooled connections as they are; so does the baseline.
+            let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(base)?)
+                .pool_opts(mysql_async::PoolOpts::default().with_reset_connection(false));
+            let pool = mysql_async::Pool::new(opts);
             let mut conn = pool.get_conn().await?;
             conn.query_drop(format!(
                 "CREATE TABLE IF NOT EXISTS {TABLE} (k VARBINARY(255) PRIMARY KEY, v BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"
