@@ -14,6 +14,7 @@ use crate::cache::Cache;
 use crate::codec;
 use crate::driver::{push_token, CasOutcome, Driver, Record, Write};
 use crate::error::shorten;
+use crate::queue::Queues;
 use crate::stats::{Counters, Stats};
 use crate::{BackendKind, Error, RetryPolicy, Scope};
 
@@ -70,6 +71,7 @@ struct Inner {
     key_prefix: String,
     max_data_len: usize,
     cache: Cache,
+    queues: Queues,
     counters: Counters,
 }
 
@@ -177,6 +179,7 @@ impl StorageBuilder {
                 policy: self.policy,
                 key_prefix: self.key_prefix,
                 cache: Cache::new(self.cache_capacity),
+                queues: Queues::new(),
                 counters: Counters::default(),
             }),
         })
@@ -518,6 +521,14 @@ impl Storage {
         async move {
             let inner = &self.inner;
             let started = Instant::now();
+            // Take this process's turn on the scope. Bounded, so that a closure that waits on
+            // another update of its own scope stalls until the deadline instead of forever.
+            let turn = inner.queues.turn(&key);
+            let wait = inner
+                .policy
+                .deadline_limit()
+                .unwrap_or(Duration::from_secs(30));
+            let _turn = tokio::time::timeout(wait, turn.lock_owned()).await.ok();
             let mut start = Start::Unknown;
             let mut attempts: u32 = 0;
             let mut retries: u32 = 0;
