@@ -271,6 +271,22 @@ mod mysql_tx {
                 }
             }
         }
+        async fn prepare(&self, scopes: &[String]) -> Result<(), BenchError> {
+            // Rows exist before the updates: SELECT … FOR UPDATE on a missing row takes a gap
+            // lock, and concurrent first inserts then deadlock or wait for the lock timeout.
+            let mut conn = self.pool.get_conn().await?;
+            for chunk in scopes.chunks(500) {
+                let marks = vec!["(?, 0)"; chunk.len()].join(", ");
+                let params: Vec<mysql_async::Value> =
+                    chunk.iter().map(|s| s.as_bytes().into()).collect();
+                conn.exec_drop(
+                    format!("INSERT IGNORE INTO {TABLE} (k, v) VALUES {marks}"),
+                    params,
+                )
+                .await?;
+            }
+            Ok(())
+        }
         async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
             let mut conn = self.pool.get_conn().await?;
             let v: Option<u64> = conn

@@ -521,14 +521,10 @@ impl Storage {
         async move {
             let inner = &self.inner;
             let started = Instant::now();
-            // Take this process's turn on the scope. Bounded, so that a closure that waits on
-            // another update of its own scope stalls until the deadline instead of forever.
-            let turn = inner.queues.turn(&key);
-            let wait = inner
-                .policy
-                .deadline_limit()
-                .unwrap_or(Duration::from_secs(30));
-            let _turn = tokio::time::timeout(wait, turn.lock_owned()).await.ok();
+            // This process's turn on the scope, taken by the first attempt that has something
+            // to write (reads never wait for it).
+            let mut _turn: Option<tokio::sync::OwnedMutexGuard<()>> = None;
+            let mut asked_turn = false;
             let mut start = Start::Unknown;
             let mut attempts: u32 = 0;
             let mut retries: u32 = 0;
@@ -566,6 +562,28 @@ impl Storage {
                     Counters::bump(&inner.counters.noops);
                     tracing::trace!(attempt = attempts, "no change, nothing written");
                     return Ok(out);
+                }
+
+                if !asked_turn {
+                    asked_turn = true;
+                    // Updates of one scope from this process take turns instead of racing
+                    // each other's CAS. Bounded, so that a closure that waits on another update
+                    // of its own scope stalls until the deadline instead of forever.
+                    let queue = inner.queues.turn(&key);
+                    let wait = inner
+                        .policy
+                        .deadline_limit()
+                        .unwrap_or(Duration::from_secs(30))
+                        .saturating_sub(started.elapsed());
+                    _turn = tokio::time::timeout(wait, queue.lock_owned()).await.ok();
+                    // A turn taken after others committed: rerun on what they wrote, at no cost
+                    // of a round trip.
+                    if let Some(cached) = inner.cache.get(&key) {
+                        if Some(cached.version) != version {
+                            tracing::trace!(attempt = attempts, "rerun after waiting for the turn");
+                            continue;
+                        }
+                    }
                 }
 
                 let schema = codec::schema_for::<T>(current.as_deref());
