@@ -128,6 +128,11 @@ pub(crate) async fn open_driver(url: &str) -> Result<Arc<dyn Driver>, Error> {
             Ok(Arc::new(crate::driver::memory::MemoryDriver::new()))
         }
         "file" => Err(not_compiled(url, "file")),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(
+            crate::driver::redis::open_parsed(url, &parsed).await?,
+        )),
+        #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => Err(not_compiled(url, "redis")),
         "mysql" => Err(not_compiled(url, "mysql")),
         other => Err(Error::UnknownScheme {

@@ -17,6 +17,8 @@ use async_trait::async_trait;
 use crate::Error;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// How many commit tokens a record remembers (see [`Record::tokens`]).
 pub const RECENT_TOKENS: usize = 16;
