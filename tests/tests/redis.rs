@@ -1,6 +1,7 @@
 //! The Redis driver against a live server: `MP_TEST_REDIS_URL=redis://127.0.0.1:6379/`.
 //!
-//! Unset, every test here skips with a note; with `MP_TEST_REQUIRE_SERVERS=1` it fails instead.
+//! The behavior suite, then what is particular to Redis. Unset, every test here skips with a
+//! note; with `MP_TEST_REQUIRE_SERVERS=1` it fails instead.
 //! Every test works under a key prefix of its own, so tests run in parallel on one server.
 //! Commands are counted by a small TCP proxy that sits between the driver and the server, so the
 //! counts do not depend on what else the server is doing.
@@ -15,20 +16,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-const URL_VAR: &str = "MP_TEST_REDIS_URL";
+mp_storage_tests::behavior_suite!(mp_storage_tests::targets::redis());
 
-/// The server's URL, or `None` (skip) when unset.
+/// The server's URL, or `None` (skip, or fail when servers are required) when unset.
 fn server_url() -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var("MP_TEST_REQUIRE_SERVERS").is_ok_and(|v| v == "1" || v == "true") => {
-            panic!("{URL_VAR} is not set, but MP_TEST_REQUIRE_SERVERS=1 requires the redis tests")
-        }
-        _ => {
-            eprintln!("SKIPPED: redis driver tests: {URL_VAR} is not set");
-            None
-        }
-    }
+    mp_storage_tests::targets::server_url("MP_TEST_REDIS_URL", "redis")
 }
 
 /// A key prefix no other test or run uses.
@@ -706,6 +698,22 @@ async fn concurrent_handles_count_exactly() {
     assert_eq!(all, (1..=3200).collect::<Vec<u64>>());
     assert_eq!(handles[0].get::<u64>("n").await.unwrap(), Some(3200));
     handles[0].remove("n").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_count_exactly() {
+    let Some(url) = server_url() else { return };
+    let prefix = mp_storage_tests::unique_prefix("redis-procs");
+    let worker = env!("CARGO_BIN_EXE_mp-worker");
+    let total =
+        mp_storage_tests::multi_process_increments(worker, &url, &prefix, "hot", 4, 8, 500).await;
+    assert_eq!(total, 4 * 8 * 500);
+    let st = Storage::builder()
+        .key_prefix(&prefix)
+        .open(&url)
+        .await
+        .unwrap();
+    assert!(st.remove("hot").await.unwrap());
 }
 
 // ---------------------------------------------------------------------------------------------
