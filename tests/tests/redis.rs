@@ -900,6 +900,53 @@ async fn cut_connections_never_lose_or_double_an_update() {
 }
 
 #[tokio::test]
+async fn refused_access_is_permission_denied() {
+    let Some(url) = server_url() else { return };
+    let mut raw = Raw::connect(&url).await;
+    // A user of this test's own that may touch only keys under `allowed:`.
+    let user = format!("mptest{:016x}", rand::random::<u64>());
+    let rule = b"~allowed:*".as_slice();
+    let created = raw
+        .cmd(&[
+            b"ACL",
+            b"SETUSER",
+            user.as_bytes(),
+            b"on",
+            b">pw",
+            rule,
+            b"+@all",
+        ])
+        .await;
+    assert_eq!(created, Resp::Simple("OK".into()));
+    let hp = host_port(&url);
+    let db = url.rsplit_once('/').map_or("", |(_, db)| db);
+
+    let denied = format!("redis://{user}:pw@{hp}/{db}");
+    let st = open_storage(&denied, "mp:").await;
+    for r in [
+        st.get::<u64>("n").await.map(|_| ()),
+        st.set("n", &1u64).await,
+        st.scoped("n", |n: &mut u64| *n += 1).await,
+    ] {
+        match r {
+            Err(e) => assert_eq!(e.backend_kind(), Some(BackendKind::PermissionDenied), "{e}"),
+            Ok(()) => panic!("a denied key was used"),
+        }
+    }
+    // Under the allowed prefix the same user works.
+    let st = open_storage(&denied, &format!("allowed:{user}:")).await;
+    st.scoped("n", |n: &mut u64| *n += 1).await.unwrap();
+    assert!(st.remove("n").await.unwrap());
+
+    let wrong = format!("redis://{user}:nope@{hp}/{db}");
+    match Storage::open(&wrong).await {
+        Err(e) => assert_eq!(e.backend_kind(), Some(BackendKind::PermissionDenied), "{e}"),
+        Ok(_) => panic!("a wrong password was taken"),
+    }
+    raw.cmd(&[b"ACL", b"DELUSER", user.as_bytes()]).await;
+}
+
+#[tokio::test]
 async fn bad_urls_are_invalid_url_errors() {
     for url in [
         "redis://127.0.0.1:6379/?nope=1",
