@@ -574,7 +574,8 @@ async fn corrupt_records_are_named_and_left_untouched() {
             Err(e) if is_corrupt(&e) => {}
             other => panic!("set {name}: {other:?}"),
         }
-        match d.cas(name, Some(5), write(b"2", 2, 1)).await {
+        // (An update names a version the engine read and checked: a stale one here.)
+        match d.cas(name, Some(4), write(b"2", 2, 1)).await {
             Err(e) if is_corrupt(&e) => {}
             other => panic!("cas {name}: {other:?}"),
         }
