@@ -36,8 +36,14 @@
 //!   every field and appends the token; on a conflict it returns the current record in the same
 //!   reply, so a warm uncontended update costs one command and a conflict no extra one. When the
 //!   server lost the script (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`), it is loaded again.
+//!   Inside the server the script makes two calls (`HMGET`, `HSET`), which `INFO commandstats`
+//!   counts under their own names (so does `total_commands_processed`): count `evalsha` for what
+//!   the client sends.
 //! - put: one `EVALSHA` (the version rises by one; the record's tokens are kept).
 //! - delete: `DEL`. list: `SCAN … MATCH <escaped prefix>* COUNT 1000`, never `KEYS`.
+//! - A load or a list whose connection turns out to be dropped (an idle connection the server
+//!   closed, a restart) is sent once more on the new connection; writes are not: the engine
+//!   settles a write whose reply was lost from the commit tokens.
 //!
 //! Every script touches only `KEYS[1]`, so scopes can shard across a Redis Cluster.
 //!
