@@ -36,13 +36,23 @@ pub(crate) fn decode<T: Scope>(name: &str, record: Option<&Record>) -> Result<T,
     })
 }
 
-/// Encodes `value` as compact JSON.
+/// Encodes `value` as compact JSON. A NaN or infinite float is an error, not a silent `null`.
 pub(crate) fn encode<T: Scope>(name: &str, value: &T) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(value).map_err(|e| Error::Encode {
+    let fail = |reason: String| Error::Encode {
         scope: shorten(name),
         type_name: std::any::type_name::<T>(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let data = serde_json::to_vec(value).map_err(|e| fail(e.to_string()))?;
+    // serde_json writes a non-finite float as `null`: only then is the walk worth it.
+    if contains(&data, b"null") {
+        crate::finite::check(value).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(data)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// The schema version to write `T` with, on top of `current`.
@@ -131,6 +141,16 @@ mod tests {
         let e = decode::<V2>("the-scope", Some(&rec(2, "{not json"))).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("the-scope") && msg.contains("V2"), "{msg}");
+    }
+
+    #[test]
+    fn non_finite_floats_are_refused() {
+        assert!(matches!(encode("x", &f64::NAN), Err(Error::Encode { .. })));
+        assert!(matches!(
+            encode("x", &vec![Some(1.0), None, Some(f64::INFINITY)]),
+            Err(Error::Encode { .. })
+        ));
+        assert_eq!(encode("x", &vec![Some(1.0), None]).unwrap(), b"[1.0,null]");
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod cache;
 mod codec;
 pub mod driver;
 mod error;
+mod finite;
 mod retry;
 mod scope;
 mod stats;

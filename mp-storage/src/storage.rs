@@ -3,7 +3,9 @@
 use std::fmt;
 use std::future::{ready, Future};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 use tracing::Instrument;

@@ -20,6 +20,23 @@ use crate::Error;
 pub mod file;
 pub mod memory;
 
+/// Opens the driver a storage URL names (see [`Storage::open`](crate::Storage::open)), for
+/// wrapping it (caching, fault injection, metrics) before handing it to
+/// [`Storage::with_driver`](crate::Storage::with_driver) or
+/// [`StorageBuilder::build`](crate::StorageBuilder::build).
+///
+/// ```
+/// # async fn demo() -> Result<(), mp_storage::Error> {
+/// let driver = mp_storage::driver::open("memory://").await?;
+/// assert_eq!(driver.name(), "memory");
+/// let st = mp_storage::Storage::with_driver(driver)?;
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+/// ```
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Driver>, Error> {
+    crate::url::open_driver(url).await
+}
+
 /// How many commit tokens a record remembers (see [`Record::tokens`]).
 pub const RECENT_TOKENS: usize = 16;
 

@@ -1,0 +1,182 @@
+//! Drivers that wrap another one to count calls or inject faults, for the engine tests.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mp_storage::{BackendKind, CasOutcome, Driver, Error, Record, Write};
+
+/// Counts the calls that reach the wrapped driver.
+#[derive(Default)]
+pub struct Calls {
+    /// `load` calls.
+    pub loads: AtomicU64,
+    /// `cas` calls.
+    pub cas: AtomicU64,
+    /// `put` calls.
+    pub puts: AtomicU64,
+}
+
+impl Calls {
+    /// (loads, cas, puts) so far.
+    pub fn get(&self) -> (u64, u64, u64) {
+        (
+            self.loads.load(Ordering::SeqCst),
+            self.cas.load(Ordering::SeqCst),
+            self.puts.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// What [`Faulty`] does to the next `cas` calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Pass every call through.
+    None,
+    /// Before each of the next N `cas` calls, another writer adds 100 to the stored counter, so
+    /// the call genuinely conflicts.
+    Interfere(u32),
+    /// The next N `cas` calls take effect, but their reply is lost (a connection error).
+    LoseReplyAfterCommit(u32),
+    /// The next N `cas` calls fail with a connection error before reaching the backend.
+    FailBeforeSend(u32),
+    /// The next `cas` call takes effect, then N other writes add 100 each, then its reply is
+    /// lost.
+    LoseReplyThenOthersWrite(u32),
+}
+
+/// A driver that counts calls and injects [`Fault`]s into `cas`.
+pub struct Faulty {
+    inner: Arc<dyn Driver>,
+    /// The calls seen.
+    pub calls: Calls,
+    fault: std::sync::Mutex<Fault>,
+    left: AtomicU32,
+}
+
+impl Faulty {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Driver>) -> Arc<Self> {
+        Arc::new(Faulty {
+            inner,
+            calls: Calls::default(),
+            fault: std::sync::Mutex::new(Fault::None),
+            left: AtomicU32::new(0),
+        })
+    }
+
+    /// Sets the fault for the next `cas` calls.
+    pub fn set_fault(&self, fault: Fault) {
+        let n = match fault {
+            Fault::None => 0,
+            Fault::Interfere(n) | Fault::LoseReplyAfterCommit(n) | Fault::FailBeforeSend(n) => n,
+            Fault::LoseReplyThenOthersWrite(_) => 1,
+        };
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+        self.left.store(n, Ordering::SeqCst);
+    }
+
+    fn take_fault(&self) -> Fault {
+        let fault = *self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if taken {
+            fault
+        } else {
+            Fault::None
+        }
+    }
+}
+
+impl Faulty {
+    /// Another writer adds 100 to the stored counter.
+    async fn add_100(&self, key: &str, like: Write<'_>) -> Result<(), Error> {
+        let current = self.inner.load(key).await?;
+        let mut value: serde_json::Value = current
+            .as_ref()
+            .and_then(|r| serde_json::from_slice(&r.data).ok())
+            .unwrap_or_else(|| serde_json::json!({"count": 0}));
+        let n = value["count"].as_u64().unwrap_or(0) + 100;
+        value["count"] = n.into();
+        let data = serde_json::to_vec(&value)
+            .map_err(|e| Error::backend("faulty", BackendKind::Other, e))?;
+        let other = Write {
+            schema: like.schema,
+            data: &data,
+            token: rand::random(),
+            initial_version: like.initial_version,
+        };
+        self.inner.put(key, other).await?;
+        Ok(())
+    }
+}
+
+fn lost() -> Error {
+    Error::backend(
+        "faulty",
+        BackendKind::Connection,
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset (injected)",
+        ),
+    )
+}
+
+#[async_trait]
+impl Driver for Faulty {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn max_data_len(&self) -> usize {
+        self.inner.max_data_len()
+    }
+
+    async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
+        self.calls.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(key).await
+    }
+
+    async fn cas(
+        &self,
+        key: &str,
+        expected: Option<u64>,
+        write: Write<'_>,
+    ) -> Result<CasOutcome, Error> {
+        self.calls.cas.fetch_add(1, Ordering::SeqCst);
+        match self.take_fault() {
+            Fault::None => self.inner.cas(key, expected, write).await,
+            Fault::Interfere(_) => {
+                self.add_100(key, write).await?;
+                self.inner.cas(key, expected, write).await
+            }
+            Fault::LoseReplyThenOthersWrite(n) => {
+                self.inner.cas(key, expected, write).await?;
+                for _ in 0..n {
+                    self.add_100(key, write).await?;
+                }
+                Err(lost())
+            }
+            Fault::LoseReplyAfterCommit(_) => {
+                self.inner.cas(key, expected, write).await?;
+                Err(lost())
+            }
+            Fault::FailBeforeSend(_) => Err(lost()),
+        }
+    }
+
+    async fn put(&self, key: &str, write: Write<'_>) -> Result<u64, Error> {
+        self.calls.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(key, write).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, Error> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        self.inner.list(prefix).await
+    }
+}
