@@ -132,6 +132,21 @@ pub(crate) fn key_of_plain(stem: &str) -> Option<String> {
     (!key.is_empty() && self::stem(&key) == stem).then_some(key)
 }
 
+/// Whether `stem` is one [`stem`] gives for some key, plain or hashed.
+pub(crate) fn is_stem(stem: &str) -> bool {
+    match stem.split_once(HASH_MARK) {
+        Some((prefix, hash)) => {
+            hash.len() == 64
+                && hash.bytes().all(|b| hex_digit(b).is_some())
+                && prefix.len() <= HASHED_PREFIX
+                && !prefix.is_empty()
+                && !prefix.starts_with('.')
+                && prefix.bytes().all(|b| is_plain_byte(b) || b == b'%')
+        }
+        None => key_of_plain(stem).is_some(),
+    }
+}
+
 fn hex_digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -190,6 +205,25 @@ mod tests {
         let edge = "a".repeat(MAX_PLAIN_STEM);
         assert_eq!(stem(&edge), edge);
         assert!(is_hashed(&stem(&"a".repeat(MAX_PLAIN_STEM + 1))));
+    }
+
+    #[test]
+    fn stems_are_recognized() {
+        for k in ["a", "User", "é".repeat(400).as_str(), "..", "con"] {
+            assert!(is_stem(&stem(k)), "{k}");
+        }
+        for s in [
+            "A",
+            "notes ",
+            "%61",
+            "",
+            ".x",
+            "x%hzz",
+            "%h",
+            &format!("%h{}", "0".repeat(64)),
+        ] {
+            assert!(!is_stem(s), "{s}");
+        }
     }
 
     #[test]

@@ -136,8 +136,20 @@ impl Store {
             let Some(file_name) = file_name.to_str() else {
                 continue;
             };
-            let is_temp = file_name.ends_with(TEMP_EXT);
-            let lock_stem = file_name.strip_suffix(LOCK_EXT);
+            // Only files this driver names: a user's `notes.tmp` is left alone.
+            let is_temp = file_name
+                .strip_suffix(TEMP_EXT)
+                .and_then(|n| n.rsplit_once('.'))
+                .is_some_and(|(stem, random)| {
+                    name::is_stem(stem)
+                        && random.len() == 16
+                        && random
+                            .bytes()
+                            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                });
+            let lock_stem = file_name
+                .strip_suffix(LOCK_EXT)
+                .filter(|stem| name::is_stem(stem));
             if !is_temp && lock_stem.is_none() {
                 continue;
             }

@@ -249,6 +249,8 @@ async fn stray_files_are_ignored_and_cleaned() {
     touch("k.lock", old);
     touch("fresh.lock", SystemTime::now());
     touch("README", old);
+    touch("notes.tmp", old);
+    touch("Notes.lock", old);
     touch("Upper.json", old);
     touch("%61.json", old);
     assert_eq!(d.list("").await.unwrap(), vec!["k".to_owned()]);
@@ -259,12 +261,14 @@ async fn stray_files_are_ignored_and_cleaned() {
         file_names(d.dir()),
         vec![
             "%61.json",
+            "Notes.lock",
             "README",
             "Upper.json",
             "fresh.lock",
             "k.fedcba9876543210.tmp",
             "k.json",
             "k.lock",
+            "notes.tmp",
         ]
     );
     assert_eq!(d.list("").await.unwrap(), vec!["k".to_owned()]);
