@@ -276,7 +276,9 @@ impl Store {
             Err(e) => return Err(io_error("delete", &files.record, e)),
         };
         if existed {
-            self.sync_dir()?;
+            self.sync_dir(
+                "fsync directory after delete (the record is gone but may return after a crash)",
+            )?;
         }
         lock.remove();
         Ok(existed)
@@ -390,15 +392,15 @@ impl Store {
         tmp.armed = false;
         // From here the new record is in place. A failed directory sync leaves it visible but
         // perhaps not durable: that is reported, since the caller asked for durability.
-        self.sync_dir()?;
+        self.sync_dir(
+            "fsync directory after rename (the new record is in place but may not survive a crash)",
+        )?;
         Ok(version)
     }
 
-    fn sync_dir(&self) -> Result<(), Error> {
+    fn sync_dir(&self, op: &'static str) -> Result<(), Error> {
         match &self.dir_handle {
-            Some(d) => d
-                .sync_all()
-                .map_err(|e| io_error("fsync directory", &self.dir, e)),
+            Some(d) => d.sync_all().map_err(|e| io_error(op, &self.dir, e)),
             None => Ok(()),
         }
     }
