@@ -23,8 +23,9 @@
 //! compares versions, writes a temp file `<stem>.<random>.tmp` in the same directory, fsyncs it,
 //! renames it over the record and fsyncs the directory. A crash at any moment leaves the old
 //! record or the new one, never a torn one. Reads take no lock. `?fsync=false` (or
-//! [`FileOptions::fsync`]) skips both fsyncs: still atomic for other processes, but a power loss
-//! may lose recent writes. Temp files are ignored by reads and `list`; [`FileDriver::open`]
+//! [`FileOptions::fsync`]) skips both fsyncs: still atomic for other processes and after a
+//! crash of the process, but a power loss may lose recent writes or leave a record that reads as
+//! [`Error::Corrupt`]. Temp files are ignored by reads and `list`; [`FileDriver::open`]
 //! removes those older than a minute (a crashed writer's). All file IO runs on
 //! `tokio::task::spawn_blocking`, never on the runtime's worker threads.
 //!

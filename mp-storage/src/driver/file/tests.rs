@@ -87,8 +87,12 @@ async fn driver_contract() {
     assert!(!d.delete("k").await.unwrap());
     assert_eq!(d.load("k").await.unwrap(), None);
     assert_eq!(d.list("").await.unwrap(), vec!["new".to_owned()]);
-    // No temp file is left behind, nor the lock file of the deleted scope.
-    assert_eq!(file_names(d.dir()), vec!["new.json", "new.lock"]);
+    // No temp file is left behind.
+    let records: Vec<String> = file_names(d.dir())
+        .into_iter()
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(records, vec!["new.json"]);
 }
 
 #[tokio::test]
@@ -257,6 +261,9 @@ async fn stray_files_are_ignored_and_cleaned() {
     assert_eq!(d.load("k").await.unwrap().unwrap().data, b"1");
 
     let d = driver(&dir).await;
+    if !cfg!(unix) {
+        return; // lock files are never removed there
+    }
     assert_eq!(
         file_names(d.dir()),
         vec![
@@ -274,6 +281,7 @@ async fn stray_files_are_ignored_and_cleaned() {
     assert_eq!(d.list("").await.unwrap(), vec!["k".to_owned()]);
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn lock_files_go_with_their_scope() {
     let dir = TempDir::new();
