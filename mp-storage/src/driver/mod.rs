@@ -19,6 +19,8 @@ use crate::Error;
 #[cfg(feature = "file")]
 pub mod file;
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 
 /// Opens the driver a storage URL names (see [`Storage::open`](crate::Storage::open)), for
 /// wrapping it (caching, fault injection, metrics) before handing it to
