@@ -127,6 +127,11 @@ pub(crate) async fn open_driver(url: &str) -> Result<Arc<dyn Driver>, Error> {
             }
             Ok(Arc::new(crate::driver::memory::MemoryDriver::new()))
         }
+        #[cfg(feature = "file")]
+        "file" => Ok(Arc::new(
+            crate::driver::file::open_parsed(url, &parsed).await?,
+        )),
+        #[cfg(not(feature = "file"))]
         "file" => Err(not_compiled(url, "file")),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(

@@ -16,6 +16,8 @@ use async_trait::async_trait;
 
 use crate::Error;
 
+#[cfg(feature = "file")]
+pub mod file;
 pub mod memory;
 #[cfg(feature = "mysql")]
 pub mod mysql;
