@@ -1,0 +1,173 @@
+//! Faults on live servers: connections killed under load. Nothing may be lost or applied twice:
+//! afterwards the stored count equals the number of updates that returned `Ok`, every `Ok` count
+//! is distinct, and every failure is a typed error that says what happened.
+//!
+//! Each test kills the server's client connections (sparing its own), so this file holds one
+//! test per server and they take a lock so that they never run at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mp_storage::{BackendKind, Error, Storage};
+use mp_storage_tests::{targets, unique_prefix, Counter};
+use tokio::sync::Mutex;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// 8 tasks increment one scope until `stop`; returns the `Ok` counts, the number of errors and
+/// how many of those were "commit unknown" (the only ones that may have taken effect).
+async fn hammer(st: Storage, stop: Arc<tokio::sync::Notify>) -> (Vec<u64>, u64, u64) {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut joins = Vec::new();
+    for _ in 0..8 {
+        let st = st.clone();
+        let done = done.clone();
+        joins.push(tokio::spawn(async move {
+            let mut ok = Vec::new();
+            let mut errors = 0u64;
+            let mut unknown = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match st
+                    .scoped("hot", |c: &mut Counter| {
+                        c.count += 1;
+                        c.count
+                    })
+                    .await
+                {
+                    Ok(n) => ok.push(n),
+                    Err(e) => {
+                        assert_typed(&e);
+                        errors += 1;
+                        unknown += u64::from(matches!(e, Error::CommitUnknown { .. }));
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            (ok, errors, unknown)
+        }));
+    }
+    stop.notified().await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    let (mut errors, mut unknown) = (0, 0);
+    for j in joins {
+        let (ok, e, u) = j.await.expect("task");
+        all.extend(ok);
+        errors += e;
+        unknown += u;
+    }
+    (all, errors, unknown)
+}
+
+fn assert_typed(e: &Error) {
+    let typed = matches!(e, Error::CommitUnknown { .. })
+        || matches!(
+            e.backend_kind(),
+            Some(BackendKind::Connection | BackendKind::Timeout)
+        );
+    assert!(typed, "an unexpected error under connection kills: {e:?}");
+}
+
+async fn check(st: &Storage, ok: Vec<u64>, errors: u64, unknown: u64) {
+    let n = ok.len();
+    let distinct: HashSet<u64> = ok.into_iter().collect();
+    assert_eq!(distinct.len(), n, "an Ok count was handed out twice");
+    // The stored count can be read once the server answers again.
+    let mut stored = None;
+    for _ in 0..50 {
+        match st.get::<Counter>("hot").await {
+            Ok(c) => {
+                stored = Some(c.map_or(0, |c| c.count));
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let stored = stored.expect("the server answers after the kills");
+    assert!(
+        stored >= n as u64 && stored <= n as u64 + unknown,
+        "stored {stored}, Ok {n}, errors {errors} ({unknown} commit unknown)"
+    );
+    eprintln!(
+        "{n} updates committed, {errors} typed errors ({unknown} commit unknown), stored {stored}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_client_kill_loses_and_doubles_nothing() {
+    let Some(url) = targets::server_url("MP_TEST_REDIS_URL", "redis") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = unique_prefix("redis-kill");
+    let st = Storage::builder()
+        .key_prefix(&prefix)
+        .open(&url)
+        .await
+        .expect("open redis");
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let work = tokio::spawn(hammer(st.clone(), stop.clone()));
+    let client = redis::Client::open(url.split('?').next().unwrap_or(&url)).expect("client");
+    let mut killer = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("killer connection");
+    let mut killed = 0u64;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n: u64 = redis::cmd("CLIENT")
+            .arg(["KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .query_async(&mut killer)
+            .await
+            .expect("CLIENT KILL");
+        killed += n;
+    }
+    stop.notify_one();
+    let (ok, errors, unknown) = work.await.expect("hammer");
+    assert!(killed > 0, "no connection was killed");
+    assert!(!ok.is_empty(), "no update got through");
+    check(&st, ok, errors, unknown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_kill_loses_and_doubles_nothing() {
+    use mysql_async::prelude::*;
+    let Some(url) = targets::server_url("MP_TEST_MYSQL_URL", "mysql") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = unique_prefix("mysql-kill");
+    let st = Storage::builder()
+        .key_prefix(&prefix)
+        .open(&url)
+        .await
+        .expect("open mysql");
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let work = tokio::spawn(hammer(st.clone(), stop.clone()));
+    let mut killer = mysql_async::Conn::from_url(url.split('?').next().unwrap_or(&url))
+        .await
+        .expect("killer connection");
+    let mut killed = 0u64;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ids: Vec<u64> = killer
+            .query(
+                "SELECT ID FROM information_schema.PROCESSLIST \
+                 WHERE ID <> CONNECTION_ID() AND DB = DATABASE() AND COMMAND <> 'Daemon'",
+            )
+            .await
+            .unwrap_or_default();
+        for id in ids {
+            if killer.query_drop(format!("KILL {id}")).await.is_ok() {
+                killed += 1;
+            }
+        }
+    }
+    stop.notify_one();
+    let (ok, errors, unknown) = work.await.expect("hammer");
+    let _ = killer.disconnect().await;
+    assert!(killed > 0, "no connection was killed");
+    assert!(!ok.is_empty(), "no update got through");
+    check(&st, ok, errors, unknown).await;
+}
