@@ -58,7 +58,23 @@ pub use mp_storage_macros::Scope;
 /// Re-exports for the code `#[derive(Scope)]` generates. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use serde::de::DeserializeOwned;
+    pub use serde::Serialize;
     pub use serde_json::Value;
+    pub use std::default::Default;
+    pub use std::marker::Send;
+    pub use std::primitive::{str, u32};
     pub use std::result::Result;
     pub use std::string::{String, ToString};
+
+    /// Runs the function of `#[scope(migrate = …)]` and turns its error into a string. Taking a
+    /// function pointer makes a wrong signature an error that names the expected one.
+    #[inline]
+    pub fn migrate<T, E: std::fmt::Display>(
+        f: fn(u32, Value) -> Result<T, E>,
+        from: u32,
+        old: Value,
+    ) -> Result<T, String> {
+        f(from, old).map_err(|e| e.to_string())
+    }
 }

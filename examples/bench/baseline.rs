@@ -1,0 +1,282 @@
+//! What a user would write instead of mp-storage, per driver: the baselines of the bench.
+//!
+//! A driver joins the bench by adding one arm to [`for_url`] and one [`Subject`] impl here.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::{BenchError, Subject};
+
+/// The baseline for a storage URL, `None` when the scheme has none.
+pub async fn for_url(url: &str, tasks: usize) -> Result<Option<Box<dyn Subject>>, BenchError> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    Ok(match scheme {
+        "memory" => Some(Box::new(MutexMap::default())),
+        "file" => Some(Box::new(BareFile::new(file_dir(url))?)),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Some(Box::new(redis_tx::RedisTx::connect(url, tasks).await?)),
+        #[cfg(feature = "mysql")]
+        "mysql" => Some(Box::new(mysql_tx::MysqlTx::connect(url).await?)),
+        _ => {
+            let _ = tasks;
+            None
+        }
+    })
+}
+
+fn file_dir(url: &str) -> PathBuf {
+    let body = url.trim_start_matches("file:");
+    let body = body.split('?').next().unwrap_or_default();
+    let body = body.strip_prefix("//").unwrap_or(body);
+    PathBuf::from(body).join("baseline")
+}
+
+/// memory → a `Mutex<HashMap>`.
+#[derive(Default)]
+pub struct MutexMap(Mutex<HashMap<String, u64>>);
+
+#[async_trait]
+impl Subject for MutexMap {
+    fn label(&self) -> String {
+        "Mutex<HashMap>".to_owned()
+    }
+    async fn increment(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+        let mut m = self.0.lock().map_err(|_| "poisoned")?;
+        let v = m.entry(scope.to_owned()).or_default();
+        *v += 1;
+        Ok(*v)
+    }
+    async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+        let m = self.0.lock().map_err(|_| "poisoned")?;
+        Ok(m.get(scope).copied().unwrap_or(0))
+    }
+}
+
+/// file → a bare read + temp file + fsync + rename + directory fsync per update, one in-process
+/// mutex per scope (no cross-process safety, no encoding of names: the floor).
+pub struct BareFile {
+    dir: PathBuf,
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl BareFile {
+    fn new(dir: PathBuf) -> Result<Self, BenchError> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(BareFile {
+            dir,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_for(&self, scope: &str) -> Result<Arc<Mutex<()>>, BenchError> {
+        let mut locks = self.locks.lock().map_err(|_| "poisoned")?;
+        Ok(locks.entry(scope.to_owned()).or_default().clone())
+    }
+}
+
+fn file_name(scope: &str) -> String {
+    scope
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("_{b:02x}")
+            }
+        })
+        .collect()
+}
+
+fn read_count(path: &Path) -> Result<u64, BenchError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().parse()?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn durable_write(dir: &Path, path: &Path, data: &[u8]) -> Result<(), BenchError> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", rand::random::<u32>()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[async_trait]
+impl Subject for BareFile {
+    fn label(&self) -> String {
+        "temp+fsync+rename+dir fsync".to_owned()
+    }
+    async fn increment(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+        let lock = self.lock_for(scope)?;
+        let dir = self.dir.clone();
+        let path = dir.join(file_name(scope));
+        tokio::task::spawn_blocking(move || {
+            let _guard = lock.lock().map_err(|_| "poisoned")?;
+            let n = read_count(&path)? + 1;
+            durable_write(&dir, &path, n.to_string().as_bytes())?;
+            Ok(n)
+        })
+        .await?
+    }
+    async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+        let path = self.dir.join(file_name(scope));
+        tokio::task::spawn_blocking(move || read_count(&path)).await?
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_tx {
+    use super::*;
+    use redis::AsyncCommands;
+    use tokio::sync::Mutex as AsyncMutex;
+
+    /// redis → WATCH / GET / MULTI / SET / EXEC, retried while the WATCH fails, one
+    /// connection per task (WATCH cannot share a connection).
+    pub struct RedisTx {
+        conns: Vec<AsyncMutex<redis::aio::MultiplexedConnection>>,
+        prefix: String,
+    }
+
+    impl RedisTx {
+        pub async fn connect(url: &str, tasks: usize) -> Result<Self, BenchError> {
+            let base = url.split('?').next().unwrap_or(url);
+            let client = redis::Client::open(base)?;
+            let mut conns = Vec::with_capacity(tasks);
+            for _ in 0..tasks.max(1) {
+                conns.push(AsyncMutex::new(
+                    client.get_multiplexed_async_connection().await?,
+                ));
+            }
+            Ok(RedisTx {
+                conns,
+                prefix: format!("mp-bench-baseline:{:08x}:", rand::random::<u32>()),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Subject for RedisTx {
+        fn label(&self) -> String {
+            "redis WATCH/GET/MULTI/SET/EXEC".to_owned()
+        }
+        async fn increment(&self, task: usize, scope: &str) -> Result<u64, BenchError> {
+            let key = format!("{}{scope}", self.prefix);
+            let mut con = self.conns[task % self.conns.len()].lock().await;
+            loop {
+                redis::cmd("WATCH")
+                    .arg(&key)
+                    .query_async::<()>(&mut *con)
+                    .await?;
+                let v: Option<u64> = con.get(&key).await?;
+                let n = v.unwrap_or(0) + 1;
+                let done: Option<(String,)> = redis::pipe()
+                    .atomic()
+                    .set(&key, n)
+                    .query_async(&mut *con)
+                    .await?;
+                if done.is_some() {
+                    return Ok(n);
+                }
+            }
+        }
+        async fn read(&self, task: usize, scope: &str) -> Result<u64, BenchError> {
+            let key = format!("{}{scope}", self.prefix);
+            let mut con = self.conns[task % self.conns.len()].lock().await;
+            let v: Option<u64> = con.get(&key).await?;
+            Ok(v.unwrap_or(0))
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql_tx {
+    use super::*;
+    use mysql_async::prelude::*;
+
+    /// mysql → a transaction per update: SELECT … FOR UPDATE, then UPDATE (INSERT the row when
+    /// absent), COMMIT.
+    pub struct MysqlTx {
+        pool: mysql_async::Pool,
+    }
+
+    const TABLE: &str = "mp_bench_baseline";
+
+    impl MysqlTx {
+        pub async fn connect(url: &str) -> Result<Self, BenchError> {
+            let base = url.split('?').next().unwrap_or(url);
+            let pool = mysql_async::Pool::new(mysql_async::Opts::from_url(base)?);
+            let mut conn = pool.get_conn().await?;
+            conn.query_drop(format!(
+                "CREATE TABLE IF NOT EXISTS {TABLE} (k VARBINARY(255) PRIMARY KEY, v BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"
+            ))
+            .await?;
+            conn.query_drop(format!("DELETE FROM {TABLE}")).await?;
+            Ok(MysqlTx { pool })
+        }
+    }
+
+    impl MysqlTx {
+        async fn try_increment(&self, scope: &str) -> Result<u64, mysql_async::Error> {
+            let mut conn = self.pool.get_conn().await?;
+            let mut tx = conn
+                .start_transaction(mysql_async::TxOpts::default())
+                .await?;
+            let v: Option<u64> = tx
+                .exec_first(
+                    format!("SELECT v FROM {TABLE} WHERE k = ? FOR UPDATE"),
+                    (scope.as_bytes(),),
+                )
+                .await?;
+            let n = v.unwrap_or(0) + 1;
+            if v.is_some() {
+                tx.exec_drop(
+                    format!("UPDATE {TABLE} SET v = ? WHERE k = ?"),
+                    (n, scope.as_bytes()),
+                )
+                .await?;
+            } else {
+                tx.exec_drop(
+                    format!("INSERT INTO {TABLE} (k, v) VALUES (?, ?)"),
+                    (scope.as_bytes(), n),
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(n)
+        }
+    }
+
+    #[async_trait]
+    impl Subject for MysqlTx {
+        fn label(&self) -> String {
+            "mysql SELECT FOR UPDATE + UPDATE".to_owned()
+        }
+        async fn increment(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+            loop {
+                match self.try_increment(scope).await {
+                    // A deadlock between two first inserts of one key: InnoDB rolled one back.
+                    Err(mysql_async::Error::Server(e)) if e.code == 1213 => continue,
+                    other => return Ok(other?),
+                }
+            }
+        }
+        async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+            let mut conn = self.pool.get_conn().await?;
+            let v: Option<u64> = conn
+                .exec_first(
+                    format!("SELECT v FROM {TABLE} WHERE k = ?"),
+                    (scope.as_bytes(),),
+                )
+                .await?;
+            Ok(v.unwrap_or(0))
+        }
+    }
+}

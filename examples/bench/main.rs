@@ -1,0 +1,587 @@
+//! mp-bench: mp-storage against what a user would write instead, side by side in one run.
+//!
+//! Run: `cargo run --release -p mp-storage-examples --bin mp-bench -- --storage URL [--storage URL …]`
+//! (`--quick` for a smoke run of a few seconds; `--secs S` per measurement, default 3).
+//! Without `--storage`, it benches `memory://`, a `file:` directory in the system temp dir, and
+//! the servers named by `MP_TEST_REDIS_URL` and `MP_TEST_MYSQL_URL` when they are set.
+//!
+//! Every scenario runs the library and its baseline alternately (library, baseline, library,
+//! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
+//! scopes, ops, secs, ops_per_sec, p50_us, p99_us, attempts_per_commit, backend_calls_per_op,
+//! baseline, baseline_ops_per_sec, ratio (library / baseline), exact (final counts checked).
+
+mod baseline;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use mp_storage::{Scope, Storage};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+
+/// Errors of the bench program.
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Scope, serde::Serialize, serde::Deserialize, Default)]
+struct Counter {
+    count: u64,
+}
+
+/// One side of a comparison: the library or a baseline.
+#[async_trait]
+pub trait Subject: Send + Sync {
+    /// What it is, for the report.
+    fn label(&self) -> String;
+    /// Adds one to `scope`; returns the new count.
+    async fn increment(&self, task: usize, scope: &str) -> Result<u64, BenchError>;
+    /// Reads `scope` (0 when absent) without changing it.
+    async fn read(&self, task: usize, scope: &str) -> Result<u64, BenchError>;
+}
+
+struct Library {
+    st: Storage,
+}
+
+#[async_trait]
+impl Subject for Library {
+    fn label(&self) -> String {
+        format!("mp-storage {}", self.st.driver_name())
+    }
+    async fn increment(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+        Ok(self
+            .st
+            .scoped(scope, |c: &mut Counter| {
+                c.count += 1;
+                c.count
+            })
+            .await?)
+    }
+    async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+        Ok(self.st.scoped(scope, |c: &mut Counter| c.count).await?)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// T tasks, each on a scope of its own.
+    Uncontended,
+    /// T tasks on one scope.
+    Contended,
+    /// One task on one scope: the reference of the contended scenario.
+    Single,
+    /// T tasks reading their own scopes; the closure changes nothing.
+    ReadOnly,
+    /// 90% reads, 10% updates over 10,000 scopes, Zipf-skewed.
+    Mixed,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Uncontended => "uncontended",
+            Scenario::Contended => "contended",
+            Scenario::Single => "single",
+            Scenario::ReadOnly => "read-only",
+            Scenario::Mixed => "mixed-90r-10w",
+        }
+    }
+}
+
+/// Per-driver shape of the workload.
+struct Profile {
+    tasks: usize,
+    scopes: usize,
+    contended_tasks: usize,
+}
+
+fn profile(driver: &str) -> Profile {
+    match driver {
+        "redis" => Profile {
+            tasks: 64,
+            scopes: 64,
+            contended_tasks: 64,
+        },
+        "mysql" => Profile {
+            tasks: 32,
+            scopes: 64,
+            contended_tasks: 64,
+        },
+        "file" => Profile {
+            tasks: 1,
+            scopes: 1,
+            contended_tasks: 64,
+        },
+        _ => Profile {
+            tasks: 8,
+            scopes: 8,
+            contended_tasks: 64,
+        },
+    }
+}
+
+#[derive(Default)]
+struct Measure {
+    ops: u64,
+    secs: f64,
+    latencies_us: Vec<u32>,
+    increments: HashMap<String, u64>,
+    errors: u64,
+}
+
+impl Measure {
+    fn merge(&mut self, other: Measure) {
+        self.ops += other.ops;
+        self.secs += other.secs;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
+        for (k, v) in other.increments {
+            *self.increments.entry(k).or_default() += v;
+        }
+    }
+
+    fn ops_per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ops as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    fn percentile(&mut self, p: f64) -> u32 {
+        if self.latencies_us.is_empty() {
+            return 0;
+        }
+        self.latencies_us.sort_unstable();
+        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
+        self.latencies_us[i]
+    }
+}
+
+/// Runs `tasks` tasks against `subject` for `secs`, each op picked by `scenario`.
+async fn measure(
+    subject: Arc<dyn Subject>,
+    scenario: Scenario,
+    tasks: usize,
+    scopes: Arc<Vec<String>>,
+    secs: f64,
+) -> Measure {
+    let stop = Arc::new(AtomicBool::new(false));
+    let zipf = Zipf::new(scopes.len() as f64, 1.0).ok();
+    let started = Instant::now();
+    let mut joins = Vec::with_capacity(tasks);
+    for task in 0..tasks {
+        let subject = subject.clone();
+        let scopes = scopes.clone();
+        let stop = stop.clone();
+        joins.push(tokio::spawn(async move {
+            let mut m = Measure::default();
+            let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+            while !stop.load(Ordering::Relaxed) {
+                let (scope, write) = match scenario {
+                    Scenario::Uncontended => (&scopes[task % scopes.len()], true),
+                    Scenario::Contended | Scenario::Single => (&scopes[0], true),
+                    Scenario::ReadOnly => (&scopes[task % scopes.len()], false),
+                    Scenario::Mixed => {
+                        let i = zipf.map_or(0, |z| (z.sample(&mut rng) as usize).saturating_sub(1));
+                        (&scopes[i.min(scopes.len() - 1)], rng.random_bool(0.1))
+                    }
+                };
+                let t = Instant::now();
+                let r = if write {
+                    subject.increment(task, scope).await
+                } else {
+                    subject.read(task, scope).await
+                };
+                let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                match r {
+                    Ok(_) => {
+                        m.ops += 1;
+                        m.latencies_us.push(us);
+                        if write {
+                            *m.increments.entry(scope.clone()).or_default() += 1;
+                        }
+                    }
+                    Err(e) => {
+                        m.errors += 1;
+                        if m.errors == 1 {
+                            eprintln!("mp-bench: {}: {e}", subject.label());
+                        }
+                    }
+                }
+            }
+            m
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Measure::default();
+    for j in joins {
+        if let Ok(m) = j.await {
+            total.merge(m);
+        }
+    }
+    total.secs = started.elapsed().as_secs_f64();
+    total
+}
+
+/// Whether every scope holds exactly the increments made (the scopes started empty).
+async fn exact(subject: &dyn Subject, m: &Measure) -> bool {
+    for (scope, n) in &m.increments {
+        match subject.read(0, scope).await {
+            Ok(v) if v == *n => {}
+            Ok(v) => {
+                eprintln!(
+                    "mp-bench: {}: scope {scope} holds {v}, expected {n}",
+                    subject.label()
+                );
+                return false;
+            }
+            Err(e) => {
+                eprintln!("mp-bench: {}: {e}", subject.label());
+                return false;
+            }
+        }
+    }
+    m.errors == 0
+}
+
+/// A counter of backend calls, where the backend can count them.
+async fn backend_calls(url: &str) -> Option<u64> {
+    let scheme = url.split(':').next().unwrap_or_default();
+    match scheme {
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => redis_calls(url).await.ok(),
+        #[cfg(feature = "mysql")]
+        "mysql" => mysql_questions(url).await.ok(),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn redis_calls(url: &str) -> Result<u64, BenchError> {
+    let client = redis::Client::open(url.split('?').next().unwrap_or(url))?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await?;
+    let mut total = 0;
+    for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
+        let calls = line
+            .split([':', ','])
+            .find_map(|f| f.strip_prefix("calls="))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        total += calls;
+    }
+    Ok(total)
+}
+
+#[cfg(feature = "mysql")]
+async fn mysql_questions(url: &str) -> Result<u64, BenchError> {
+    use mysql_async::prelude::*;
+    let base = url.split('?').next().unwrap_or(url);
+    let mut conn = mysql_async::Conn::from_url(base).await?;
+    let row: Option<(String, u64)> = conn
+        .query_first("SHOW GLOBAL STATUS LIKE 'Questions'")
+        .await?;
+    conn.disconnect().await?;
+    Ok(row.map_or(0, |r| r.1))
+}
+
+struct Row {
+    driver: String,
+    scenario: &'static str,
+    tasks: usize,
+    scopes: usize,
+    ops: u64,
+    secs: f64,
+    ops_per_sec: f64,
+    p50_us: u32,
+    p99_us: u32,
+    attempts_per_commit: Option<f64>,
+    backend_calls_per_op: Option<f64>,
+    baseline: String,
+    baseline_ops_per_sec: f64,
+    ratio: f64,
+    exact: bool,
+}
+
+impl Row {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "driver": self.driver,
+            "scenario": self.scenario,
+            "tasks": self.tasks,
+            "scopes": self.scopes,
+            "ops": self.ops,
+            "secs": round(self.secs, 2),
+            "ops_per_sec": round(self.ops_per_sec, 0),
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "attempts_per_commit": self.attempts_per_commit.map(|v| round(v, 3)),
+            "backend_calls_per_op": self.backend_calls_per_op.map(|v| round(v, 3)),
+            "baseline": self.baseline,
+            "baseline_ops_per_sec": round(self.baseline_ops_per_sec, 0),
+            "ratio": round(self.ratio, 3),
+            "exact": self.exact,
+        })
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+struct Args {
+    urls: Vec<String>,
+    secs: f64,
+    quick: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        urls: Vec::new(),
+        secs: 3.0,
+        quick: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--storage" => args.urls.push(it.next().ok_or("--storage needs a URL")?),
+            "--secs" => {
+                args.secs = it
+                    .next()
+                    .ok_or("--secs needs a number")?
+                    .parse()
+                    .map_err(|e| format!("--secs: {e}"))?
+            }
+            "--quick" => args.quick = true,
+            "-h" | "--help" => {
+                println!("usage: mp-bench [--storage URL]… [--secs S] [--quick]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+    if args.quick {
+        args.secs = args.secs.min(0.25);
+    }
+    Ok(args)
+}
+
+async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(), BenchError> {
+    let run = format!("{:08x}", rand::random::<u32>());
+    let st = Storage::builder()
+        .key_prefix(format!("mp-bench:{run}:"))
+        .open(url)
+        .await?;
+    let driver = st.driver_name().to_owned();
+    let p = profile(&driver);
+    let base_tasks = p.tasks.max(p.contended_tasks);
+    let baseline: Option<Arc<dyn Subject>> =
+        baseline::for_url(url, base_tasks).await?.map(Arc::from);
+    let library: Arc<dyn Subject> = Arc::new(Library { st: st.clone() });
+
+    let mut single_rate = 0.0;
+    for scenario in [
+        Scenario::Single,
+        Scenario::Uncontended,
+        Scenario::Contended,
+        Scenario::ReadOnly,
+        Scenario::Mixed,
+    ] {
+        let (tasks, n_scopes) = match scenario {
+            Scenario::Uncontended => (p.tasks, p.scopes),
+            Scenario::Contended => (p.contended_tasks, 1),
+            Scenario::Single => (1, 1),
+            Scenario::ReadOnly => (p.tasks, p.scopes),
+            Scenario::Mixed => (p.tasks.max(8), 10_000),
+        };
+        let mut lib = Measure::default();
+        let mut base = Measure::default();
+        let stats_before = st.stats();
+        let mut lib_calls = 0u64;
+        for round in 0..2 {
+            let scopes: Arc<Vec<String>> = Arc::new(
+                (0..n_scopes)
+                    .map(|i| format!("{}:{round}:{i}", scenario.name()))
+                    .collect(),
+            );
+            if scenario == Scenario::ReadOnly {
+                for s in scopes.iter() {
+                    library.increment(0, s).await?;
+                    if let Some(b) = &baseline {
+                        b.increment(0, s).await?;
+                    }
+                }
+            }
+            let calls_before = backend_calls(url).await;
+            let m = measure(library.clone(), scenario, tasks, scopes.clone(), args.secs).await;
+            let calls_after = backend_calls(url).await;
+            if let (Some(a), Some(b)) = (calls_before, calls_after) {
+                // The counter read itself is one call.
+                lib_calls += b.saturating_sub(a).saturating_sub(1);
+            }
+            let mut m = m;
+            if scenario == Scenario::ReadOnly {
+                m.increments.clear();
+            }
+            let ok = exact(library.as_ref(), &m).await;
+            if !ok {
+                m.errors += 1;
+            }
+            lib.merge(m);
+            if let Some(b) = &baseline {
+                let mut m = measure(b.clone(), scenario, tasks, scopes.clone(), args.secs).await;
+                if scenario == Scenario::ReadOnly {
+                    m.increments.clear();
+                }
+                if !exact(b.as_ref(), &m).await {
+                    m.errors += 1;
+                }
+                base.merge(m);
+            }
+        }
+        let stats = st.stats();
+        let attempts = stats.attempts - stats_before.attempts;
+        let finished = (stats.commits - stats_before.commits) + (stats.noops - stats_before.noops);
+        let engine_calls = (stats.loads - stats_before.loads)
+            + (stats.commits - stats_before.commits)
+            + (stats.conflicts - stats_before.conflicts);
+        let calls = if lib_calls > 0 {
+            lib_calls
+        } else {
+            engine_calls
+        };
+        let ops_per_sec = lib.ops_per_sec();
+        if scenario == Scenario::Single {
+            single_rate = ops_per_sec;
+        }
+        let (baseline_label, baseline_rate) = match (&baseline, scenario) {
+            (_, Scenario::Contended) => ("mp-storage single task".to_owned(), single_rate),
+            (Some(b), _) => (b.label(), base.ops_per_sec()),
+            (None, _) => ("none".to_owned(), 0.0),
+        };
+        let row = Row {
+            driver: driver.clone(),
+            scenario: scenario.name(),
+            tasks,
+            scopes: n_scopes,
+            ops: lib.ops,
+            secs: lib.secs,
+            ops_per_sec,
+            p50_us: lib.percentile(0.5),
+            p99_us: lib.percentile(0.99),
+            attempts_per_commit: (finished > 0).then(|| attempts as f64 / finished as f64),
+            backend_calls_per_op: (lib.ops > 0).then(|| calls as f64 / lib.ops as f64),
+            baseline: baseline_label,
+            baseline_ops_per_sec: baseline_rate,
+            ratio: if baseline_rate > 0.0 {
+                ops_per_sec / baseline_rate
+            } else {
+                0.0
+            },
+            exact: lib.errors == 0 && base.errors == 0,
+        };
+        println!("{}", row.json());
+        rows.push(row);
+    }
+    // Leave nothing behind.
+    for name in st.list("").await? {
+        st.remove(&name).await?;
+    }
+    Ok(())
+}
+
+fn default_urls() -> Vec<String> {
+    let mut urls = vec!["memory://".to_owned()];
+    let dir = std::env::temp_dir().join(format!("mp-bench-{}", std::process::id()));
+    urls.push(format!("file:{}", dir.display()));
+    for var in ["MP_TEST_REDIS_URL", "MP_TEST_MYSQL_URL"] {
+        if let Ok(url) = std::env::var(var) {
+            if !url.is_empty() {
+                urls.push(url);
+            }
+        }
+    }
+    urls
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "{:<7} {:<14} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>7} {:>5}  baseline",
+        "driver",
+        "scenario",
+        "tasks",
+        "scopes",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "att/cmt",
+        "calls/op",
+        "base ops/s",
+        "ratio",
+        "exact"
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+    for r in rows {
+        println!(
+            "{:<7} {:<14} {:>5} {:>6} {:>10.0} {:>8} {:>8} {:>9} {:>9} {:>10.0} {:>7.2} {:>5}  {}",
+            r.driver,
+            r.scenario,
+            r.tasks,
+            r.scopes,
+            r.ops_per_sec,
+            r.p50_us,
+            r.p99_us,
+            opt(r.attempts_per_commit),
+            opt(r.backend_calls_per_op),
+            r.baseline_ops_per_sec,
+            r.ratio,
+            r.exact,
+            r.baseline
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("mp-bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let urls = if args.urls.is_empty() {
+        default_urls()
+    } else {
+        args.urls.clone()
+    };
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for url in &urls {
+        if let Err(e) = bench_driver(url, &args, &mut rows).await {
+            eprintln!("mp-bench: {url}: {e}");
+            failed = true;
+        }
+    }
+    print_table(&rows);
+    for url in &urls {
+        if let Some(dir) = url.strip_prefix("file:") {
+            if dir.contains("mp-bench-") {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+    if failed || rows.iter().any(|r| !r.exact) {
+        eprintln!("mp-bench: some figures are missing or a count was not exact");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,57 @@
+//! Checks of the input that need more than one attribute, or the type itself.
+
+use crate::ast::{Input, Kind};
+use crate::ctxt::Ctxt;
+
+/// The longest namespace accepted, in bytes (as long as the longest scope name).
+const MAX_NAMESPACE_LEN: usize = 1024;
+
+/// Records in `cx` every problem of `input` that parsing alone did not find.
+pub(crate) fn check(input: &Input, cx: &mut Ctxt) {
+    if let Kind::Union(token) = input.kind {
+        cx.error_spanned_by(
+            token,
+            "#[derive(Scope)] does not support unions; use a struct or an enum",
+        );
+    }
+
+    for misplaced in &input.misplaced {
+        cx.error_spanned_by(
+            misplaced.attr,
+            format!("#[scope(...)] goes on the type, not on a {}", misplaced.on),
+        );
+    }
+
+    let attrs = &input.attrs;
+    if let Some(lit) = &attrs.namespace {
+        let namespace = lit.value();
+        if namespace.contains('\0') {
+            cx.error_spanned_by(lit, "`namespace` must not contain a NUL character");
+        }
+        if namespace.len() > MAX_NAMESPACE_LEN {
+            cx.error_spanned_by(
+                lit,
+                format!(
+                    "`namespace` is {} bytes long, over the limit of {MAX_NAMESPACE_LEN}",
+                    namespace.len()
+                ),
+            );
+        }
+    }
+
+    if let Some(migrate) = &attrs.migrate {
+        match &attrs.version {
+            None => cx.error_spanned_by(
+                migrate,
+                "`migrate` needs `version = N` with N of 1 or more: it converts records stored \
+                 at older versions",
+            ),
+            Some(version) if version.value == 0 => cx.error_spanned_by(
+                &version.lit,
+                "`version` must be 1 or more when `migrate` is given: no record is older than \
+                 version 0",
+            ),
+            Some(_) => {}
+        }
+    }
+}

@@ -1,0 +1,11 @@
+use mp_storage::Scope;
+use serde::{Deserialize, Serialize};
+
+#[derive(Scope, Serialize, Deserialize, Default)]
+#[scope(namespace = "cart:", version = 1)]
+#[scope(version = 2)]
+struct Cart {
+    items: Vec<String>,
+}
+
+fn main() {}
