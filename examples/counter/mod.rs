@@ -244,6 +244,7 @@ mod tests {
         assert!(scope_for(Some("user=a&user=b")).is_err());
         assert!(scope_for(Some("user=%00")).is_err());
         assert!(scope_for(Some("user=%FF")).is_err());
+        assert_eq!(MAX_USER_LEN, 1019, "the message says 1019");
         let longest = "x".repeat(MAX_USER_LEN);
         assert!(scope_for(Some(&format!("user={longest}"))).is_ok());
         assert!(scope_for(Some(&format!("user={longest}x"))).is_err());
