@@ -13,7 +13,6 @@
 mod baseline;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -168,18 +167,19 @@ async fn measure(
     scopes: Arc<Vec<String>>,
     secs: f64,
 ) -> Measure {
-    let stop = Arc::new(AtomicBool::new(false));
+    // Tasks watch the clock themselves: a driver whose futures never yield (memory) would
+    // starve a timer.
+    let until = Instant::now() + Duration::from_secs_f64(secs);
     let zipf = Zipf::new(scopes.len() as f64, 1.0).ok();
     let started = Instant::now();
     let mut joins = Vec::with_capacity(tasks);
     for task in 0..tasks {
         let subject = subject.clone();
         let scopes = scopes.clone();
-        let stop = stop.clone();
         joins.push(tokio::spawn(async move {
             let mut m = Measure::default();
             let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-            while !stop.load(Ordering::Relaxed) {
+            while Instant::now() < until {
                 let (scope, write) = match scenario {
                     Scenario::Uncontended => (&scopes[task % scopes.len()], true),
                     Scenario::Contended | Scenario::Single => (&scopes[0], true),
@@ -215,8 +215,6 @@ async fn measure(
             m
         }));
     }
-    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-    stop.store(true, Ordering::Relaxed);
     let mut total = Measure::default();
     for j in joins {
         if let Ok(m) = j.await {

@@ -632,6 +632,10 @@ impl Storage {
                             }
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
+                                // The record the conflict returned is old news after a wait:
+                                // start from the cache, which this process's other tasks keep
+                                // fresh (a stale entry costs one CAS that returns the latest).
+                                start = Start::Unknown;
                             }
                         }
                     }

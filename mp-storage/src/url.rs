@@ -129,6 +129,11 @@ pub(crate) async fn open_driver(url: &str) -> Result<Arc<dyn Driver>, Error> {
         }
         "file" => Err(not_compiled(url, "file")),
         "redis" | "rediss" => Err(not_compiled(url, "redis")),
+        #[cfg(feature = "mysql")]
+        "mysql" => Ok(Arc::new(
+            crate::driver::mysql::open_parsed(url, &parsed).await?,
+        )),
+        #[cfg(not(feature = "mysql"))]
         "mysql" => Err(not_compiled(url, "mysql")),
         other => Err(Error::UnknownScheme {
             scheme: other.to_owned(),

@@ -57,7 +57,9 @@ macro_rules! behavior_suite {
             too_large_is_refused,
             async_closure_updates,
             set_overwrites,
-            non_finite_floats_are_refused
+            non_finite_floats_are_refused,
+            generated_names_round_trip,
+            size_limit_is_exact
         );
     };
     (@cases $target:expr; $($case:ident),* $(,)?) => {

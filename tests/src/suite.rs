@@ -604,3 +604,100 @@ pub async fn non_finite_floats_are_refused(t: &Target) {
     assert_eq!(st.get::<f64>("float").await.unwrap(), Some(1.5));
     assert_eq!(st.get::<Vec<Option<f64>>>("floats").await.unwrap(), None);
 }
+
+/// Random names (any unicode but NUL, 1 to 1,024 bytes), each its own scope, round-trip exactly
+/// and list exactly.
+pub async fn generated_names_round_trip(t: &Target) {
+    use rand::Rng;
+    let st = t.storage();
+    let mut rng = rand::rng();
+    let mut names = BTreeSet::new();
+    while names.len() < 1000 {
+        let len = if rng.random_bool(0.05) {
+            rng.random_range(200..300)
+        } else {
+            rng.random_range(1..24)
+        };
+        let mut name = String::new();
+        for _ in 0..len {
+            let c = match rng.random_range(0..10) {
+                0 => char::from(rng.random_range(1u8..32)),
+                1..=4 => char::from(rng.random_range(32u8..127)),
+                5 => ['/', '\\', '.', '%', '*', '?', '[', ']', '\'', '"', ' ']
+                    [rng.random_range(0..11)],
+                _ => rng.random_range('\u{80}'..='\u{10FFFF}'),
+            };
+            name.push(c);
+        }
+        while name.len() > mp_storage::MAX_NAME_LEN {
+            name.pop();
+        }
+        if !name.is_empty() {
+            names.insert(name);
+        }
+    }
+    let names: Vec<String> = names.into_iter().collect();
+    let chunks: Vec<Vec<(usize, String)>> = names
+        .iter()
+        .cloned()
+        .enumerate()
+        .collect::<Vec<_>>()
+        .chunks(125)
+        .map(|c| c.to_vec())
+        .collect();
+    let mut joins = Vec::new();
+    for chunk in chunks {
+        let st = st.clone();
+        joins.push(tokio::spawn(async move {
+            for (i, name) in chunk {
+                st.set(&name, &json!({"i": i, "name": name})).await.unwrap();
+            }
+        }));
+    }
+    for j in joins {
+        j.await.unwrap();
+    }
+    let other = t.storage();
+    for (i, name) in names.iter().enumerate() {
+        let v: Value = other
+            .get(name)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name:?} lost"));
+        assert_eq!(v, json!({"i": i, "name": name}), "{name:?}");
+    }
+    let listed = other.list("").await.unwrap();
+    assert_eq!(
+        listed, names,
+        "list returns exactly the names written, sorted"
+    );
+}
+
+/// A value exactly at the driver's size limit is stored; one byte more is `TooLarge` and
+/// nothing is written.
+pub async fn size_limit_is_exact(t: &Target) {
+    let limit = t.driver.max_data_len();
+    let st = t.storage();
+    // A JSON string of n characters encodes to n + 2 bytes.
+    let at = "x".repeat(limit - 2);
+    st.set("at-limit", &at).await.unwrap();
+    assert_eq!(
+        st.get::<String>("at-limit").await.unwrap().map(|s| s.len()),
+        Some(limit - 2)
+    );
+    let over = "x".repeat(limit - 1);
+    let r = st
+        .scoped("over-limit", |s: &mut String| s.clone_from(&over))
+        .await;
+    assert!(
+        matches!(r, Err(Error::TooLarge { .. })),
+        "{:?}",
+        r.map(|_| ())
+    );
+    assert!(matches!(
+        st.set("over-limit", &over).await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert_eq!(st.get::<String>("over-limit").await.unwrap(), None);
+    assert!(st.remove("at-limit").await.unwrap());
+}

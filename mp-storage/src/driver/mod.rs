@@ -17,6 +17,8 @@ use async_trait::async_trait;
 use crate::Error;
 
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 
 /// Opens the driver a storage URL names (see [`Storage::open`](crate::Storage::open)), for
 /// wrapping it (caching, fault injection, metrics) before handing it to
