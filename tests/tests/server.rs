@@ -822,18 +822,52 @@ async fn redis_processes_share_one_count() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_processes_share_one_count() {
-    // A table of this test's own, emptied before and after (runs of this test on one database
-    // must not overlap).
-    let Some((url, store)) = server_store(
-        "MP_TEST_MYSQL_URL",
-        "mysql",
-        ("table", "mp_test_counter_server"),
-    )
-    .await
+    let table = format!("mp_test_server_{:016x}", rand::random::<u64>());
+    let Some((url, _store)) = server_store("MP_TEST_MYSQL_URL", "mysql", ("table", &table)).await
     else {
         return;
     };
+    let _drop = DropTable {
+        url: url.clone(),
+        table,
+    };
     let cwd = tempfile::tempdir().expect("temp dir");
     processes_share_one_count(&url, cwd.path()).await;
-    empty(&store).await;
+}
+
+/// Drops the test's MySQL table when the test ends, a failing one included.
+struct DropTable {
+    url: String,
+    table: String,
+}
+
+impl Drop for DropTable {
+    fn drop(&mut self) {
+        use mysql_async::prelude::Queryable;
+        let base = self.url.split('?').next().unwrap_or(&self.url).to_owned();
+        let statement = format!("DROP TABLE IF EXISTS `{}`", self.table);
+        // A thread and a runtime of its own: this runs inside the test's runtime.
+        let done = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let opts = mysql_async::Opts::from_url(&base).map_err(|e| e.to_string())?;
+                let mut conn = mysql_async::Conn::new(opts)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.query_drop(statement)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.disconnect().await.map_err(|e| e.to_string())
+            })
+        })
+        .join();
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("dropping the test table {} failed: {e}", self.table),
+            Err(_) => eprintln!("dropping the test table {} panicked", self.table),
+        }
+    }
 }
