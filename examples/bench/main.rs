@@ -38,6 +38,11 @@ pub trait Subject: Send + Sync {
     async fn increment(&self, task: usize, scope: &str) -> Result<u64, BenchError>;
     /// Reads `scope` (0 when absent) without changing it.
     async fn read(&self, task: usize, scope: &str) -> Result<u64, BenchError>;
+    /// Readies the scopes of a measurement (a baseline may create rows at 0, as a user of a
+    /// row-per-counter table would).
+    async fn prepare(&self, _scopes: &[String]) -> Result<(), BenchError> {
+        Ok(())
+    }
 }
 
 struct Library {
@@ -410,6 +415,9 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
                     .map(|i| format!("{}:{round}:{i}", scenario.name()))
                     .collect(),
             );
+            if let Some(b) = &baseline {
+                b.prepare(&scopes).await?;
+            }
             if scenario == Scenario::ReadOnly {
                 for s in scopes.iter() {
                     library.increment(0, s).await?;

@@ -36,6 +36,7 @@ mod codec;
 pub mod driver;
 mod error;
 mod finite;
+mod queue;
 mod retry;
 mod scope;
 mod stats;

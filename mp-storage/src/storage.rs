@@ -14,6 +14,7 @@ use crate::cache::Cache;
 use crate::codec;
 use crate::driver::{push_token, CasOutcome, Driver, Record, Write};
 use crate::error::shorten;
+use crate::queue::Queues;
 use crate::stats::{Counters, Stats};
 use crate::{BackendKind, Error, RetryPolicy, Scope};
 
@@ -70,6 +71,7 @@ struct Inner {
     key_prefix: String,
     max_data_len: usize,
     cache: Cache,
+    queues: Queues,
     counters: Counters,
 }
 
@@ -177,6 +179,7 @@ impl StorageBuilder {
                 policy: self.policy,
                 key_prefix: self.key_prefix,
                 cache: Cache::new(self.cache_capacity),
+                queues: Queues::new(),
                 counters: Counters::default(),
             }),
         })
@@ -518,6 +521,10 @@ impl Storage {
         async move {
             let inner = &self.inner;
             let started = Instant::now();
+            // This process's turn on the scope, taken by the first attempt that has something
+            // to write (reads never wait for it).
+            let mut _turn: Option<tokio::sync::OwnedMutexGuard<()>> = None;
+            let mut asked_turn = false;
             let mut start = Start::Unknown;
             let mut attempts: u32 = 0;
             let mut retries: u32 = 0;
@@ -555,6 +562,28 @@ impl Storage {
                     Counters::bump(&inner.counters.noops);
                     tracing::trace!(attempt = attempts, "no change, nothing written");
                     return Ok(out);
+                }
+
+                if !asked_turn {
+                    asked_turn = true;
+                    // Updates of one scope from this process take turns instead of racing
+                    // each other's CAS. Bounded, so that a closure that waits on another update
+                    // of its own scope stalls until the deadline instead of forever.
+                    let queue = inner.queues.turn(&key);
+                    let wait = inner
+                        .policy
+                        .deadline_limit()
+                        .unwrap_or(Duration::from_secs(30))
+                        .saturating_sub(started.elapsed());
+                    _turn = tokio::time::timeout(wait, queue.lock_owned()).await.ok();
+                    // A turn taken after others committed: rerun on what they wrote, at no cost
+                    // of a round trip.
+                    if let Some(cached) = inner.cache.get(&key) {
+                        if Some(cached.version) != version {
+                            tracing::trace!(attempt = attempts, "rerun after waiting for the turn");
+                            continue;
+                        }
+                    }
                 }
 
                 let schema = codec::schema_for::<T>(current.as_deref());

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `memory://` (or `memory:`) | in-process map | none |
 //! | `file:<dir>`, `file:///abs/dir` | one file per scope | `fsync=true\|false` |
-//! | `redis://[user:pass@]host:port/db`, `rediss://…` | Redis | `prefix=` (default `mp:`) |
+//! | `redis://[user:pass@]host:port/db` | Redis | `prefix=` (default `mp:`), `connect_timeout=` (default `2s`), `response_timeout=` (default `5s`), `protocol=` |
 //! | `mysql://user[:pass]@host:port/db` | MySQL / MariaDB | `table=` (default `mp_scopes`) |
 
 use std::sync::Arc;
@@ -127,7 +127,17 @@ pub(crate) async fn open_driver(url: &str) -> Result<Arc<dyn Driver>, Error> {
             }
             Ok(Arc::new(crate::driver::memory::MemoryDriver::new()))
         }
+        #[cfg(feature = "file")]
+        "file" => Ok(Arc::new(
+            crate::driver::file::open_parsed(url, &parsed).await?,
+        )),
+        #[cfg(not(feature = "file"))]
         "file" => Err(not_compiled(url, "file")),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(
+            crate::driver::redis::open_parsed(url, &parsed).await?,
+        )),
+        #[cfg(not(feature = "redis"))]
         "redis" | "rediss" => Err(not_compiled(url, "redis")),
         #[cfg(feature = "mysql")]
         "mysql" => Ok(Arc::new(

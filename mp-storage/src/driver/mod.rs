@@ -16,9 +16,13 @@ use async_trait::async_trait;
 
 use crate::Error;
 
+#[cfg(feature = "file")]
+pub mod file;
 pub mod memory;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// Opens the driver a storage URL names (see [`Storage::open`](crate::Storage::open)), for
 /// wrapping it (caching, fault injection, metrics) before handing it to

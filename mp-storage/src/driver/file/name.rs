@@ -1,0 +1,241 @@
+//! Scope keys to file names and back.
+//!
+//! A key becomes the *stem* of its files (`<stem>.json` for the record, `<stem>.lock` for its
+//! lock, `<stem>.<random>.tmp` while a write is in flight):
+//!
+//! - The bytes `a`–`z`, `0`–`9`, `-`, `_` and `.` stand for themselves; every other byte of the
+//!   key's UTF-8 is written `%` and two lower-case hex digits (`A` is `%41`, `/` is `%2f`, `%` is
+//!   `%25`, `é` is `%c3%a9`). A stem therefore holds only lower-case ASCII: no separator, no
+//!   upper case (two keys that differ only in case stay apart on case-insensitive file systems),
+//!   no non-ASCII (no Unicode normalization by the file system either).
+//! - A leading `.` is escaped (no hidden files, no `.` or `..`), and so is the first letter of a
+//!   name that Windows reserves for devices (`con`, `nul`, `com1`, …).
+//! - When that *plain* stem is longer than [`MAX_PLAIN_STEM`] bytes, the stem is instead the
+//!   first bytes of the plain stem (at most [`HASHED_PREFIX`], for humans), `%h` and the
+//!   SHA-256 of the key in hex. `%h` never occurs in a plain stem, so the two forms never
+//!   collide; the full key is kept in the record's header, where `list` reads it.
+//!
+//! The longest file name is thus `MAX_PLAIN_STEM + 21` bytes (a temp file), well under the
+//! 255-byte limit of common file systems.
+
+use sha2::{Digest, Sha256};
+
+/// The longest stem written in the plain, reversible form.
+pub(crate) const MAX_PLAIN_STEM: usize = 200;
+
+/// The most bytes of the plain stem a hashed stem starts with.
+pub(crate) const HASHED_PREFIX: usize = 100;
+
+/// The marker between the readable prefix and the hash of a hashed stem.
+const HASH_MARK: &str = "%h";
+
+/// The extension of record files.
+pub(crate) const RECORD_EXT: &str = ".json";
+
+/// The extension of lock files.
+pub(crate) const LOCK_EXT: &str = ".lock";
+
+/// The extension of temp files.
+pub(crate) const TEMP_EXT: &str = ".tmp";
+
+/// Names Windows gives to devices, whatever the extension.
+const WINDOWS_DEVICES: &[&str] = &[
+    "con", "prn", "aux", "nul", "conin$", "conout$", "com0", "com1", "com2", "com3", "com4",
+    "com5", "com6", "com7", "com8", "com9", "lpt0", "lpt1", "lpt2", "lpt3", "lpt4", "lpt5", "lpt6",
+    "lpt7", "lpt8", "lpt9",
+];
+
+fn is_plain_byte(b: u8) -> bool {
+    matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.')
+}
+
+fn push_escaped(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 15)]));
+}
+
+/// The reversible stem of `key`, however long.
+fn plain_stem(key: &str) -> String {
+    let bytes = key.as_bytes();
+    // The part up to the first dot is what Windows compares with its device names.
+    let base_len = bytes.iter().position(|&b| b == b'.').unwrap_or(bytes.len());
+    let device = WINDOWS_DEVICES
+        .iter()
+        .any(|d| d.as_bytes() == &bytes[..base_len]);
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = !is_plain_byte(b) || (i == 0 && (b == b'.' || device));
+        if escape {
+            push_escaped(&mut out, b);
+        } else {
+            out.push(char::from(b));
+        }
+    }
+    out
+}
+
+/// The stem of the files of `key`.
+pub(crate) fn stem(key: &str) -> String {
+    let plain = plain_stem(key);
+    if plain.len() <= MAX_PLAIN_STEM {
+        return plain;
+    }
+    // Cut the readable prefix between escapes, never inside one.
+    let mut cut = 0;
+    let b = plain.as_bytes();
+    while cut < b.len() {
+        let step = if b[cut] == b'%' { 3 } else { 1 };
+        if cut + step > HASHED_PREFIX {
+            break;
+        }
+        cut += step;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(cut + HASH_MARK.len() + 64);
+    out.push_str(&plain[..cut]);
+    out.push_str(HASH_MARK);
+    for byte in digest.iter() {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// Whether `stem` is of the hashed form (its key is only in the file).
+pub(crate) fn is_hashed(stem: &str) -> bool {
+    stem.contains(HASH_MARK)
+}
+
+/// The key of a plain stem; `None` when `stem` is not exactly what [`stem`] gives for some key
+/// (a hashed stem, or a file this driver did not name).
+pub(crate) fn key_of_plain(stem: &str) -> Option<String> {
+    let b = stem.as_bytes();
+    let mut bytes = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hi = hex_digit(*b.get(i + 1)?)?;
+            let lo = hex_digit(*b.get(i + 2)?)?;
+            bytes.push(hi << 4 | lo);
+            i += 3;
+        } else if is_plain_byte(b[i]) {
+            bytes.push(b[i]);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    let key = String::from_utf8(bytes).ok()?;
+    // Only the canonical spelling names a key: `%61` for `a`, or a stem too long to be plain,
+    // is someone else's file.
+    (!key.is_empty() && self::stem(&key) == stem).then_some(key)
+}
+
+/// Whether `stem` is one [`stem`] gives for some key, plain or hashed.
+pub(crate) fn is_stem(stem: &str) -> bool {
+    match stem.split_once(HASH_MARK) {
+        Some((prefix, hash)) => {
+            hash.len() == 64
+                && hash.bytes().all(|b| hex_digit(b).is_some())
+                && prefix.len() <= HASHED_PREFIX
+                && !prefix.is_empty()
+                && !prefix.starts_with('.')
+                && prefix.bytes().all(|b| is_plain_byte(b) || b == b'%')
+        }
+        None => key_of_plain(stem).is_some(),
+    }
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readable_for_common_names() {
+        assert_eq!(stem("global"), "global");
+        assert_eq!(stem("user_1.settings"), "user_1.settings");
+        assert_eq!(stem("user:alice"), "user%3aalice");
+        assert_eq!(stem("Alice"), "%41lice");
+        assert_eq!(stem("a b "), "a%20b%20");
+        assert_eq!(stem("é"), "%c3%a9");
+    }
+
+    #[test]
+    fn nothing_escapes_the_directory() {
+        assert_eq!(stem(".."), "%2e.");
+        assert_eq!(stem("."), "%2e");
+        assert_eq!(stem(".hidden"), "%2ehidden");
+        assert_eq!(stem("../x"), "%2e.%2fx");
+        assert_eq!(stem("/abs"), "%2fabs");
+        assert_eq!(stem("a\\b"), "a%5cb");
+        assert_eq!(stem("%2e%2e"), "%252e%252e");
+        assert_eq!(stem("a\0b"), "a%00b");
+    }
+
+    #[test]
+    fn windows_devices_are_escaped() {
+        assert_eq!(stem("con"), "%63on");
+        assert_eq!(stem("nul.txt"), "%6eul.txt");
+        assert_eq!(stem("console"), "console");
+        assert_eq!(stem("CON"), "%43%4f%4e");
+        for k in ["con", "nul.txt", "com1", "console"] {
+            assert_eq!(key_of_plain(&stem(k)).as_deref(), Some(k));
+        }
+    }
+
+    #[test]
+    fn long_names_are_hashed() {
+        let long = "é".repeat(500);
+        let s = stem(&long);
+        assert!(is_hashed(&s));
+        assert!(s.len() <= HASHED_PREFIX + 2 + 64, "{}", s.len());
+        assert!(s.starts_with("%c3%a9"));
+        assert_eq!(key_of_plain(&s), None);
+        assert_ne!(stem(&format!("{long}x")), s);
+        // Exactly at the limit: still plain.
+        let edge = "a".repeat(MAX_PLAIN_STEM);
+        assert_eq!(stem(&edge), edge);
+        assert!(is_hashed(&stem(&"a".repeat(MAX_PLAIN_STEM + 1))));
+    }
+
+    #[test]
+    fn stems_are_recognized() {
+        for k in ["a", "User", "é".repeat(400).as_str(), "..", "con"] {
+            assert!(is_stem(&stem(k)), "{k}");
+        }
+        for s in [
+            "A",
+            "notes ",
+            "%61",
+            "",
+            ".x",
+            "x%hzz",
+            "%h",
+            &format!("%h{}", "0".repeat(64)),
+        ] {
+            assert!(!is_stem(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn only_canonical_stems_decode() {
+        assert_eq!(key_of_plain("user%3aalice").as_deref(), Some("user:alice"));
+        assert_eq!(key_of_plain("%61"), None); // `a` is written plain
+        assert_eq!(key_of_plain("A"), None);
+        assert_eq!(key_of_plain("%4"), None);
+        assert_eq!(key_of_plain("%zz"), None);
+        assert_eq!(key_of_plain("%ff"), None); // not UTF-8
+        assert_eq!(key_of_plain(""), None);
+        assert_eq!(key_of_plain(".x"), None);
+        assert_eq!(key_of_plain("con"), None);
+    }
+}

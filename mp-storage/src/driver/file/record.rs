@@ -1,0 +1,169 @@
+//! The record file format: one JSON header line, then the data, then a newline.
+//!
+//! ```text
+//! {"format":1,"key":"user:alice","version":7,"schema":0,"len":11,"tokens":["3f09c1d2a4b5e6f7"]}
+//! {"count":3}
+//! ```
+//!
+//! `len` is the byte length of the data, so a short or padded file is caught. Tokens are hex
+//! strings, since JSON readers often hold numbers as doubles.
+
+use serde::{Deserialize, Serialize};
+
+use crate::driver::Record;
+
+/// The format this code writes and reads.
+const FORMAT: u32 = 1;
+
+/// The most bytes a header line may take: a key of a few KiB escaped, plus the tokens.
+pub(crate) const MAX_HEADER: usize = 64 << 10;
+
+#[derive(Serialize, Deserialize)]
+struct Header<'a> {
+    format: u32,
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    version: u64,
+    schema: u32,
+    len: usize,
+    tokens: Vec<String>,
+}
+
+/// The bytes of a record file for `key`.
+pub(crate) fn encode(
+    key: &str,
+    version: u64,
+    schema: u32,
+    data: &[u8],
+    tokens: &[u64],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let header = Header {
+        format: FORMAT,
+        key: key.into(),
+        version,
+        schema,
+        len: data.len(),
+        tokens: tokens.iter().map(|t| format!("{t:016x}")).collect(),
+    };
+    let mut out = Vec::with_capacity(data.len() + key.len() + 64 + 20 * tokens.len());
+    serde_json::to_writer(&mut out, &header)?;
+    out.push(b'\n');
+    out.extend_from_slice(data);
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Reads the key from the first line of a record file (for `list`).
+pub(crate) fn key_of_header(first_line: &[u8]) -> Result<String, String> {
+    let line = first_line.strip_suffix(b"\n").unwrap_or(first_line);
+    let header: Header<'_> =
+        serde_json::from_slice(line).map_err(|e| format!("unreadable header: {e}"))?;
+    check_format(&header)?;
+    Ok(header.key.into_owned())
+}
+
+fn check_format(header: &Header<'_>) -> Result<(), String> {
+    if header.format != FORMAT {
+        return Err(format!(
+            "record format {} is unknown to this version of mp-storage (it knows {FORMAT})",
+            header.format
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a whole record file: the key it names and its record.
+pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Record), String> {
+    let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+        if bytes.is_empty() {
+            return Err("the file is empty".to_owned());
+        }
+        return Err("no header line".to_owned());
+    };
+    let header: Header<'_> =
+        serde_json::from_slice(&bytes[..nl]).map_err(|e| format!("unreadable header: {e}"))?;
+    check_format(&header)?;
+    let rest = &bytes[nl + 1..];
+    let data = rest.get(..header.len).ok_or_else(|| {
+        format!(
+            "the data is cut short: {} of {} bytes",
+            rest.len(),
+            header.len
+        )
+    })?;
+    if &rest[header.len..] != b"\n" {
+        return Err(format!(
+            "{} unexpected bytes after the data",
+            rest.len() - header.len
+        ));
+    }
+    let mut tokens = Vec::with_capacity(header.tokens.len());
+    for t in &header.tokens {
+        let ok = t.len() == 16 && t.bytes().all(|c| c.is_ascii_hexdigit());
+        match u64::from_str_radix(t, 16) {
+            Ok(v) if ok => tokens.push(v),
+            _ => return Err(format!("bad commit token {t:?}")),
+        }
+    }
+    Ok((
+        header.key.into_owned(),
+        Record {
+            version: header.version,
+            schema: header.schema,
+            data: data.to_vec(),
+            tokens,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_readable() {
+        let bytes = encode("user:\"é\"\n", 7, 2, br#"{"count":3}"#, &[1, u64::MAX]).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            text.starts_with(r#"{"format":1,"key":"user:\"é\"\n","version":7"#),
+            "{text}"
+        );
+        assert!(text.ends_with("{\"count\":3}\n"));
+        let (key, r) = decode(&bytes).unwrap();
+        assert_eq!(key, "user:\"é\"\n");
+        assert_eq!(r.version, 7);
+        assert_eq!(r.schema, 2);
+        assert_eq!(r.data, br#"{"count":3}"#);
+        assert_eq!(r.tokens, vec![1, u64::MAX]);
+        let first = &bytes[..=bytes.iter().position(|&b| b == b'\n').unwrap()];
+        assert_eq!(key_of_header(first).unwrap(), "user:\"é\"\n");
+    }
+
+    #[test]
+    fn data_with_newlines() {
+        let data = b"{\n  \"a\": 1\n}";
+        let (_, r) = decode(&encode("k", 1, 0, data, &[]).unwrap()).unwrap();
+        assert_eq!(r.data, data);
+    }
+
+    #[test]
+    fn damage_is_caught() {
+        let good = encode("k", 1, 0, b"[1,2,3]", &[5]).unwrap();
+        for cut in 0..good.len() {
+            assert!(decode(&good[..cut]).is_err(), "cut at {cut} decoded");
+        }
+        let mut long = good.clone();
+        long.extend_from_slice(b"xx");
+        assert!(decode(&long).is_err());
+        assert!(decode(b"not json\n[]\n").is_err());
+        let newer = br#"{"format":2,"key":"k","version":1,"schema":0,"len":2,"tokens":[]}
+[]
+"#;
+        assert!(decode(newer).unwrap_err().contains("format 2"));
+        let bad_token = br#"{"format":1,"key":"k","version":1,"schema":0,"len":2,"tokens":["+1"]}
+[]
+"#;
+        assert!(decode(bad_token).is_err());
+    }
+}

@@ -1,0 +1,83 @@
+//! One queue per hot scope inside a process: updates of the same scope from this process's tasks
+//! take turns instead of racing each other's compare-and-swaps.
+//!
+//! Without it, T tasks updating one scope all read version v, one wins and T-1 retry after a
+//! backoff: most round trips are wasted and the scope sits idle during the waits. In turn, each
+//! update starts from the record the previous one just committed (in the cache) and its CAS
+//! succeeds at once. Other processes still race through the CAS and the retry loop.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+type Turn = tokio::sync::Mutex<()>;
+
+const SHARDS: usize = 16;
+
+pub(crate) struct Queues {
+    shards: Vec<Mutex<Shard>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<String, Weak<Turn>>,
+    /// The map's size after the last sweep of dead entries.
+    swept_at: usize,
+}
+
+impl Queues {
+    pub(crate) fn new() -> Self {
+        Queues {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+
+    /// The turn lock of `key`; alive while some update holds or awaits it.
+    pub(crate) fn turn(&self, key: &str) -> Arc<Turn> {
+        let i = shard_of(key);
+        let mut shard = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(turn) = shard.map.get(key).and_then(Weak::upgrade) {
+            return turn;
+        }
+        let turn = Arc::new(Turn::new(()));
+        shard.map.insert(key.to_owned(), Arc::downgrade(&turn));
+        // Sweep dead entries when the map has doubled since the last sweep: amortised O(1).
+        if shard.map.len() > 2 * shard.swept_at.max(32) {
+            shard.map.retain(|_, w| w.strong_count() > 0);
+            shard.swept_at = shard.map.len();
+        }
+        turn
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).map.len())
+            .sum()
+    }
+}
+
+fn shard_of(key: &str) -> usize {
+    use std::hash::{BuildHasher, RandomState};
+    static STATE: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    let state = STATE.get_or_init(RandomState::new);
+    (state.hash_one(key) as usize) % SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_key_same_turn_and_dead_entries_are_swept() {
+        let q = Queues::new();
+        let a = q.turn("a");
+        let b = q.turn("a");
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        for i in 0..10_000 {
+            let _t = q.turn(&format!("k{i}"));
+        }
+        assert!(q.len() < 2_000, "{}", q.len());
+    }
+}

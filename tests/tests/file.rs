@@ -1,0 +1,536 @@
+//! The file driver: the behavior suite, several processes on one scope, writers killed with
+//! SIGKILL, the file-name encoding as a property, and a full disk.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mp_storage::driver::file::{
+    key_of_record_file_name, record_file_name, FileDriver, FileOptions,
+};
+use mp_storage::{BackendKind, Error, Storage};
+use mp_storage_tests::Counter;
+use proptest::prelude::*;
+
+mp_storage_tests::behavior_suite!(mp_storage_tests::targets::file());
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several processes
+
+/// 4 processes x 4 tasks x 250 increments of one scope: exactly 4,000, every count handed out
+/// once. Without fsync, which the locking does not depend on, so that the count does not wait on
+/// a slow disk (durable writes are checked by the next test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_count_exactly() {
+    processes_count_exactly("?fsync=false", 250).await;
+}
+
+/// The same with durable writes, fewer of them (a commit costs two fsyncs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_count_exactly_durable() {
+    processes_count_exactly("", 20).await;
+}
+
+async fn processes_count_exactly(options: &str, increments: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}{options}", dir.path().display());
+    let started = Instant::now();
+    let total = mp_storage_tests::multi_process_increments(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        "mp/",
+        "hot",
+        4,
+        4,
+        increments,
+    )
+    .await;
+    assert_eq!(total, 16 * increments as u64);
+    eprintln!(
+        "4 processes x 4 tasks x {increments} increments ({url}): {:?}",
+        started.elapsed()
+    );
+    // Nothing but the record and its lock is left.
+    assert_eq!(
+        file_names(dir.path()),
+        vec!["mp%2fhot.json", "mp%2fhot.lock"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL
+
+const KILL_CHILD_DIR: &str = "MP_FILE_TEST_KILL_CHILD_DIR";
+
+/// Not a test on its own: the writer process of `killed_writers_leave_a_whole_record`, which
+/// runs this test binary again with `KILL_CHILD_DIR` set. It increments a scope forever and
+/// prints `ack N` once each count is committed.
+#[test]
+fn kill_child_writer() {
+    let Ok(dir) = std::env::var(KILL_CHILD_DIR) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        let st = Storage::open(&format!("file:{dir}"))
+            .await
+            .expect("open in the child");
+        let mut out = std::io::stdout();
+        loop {
+            let n = st
+                .scoped("killed", |c: &mut Counter| {
+                    c.count += 1;
+                    c.count
+                })
+                .await
+                .expect("increment in the child");
+            writeln!(out, "ack {n}").expect("stdout");
+            out.flush().expect("stdout");
+        }
+    });
+}
+
+/// A writer killed with SIGKILL at a random moment, 20 times over: the record always decodes
+/// and holds the last acknowledged count or one more.
+#[cfg(unix)]
+#[test]
+fn killed_writers_leave_a_whole_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::env::current_exe().expect("test binary");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let read_count = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let st = Storage::open(&format!("file:{}", dir.path().display()))
+                .await
+                .expect("open");
+            let count = st
+                .get::<Counter>("killed")
+                .await
+                .unwrap_or_else(|e| panic!("the record does not decode after a kill: {e}"))
+                .map_or(0, |c| c.count);
+            assert_eq!(st.list("").await.expect("list"), vec!["killed".to_owned()]);
+            count
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut before = 0;
+    let mut rounds_mid_write = 0;
+    for round in 0..20 {
+        assert!(Instant::now() < deadline, "took too long");
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "kill_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(KILL_CHILD_DIR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the writer");
+        let stdout = child.stdout.take().expect("child stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // The harness prints `test kill_child_writer ... ` before the first line.
+                if let Some(at) = line.find("ack ") {
+                    if let Ok(n) = line[at + 4..].trim().parse() {
+                        let _ = tx.send(n);
+                    }
+                }
+            }
+        });
+        // Wait for the first ack, then let it run a random while before the kill.
+        let first = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the writer acknowledged nothing");
+        assert_eq!(
+            first,
+            before + 1,
+            "round {round} started from a wrong count"
+        );
+        std::thread::sleep(Duration::from_millis(rand::random_range(5..150)));
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        let _ = reader.join();
+        let last_ack = rx.try_iter().last().unwrap_or(first).max(first);
+        let stored = read_count(&rt);
+        assert!(
+            stored == last_ack || stored == last_ack + 1,
+            "round {round}: stored {stored}, last acknowledged {last_ack}"
+        );
+        if stored == last_ack + 1 {
+            rounds_mid_write += 1;
+        }
+        before = stored;
+    }
+    eprintln!(
+        "20 kills: final count {before}, {rounds_mid_write} kills landed after a commit was written but before its ack was read"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The name encoding
+
+/// Keys as the engine hands them: non-empty, no NUL, at most 2,048 bytes.
+fn any_key() -> impl Strategy<Value = String> {
+    let tricky = prop::sample::select(vec![
+        ".", "..", "/", "\\", "%", "%2e", "%h", "A", "a", " ", ".json", ".lock", ".tmp", "con",
+        "NUL", "é", "e\u{301}", "ß", "İ", "\u{feff}", "\u{202e}", ":", "*", "?", "~",
+    ]);
+    let pieces = prop::collection::vec(
+        prop_oneof![
+            3 => any::<char>().prop_map(String::from),
+            2 => tricky.prop_map(str::to_owned),
+            1 => "[a-z0-9._-]{1,8}",
+        ],
+        1..40,
+    )
+    .prop_map(|p| p.concat());
+    let long = (any::<char>(), 100usize..1100).prop_map(|(c, n)| c.to_string().repeat(n));
+    prop_oneof![4 => pieces, 1 => long, 1 => any::<String>()]
+        .prop_map(|k| k.replace('\0', "0"))
+        .prop_filter("a key", |k| !k.is_empty())
+        .prop_map(|mut k| {
+            while k.len() > 2048 {
+                k.pop();
+            }
+            k
+        })
+}
+
+fn assert_plain_file_name(name: &str) {
+    assert!(
+        !name.is_empty() && name.len() <= 255,
+        "{name} is {} bytes",
+        name.len()
+    );
+    assert!(
+        name != "." && name != ".." && !name.starts_with('.'),
+        "{name}"
+    );
+    assert!(
+        name.bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'%')),
+        "{name} holds a byte outside the lower-case ASCII set"
+    );
+    assert!(name.ends_with(".json"), "{name}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Every key maps to one plain, short, lower-case file name that gives the key back (or,
+    /// when too long, a hashed one that does not pretend to).
+    #[test]
+    fn names_round_trip_and_are_plain(key in any_key()) {
+        let name = record_file_name(&key);
+        assert_plain_file_name(&name);
+        match key_of_record_file_name(&name) {
+            Some(back) => prop_assert_eq!(back, key),
+            None => prop_assert!(name.contains("%h"), "{} neither decodes nor is hashed", name),
+        }
+        // Pushing a path through Path::join stays one component inside the directory.
+        let joined = Path::new("/d").join(&name);
+        prop_assert_eq!(joined.parent(), Some(Path::new("/d")));
+    }
+
+    /// Different keys never share a file, even on a case-insensitive file system.
+    #[test]
+    fn names_are_distinct(a in any_key(), b in any_key()) {
+        prop_assume!(a != b);
+        let (na, nb) = (record_file_name(&a), record_file_name(&b));
+        prop_assert_ne!(na.to_ascii_lowercase(), nb.to_ascii_lowercase());
+    }
+
+    /// Keys that differ only in case, trailing spaces or one last character stay apart.
+    #[test]
+    fn near_keys_are_distinct(key in any_key(), c in any::<char>()) {
+        prop_assume!(c != '\0');
+        let variants = [
+            key.clone(),
+            key.to_uppercase(),
+            key.to_lowercase(),
+            format!("{key} "),
+            format!("{key}{c}"),
+        ];
+        let keys: HashSet<&String> = variants.iter().filter(|k| k.len() <= 2048).collect();
+        let names: HashSet<String> =
+            keys.iter().map(|k| record_file_name(k).to_ascii_lowercase()).collect();
+        prop_assert_eq!(names.len(), keys.len());
+    }
+}
+
+/// Through the driver: any key is stored, read back and listed exactly.
+#[test]
+fn any_key_is_stored_and_listed_exactly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let st = rt.block_on(async {
+        let driver = FileDriver::open(dir.path(), FileOptions::new().fsync(false))
+            .await
+            .expect("open");
+        Storage::with_driver(Arc::new(driver)).expect("storage")
+    });
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(512));
+    let strategy = any_key().prop_filter("a name", |k| k.len() <= mp_storage::MAX_NAME_LEN);
+    let stored = std::sync::Mutex::new(Vec::new());
+    runner
+        .run(&strategy, |key| {
+            rt.block_on(async {
+                st.set(
+                    &key,
+                    &Counter {
+                        count: key.len() as u64,
+                    },
+                )
+                .await
+                .map_err(|e| TestCaseError::fail(format!("set {key:?}: {e}")))?;
+                let got: Option<Counter> = st
+                    .get(&key)
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(got.map(|c| c.count), Some(key.len() as u64));
+                let listed = st
+                    .list(&key)
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert!(listed.contains(&key), "{:?} not in {:?}", key, listed);
+                prop_assert!(listed.iter().all(|k| k.starts_with(key.as_str())));
+                Ok(())
+            })?;
+            stored.lock().expect("lock").push(key);
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut want: Vec<String> = stored.into_inner().expect("lock");
+    want.sort();
+    want.dedup();
+    let all = rt.block_on(st.list("")).expect("list");
+    assert_eq!(all, want);
+    // Every file is directly inside the directory.
+    for entry in std::fs::read_dir(dir.path()).expect("read_dir") {
+        let entry = entry.expect("entry");
+        assert!(entry.file_type().expect("type").is_file());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Full disk
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Result<SmallDisk, String> {
+        if !cfg!(target_os = "linux") {
+            return Err("mounting a tmpfs is only tried on Linux".to_owned());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk { dir })
+    }
+
+    fn remount(&self, mode: &str) -> bool {
+        Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// On a full disk a write is a `Full` backend error, the old record is intact and no temp file
+/// is left.
+#[tokio::test]
+async fn full_disk_keeps_the_old_record() {
+    let disk = match SmallDisk::mount("256k") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIPPED full_disk_keeps_the_old_record: {why}");
+            return;
+        }
+    };
+    let st = Storage::open(&format!("file:{}", disk.path().display()))
+        .await
+        .expect("open");
+    st.set("doc", &serde_json::json!({"text": "small"}))
+        .await
+        .expect("a small write fits");
+
+    // A value larger than the disk.
+    let big = serde_json::json!({ "text": "x".repeat(400 << 10) });
+    let e = st
+        .set("doc", &big)
+        .await
+        .expect_err("a write larger than the disk");
+    assert_eq!(e.backend_kind(), Some(BackendKind::Full), "{e}");
+    let e = st
+        .scoped("doc", |v: &mut serde_json::Value| *v = big.clone())
+        .await
+        .expect_err("an update larger than the disk");
+    assert_eq!(e.backend_kind(), Some(BackendKind::Full), "{e}");
+    assert!(matches!(e, Error::Backend { driver: "file", .. }));
+
+    // Fill the disk to the last byte, then try a small update.
+    let filler = disk.path().join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..1]).is_ok() {}
+    }
+    let e = st
+        .scoped("doc", |v: &mut serde_json::Value| {
+            v["text"] = "changed".into()
+        })
+        .await
+        .expect_err("an update on a full disk");
+    assert_eq!(e.backend_kind(), Some(BackendKind::Full), "{e}");
+
+    let fresh = Storage::open(&format!("file:{}", disk.path().display()))
+        .await
+        .expect("reopen");
+    assert_eq!(
+        fresh
+            .get::<serde_json::Value>("doc")
+            .await
+            .expect("old record"),
+        Some(serde_json::json!({"text": "small"}))
+    );
+    let names = file_names(&disk.path());
+    assert!(
+        !names.iter().any(|n| n.ends_with(".tmp")),
+        "temp files left: {names:?}"
+    );
+
+    // Space back: writes work again.
+    std::fs::remove_file(&filler).expect("remove filler");
+    st.scoped("doc", |v: &mut serde_json::Value| {
+        v["text"] = "changed".into()
+    })
+    .await
+    .expect("an update once space is back");
+
+    // Read-only: a permission error, reads still work. (Root passes EACCES checks, so a
+    // read-only mount stands in for a directory the process may not write.)
+    if disk.remount("ro") {
+        let e = st
+            .scoped("doc", |v: &mut serde_json::Value| {
+                v["text"] = "again".into()
+            })
+            .await
+            .expect_err("an update on a read-only disk");
+        assert_eq!(e.backend_kind(), Some(BackendKind::PermissionDenied), "{e}");
+        assert_eq!(
+            fresh.get::<serde_json::Value>("doc").await.expect("read"),
+            Some(serde_json::json!({"text": "changed"}))
+        );
+        disk.remount("rw");
+    } else {
+        eprintln!("full_disk_keeps_the_old_record: remounting read-only failed, that part skipped");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput
+
+/// Durable commits per second, one writer: `Storage` over the file driver against a bare
+/// temp + write + fsync + rename + directory-fsync loop on the same disk, in the same run. The
+/// two alternate commit by commit, so a disk whose speed drifts (a shared machine) weighs on
+/// both alike. `MP_BENCH_COMMITS` (default 2000) and `MP_BENCH_DIR` (default the temp dir).
+///
+/// `cargo test -p mp-storage-tests --test file --release -- --ignored --nocapture durable`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn durable_commit_rate() {
+    let n: usize = std::env::var("MP_BENCH_COMMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let base = std::env::var("MP_BENCH_DIR").map_or_else(|_| std::env::temp_dir(), PathBuf::from);
+    let dir = tempfile::tempdir_in(&base).expect("temp dir");
+    let bare_dir = dir.path().join("bare");
+    std::fs::create_dir_all(&bare_dir).expect("dir");
+    let bare_handle = std::fs::File::open(&bare_dir).expect("dir handle");
+    let st = Storage::open(&format!("file:{}", dir.path().join("storage").display()))
+        .await
+        .expect("open");
+    st.scoped("counter", |c: &mut Counter| c.count += 1)
+        .await
+        .expect("warm up");
+
+    let (mut bare, mut file) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let started = Instant::now();
+        bare_commit(&bare_dir, &bare_handle, i);
+        bare.push(started.elapsed());
+        let started = Instant::now();
+        st.scoped("counter", |c: &mut Counter| c.count += 1)
+            .await
+            .expect("increment");
+        file.push(started.elapsed());
+    }
+    let rate = |v: &[Duration]| v.len() as f64 / v.iter().sum::<Duration>().as_secs_f64();
+    let median = |v: &mut Vec<Duration>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let (b, f) = (rate(&bare), rate(&file));
+    eprintln!(
+        "{n} durable commits each: bare loop {b:.0}/s (median {:?}), Storage over file {f:.0}/s \
+         (median {:?}), ratio {:.2}",
+        median(&mut bare),
+        median(&mut file),
+        f / b
+    );
+}
+
+/// The floor: one durable replace of a small file.
+fn bare_commit(d: &Path, dir_handle: &std::fs::File, i: usize) {
+    let tmp = d.join(format!("counter.{i}.tmp"));
+    let mut f = std::fs::File::create(&tmp).expect("create");
+    f.write_all(format!("{{\"count\":{i}}}\n").as_bytes())
+        .expect("write");
+    f.sync_all().expect("fsync");
+    drop(f);
+    std::fs::rename(&tmp, d.join("counter.json")).expect("rename");
+    dir_handle.sync_all().expect("dir fsync");
+}
