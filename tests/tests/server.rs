@@ -247,14 +247,16 @@ async fn collect(
 ) {
     let mut lines = BufReader::new(from).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        {
+            let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+            out.push_str(&line);
+            out.push('\n');
+        }
         if let Some(addr) = line.strip_prefix("counter-server: listening on http://") {
             if let (Some(tx), Ok(addr)) = (addr_tx.take(), addr.trim().parse()) {
                 let _ = tx.send(addr);
             }
         }
-        let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-        out.push_str(&line);
-        out.push('\n');
     }
 }
 
