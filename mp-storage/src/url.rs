@@ -153,6 +153,7 @@ pub(crate) async fn open_driver(url: &str) -> Result<Arc<dyn Driver>, Error> {
     }
 }
 
+#[allow(dead_code)] // unused when every driver is compiled in
 fn not_compiled(url: &str, feature: &str) -> Error {
     Error::InvalidUrl {
         url: redact_url(url),
