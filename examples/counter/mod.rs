@@ -1,0 +1,265 @@
+//! The counter server: an HTTP app that counts requests in mp-storage scopes.
+//!
+//! - `GET /` counts in scope [`GLOBAL_SCOPE`]; `GET /?user=NAME` counts in `user:NAME`
+//!   ([`USER_PREFIX`]). Any user name is a scope of its own, taken exactly: `Alice`, `alice`,
+//!   `../x` and `名前` are four names, and none of them is a path.
+//! - The answer is text (`There have been 3 requests.`, `There has been 1 request.`), or JSON
+//!   (`{"scope":"global","count":3}`) when the `Accept` header lists `application/json`.
+//! - A user name that cannot be a scope name (a NUL byte, too long, not UTF-8) answers 400; a
+//!   storage that fails answers 503 (500 for stored data that cannot be read): never a crash.
+//!
+//! Every count is one [`Storage::scoped`] call, so any number of server processes on one store
+//! keep one exact count: each answered number is handed out once.
+
+pub mod cli;
+
+use std::future::Future;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use mp_storage::{Error, Scope, Storage, MAX_NAME_LEN};
+use percent_encoding::percent_decode_str;
+use tokio::net::TcpListener;
+
+/// The scope `GET /` counts in.
+pub const GLOBAL_SCOPE: &str = "global";
+
+/// The start of a user's scope name: `GET /?user=NAME` counts in `user:NAME`.
+pub const USER_PREFIX: &str = "user:";
+
+/// The longest user name, in bytes: a scope name is at most [`MAX_NAME_LEN`] bytes.
+pub const MAX_USER_LEN: usize = MAX_NAME_LEN - USER_PREFIX.len();
+
+/// What every scope of the server holds.
+#[derive(Scope, serde::Serialize, serde::Deserialize, Default, Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    /// Requests counted so far.
+    pub count: u64,
+}
+
+/// The JSON answer: `{"scope":"user:alice","count":2}`.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
+    scope: &'a str,
+    count: u64,
+}
+
+/// The app: the router with its state (the storage every request counts in).
+pub fn app(storage: Storage) -> Router {
+    Router::new()
+        .route("/", get(count))
+        .fallback(not_found)
+        .with_state(storage)
+}
+
+/// Serves [`app`] on `listener` until `shutdown` completes, then finishes the requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    storage: Storage,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(storage))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The text answer for a count: correct English for one and for many.
+pub fn sentence(count: u64) -> String {
+    if count == 1 {
+        "There has been 1 request.".to_owned()
+    } else {
+        format!("There have been {count} requests.")
+    }
+}
+
+/// The scope a request's query string counts in, or why it cannot count anywhere.
+///
+/// The query is form-encoded (`+` is a space, `%XX` a byte); the one parameter read is `user`.
+/// No `user` means [`GLOBAL_SCOPE`]; `user=` (empty) is the user whose name is empty.
+pub fn scope_for(query: Option<&str>) -> Result<String, &'static str> {
+    let mut user = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if form_decode(key).as_deref() != Ok("user") {
+            continue;
+        }
+        if user.is_some() {
+            return Err("give at most one user");
+        }
+        user = Some(form_decode(value).map_err(|()| "the user name is not valid UTF-8")?);
+    }
+    let Some(user) = user else {
+        return Ok(GLOBAL_SCOPE.to_owned());
+    };
+    if user.contains('\0') {
+        return Err("the user name holds a NUL byte");
+    }
+    if user.len() > MAX_USER_LEN {
+        return Err("the user name is longer than 1019 bytes");
+    }
+    Ok(format!("{USER_PREFIX}{user}"))
+}
+
+/// Decodes one form-encoded component; `Err` when the bytes are not UTF-8.
+fn form_decode(s: &str) -> Result<String, ()> {
+    let spaced = s.replace('+', " ");
+    percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ())
+}
+
+/// Whether the `Accept` header lists `application/json`.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| item.split(';').next())
+        .any(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn count(State(storage): State<Storage>, uri: Uri, headers: HeaderMap) -> Response {
+    let scope = match scope_for(uri.query()) {
+        Ok(scope) => scope,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let counted = storage
+        .scoped(&scope, |c: &mut Counter| {
+            c.count += 1;
+            c.count
+        })
+        .await;
+    match counted {
+        Ok(n) => {
+            tracing::debug!(scope = ?scope, count = n, "counted");
+            let mut answer = if wants_json(&headers) {
+                let body = Answer {
+                    scope: &scope,
+                    count: n,
+                };
+                match serde_json::to_string(&body) {
+                    Ok(body) => (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        format!("{body}\n"),
+                    )
+                        .into_response(),
+                    Err(_) => text(StatusCode::OK, format!("{}\n", sentence(n))),
+                }
+            } else {
+                text(StatusCode::OK, format!("{}\n", sentence(n)))
+            };
+            answer
+                .headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("accept"));
+            answer
+        }
+        Err(e) => failure(&scope, &e),
+    }
+}
+
+/// The answer for a failed count: 400 for a name the storage refuses, 500 for stored data that
+/// cannot be read, 503 for everything else (the storage is down, slow or too contended).
+fn failure(scope: &str, e: &Error) -> Response {
+    match e {
+        Error::InvalidName { reason, .. } => text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid user name: {reason}\n"),
+        ),
+        Error::Decode { .. }
+        | Error::Corrupt { .. }
+        | Error::SchemaTooNew { .. }
+        | Error::Migration { .. }
+        | Error::Encode { .. }
+        | Error::TooLarge { .. } => {
+            tracing::error!(scope = ?scope, error = %e, "the stored count cannot be used");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the stored count cannot be read\n".to_owned(),
+            )
+        }
+        _ => {
+            tracing::warn!(scope = ?scope, error = %e, "storage error");
+            let mut answer = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, try again later\n".to_owned(),
+            );
+            if e.is_retryable() {
+                answer
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            answer
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    text(
+        StatusCode::NOT_FOUND,
+        "not found: try GET / or GET /?user=NAME\n".to_owned(),
+    )
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (status, body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences() {
+        assert_eq!(sentence(1), "There has been 1 request.");
+        assert_eq!(sentence(2), "There have been 2 requests.");
+        assert_eq!(sentence(0), "There have been 0 requests.");
+    }
+
+    #[test]
+    fn scopes() {
+        assert_eq!(scope_for(None).as_deref(), Ok("global"));
+        assert_eq!(scope_for(Some("")).as_deref(), Ok("global"));
+        assert_eq!(scope_for(Some("x=1&&y")).as_deref(), Ok("global"));
+        assert_eq!(scope_for(Some("user=alice")).as_deref(), Ok("user:alice"));
+        assert_eq!(scope_for(Some("user=")).as_deref(), Ok("user:"));
+        assert_eq!(scope_for(Some("user")).as_deref(), Ok("user:"));
+        assert_eq!(
+            scope_for(Some("us%65r=a+b%20c")).as_deref(),
+            Ok("user:a b c")
+        );
+        assert_eq!(
+            scope_for(Some("user=..%2F..%2Fetc%2Fpasswd")).as_deref(),
+            Ok("user:../../etc/passwd")
+        );
+        assert_eq!(
+            scope_for(Some("user=%E5%90%8D%E5%89%8D")).as_deref(),
+            Ok("user:名前")
+        );
+        assert_eq!(scope_for(Some("user=%2B")).as_deref(), Ok("user:+"));
+        assert!(scope_for(Some("user=a&user=b")).is_err());
+        assert!(scope_for(Some("user=%00")).is_err());
+        assert!(scope_for(Some("user=%FF")).is_err());
+        assert_eq!(MAX_USER_LEN, 1019, "the message says 1019");
+        let longest = "x".repeat(MAX_USER_LEN);
+        assert!(scope_for(Some(&format!("user={longest}"))).is_ok());
+        assert!(scope_for(Some(&format!("user={longest}x"))).is_err());
+    }
+
+    #[test]
+    fn accept() {
+        let mut h = HeaderMap::new();
+        assert!(!wants_json(&h));
+        h.insert(header::ACCEPT, HeaderValue::from_static("text/plain"));
+        assert!(!wants_json(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html, Application/JSON; q=0.9"),
+        );
+        assert!(wants_json(&h));
+    }
+}
