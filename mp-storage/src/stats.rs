@@ -30,6 +30,9 @@ pub struct Stats {
     pub cache_hits: u64,
     /// Calls that gave up with [`Error::Conflict`](crate::Error::Conflict).
     pub gave_up: u64,
+    /// Writes whose reply was lost (a connection error after the CAS was sent) and whose outcome
+    /// the engine settled by re-reading the record's commit tokens.
+    pub settled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +44,7 @@ pub(crate) struct Counters {
     pub loads: AtomicU64,
     pub cache_hits: AtomicU64,
     pub gave_up: AtomicU64,
+    pub settled: AtomicU64,
 }
 
 impl Counters {
@@ -58,6 +62,7 @@ impl Counters {
             loads: r(&self.loads),
             cache_hits: r(&self.cache_hits),
             gave_up: r(&self.gave_up),
+            settled: r(&self.settled),
         }
     }
 }

@@ -591,10 +591,11 @@ impl Storage {
                 let outcome = match inner.driver.cas(&key, version, write).await {
                     Ok(o) => o,
                     Err(e) if is_unknown_outcome(&e) => {
-                        match self
+                        let settled = self
                             .resolve_unknown(name, &key, version, write.token, e)
-                            .await?
-                        {
+                            .await?;
+                        Counters::bump(&inner.counters.settled);
+                        match settled {
                             Some(o) => o,
                             None => {
                                 // Committed; the fresh record is already in the cache.

@@ -90,7 +90,9 @@ async fn check(st: &Storage, ok: Vec<u64>, errors: u64, unknown: u64) {
         "stored {stored}, Ok {n}, errors {errors} ({unknown} commit unknown)"
     );
     eprintln!(
-        "{n} updates committed, {errors} typed errors ({unknown} commit unknown), stored {stored}"
+        "{n} updates committed, {errors} typed errors ({unknown} commit unknown), stored {stored}; \
+         {} lost replies settled by token",
+        st.stats().settled
     );
 }
 
@@ -117,7 +119,11 @@ async fn redis_client_kill_loses_and_doubles_nothing() {
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let n: u64 = redis::cmd("CLIENT")
-            .arg(["KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
             .query_async(&mut killer)
             .await
             .expect("CLIENT KILL");
