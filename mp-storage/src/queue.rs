@@ -7,7 +7,7 @@
 //! succeeds at once. Other processes still race through the CAS and the retry loop.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 type Turn = tokio::sync::Mutex<()>;
 
@@ -19,8 +19,10 @@ pub(crate) struct Queues {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<String, Weak<Turn>>,
-    /// The map's size after the last sweep of dead entries.
+    /// Held strongly, so a hot scope's turn is made once, not once per update; entries that no
+    /// update holds any more are swept now and then.
+    map: HashMap<String, Arc<Turn>>,
+    /// The map's size after the last sweep.
     swept_at: usize,
 }
 
@@ -31,18 +33,18 @@ impl Queues {
         }
     }
 
-    /// The turn lock of `key`; alive while some update holds or awaits it.
+    /// The turn lock of `key`.
     pub(crate) fn turn(&self, key: &str) -> Arc<Turn> {
         let i = shard_of(key);
         let mut shard = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(turn) = shard.map.get(key).and_then(Weak::upgrade) {
-            return turn;
+        if let Some(turn) = shard.map.get(key) {
+            return turn.clone();
         }
         let turn = Arc::new(Turn::new(()));
-        shard.map.insert(key.to_owned(), Arc::downgrade(&turn));
-        // Sweep dead entries when the map has doubled since the last sweep: amortised O(1).
-        if shard.map.len() > 2 * shard.swept_at.max(32) {
-            shard.map.retain(|_, w| w.strong_count() > 0);
+        shard.map.insert(key.to_owned(), turn.clone());
+        // Sweep idle entries when the map has doubled since the last sweep: amortised O(1).
+        if shard.map.len() > 2 * shard.swept_at.max(64) {
+            shard.map.retain(|_, t| Arc::strong_count(t) > 1);
             shard.swept_at = shard.map.len();
         }
         turn

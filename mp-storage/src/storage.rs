@@ -523,8 +523,15 @@ impl Storage {
             let started = Instant::now();
             // This process's turn on the scope, taken by the first attempt that has something
             // to write (reads never wait for it).
+            let queue = inner.queues.turn(&key);
             let mut _turn: Option<tokio::sync::OwnedMutexGuard<()>> = None;
             let mut asked_turn = false;
+            if queue.try_lock().is_err() {
+                // A busy scope: queue up first, so the attempt starts from what the update
+                // ahead commits instead of being run twice.
+                asked_turn = true;
+                _turn = self.take_turn(&queue, started).await;
+            }
             let mut start = Start::Unknown;
             let mut attempts: u32 = 0;
             let mut retries: u32 = 0;
@@ -569,13 +576,7 @@ impl Storage {
                     // Updates of one scope from this process take turns instead of racing
                     // each other's CAS. Bounded, so that a closure that waits on another update
                     // of its own scope stalls until the deadline instead of forever.
-                    let queue = inner.queues.turn(&key);
-                    let wait = inner
-                        .policy
-                        .deadline_limit()
-                        .unwrap_or(Duration::from_secs(30))
-                        .saturating_sub(started.elapsed());
-                    _turn = tokio::time::timeout(wait, queue.lock_owned()).await.ok();
+                    _turn = self.take_turn(&queue, started).await;
                     // A turn taken after others committed: rerun on what they wrote, at no cost
                     // of a round trip.
                     if let Some(cached) = inner.cache.get(&key) {
@@ -674,6 +675,24 @@ impl Storage {
         }
         .instrument(span)
         .await
+    }
+
+    /// Waits for this process's turn on a scope, at most until the retry deadline (30 s when
+    /// there is none); `None` when the wait ran out, and the update goes on without it.
+    async fn take_turn(
+        &self,
+        queue: &Arc<tokio::sync::Mutex<()>>,
+        started: Instant,
+    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let wait = self
+            .inner
+            .policy
+            .deadline_limit()
+            .unwrap_or(Duration::from_secs(30))
+            .saturating_sub(started.elapsed());
+        tokio::time::timeout(wait, queue.clone().lock_owned())
+            .await
+            .ok()
     }
 
     /// After a CAS whose reply was lost: tells from the record's commit tokens whether the write

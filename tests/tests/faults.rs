@@ -177,3 +177,140 @@ async fn mysql_kill_loses_and_doubles_nothing() {
     assert!(!ok.is_empty(), "no update got through");
     check(&st, ok, errors, unknown).await;
 }
+
+type Row = (u64, Vec<u8>, Vec<u8>);
+
+async fn snapshot(conn: &mut mysql_async::Conn, k: Vec<u8>) -> Option<Row> {
+    use mysql_async::prelude::*;
+    conn.exec_first(
+        "SELECT version, data, tokens FROM mp_scopes WHERE name = ?",
+        (k,),
+    )
+    .await
+    .expect("read the row")
+}
+
+/// A MySQL row corrupted by hand: data that is not the type's JSON is a decode error, a broken
+/// token column is a corrupt-record error; neither is overwritten.
+#[tokio::test]
+async fn mysql_record_corrupted_by_hand_is_left_untouched() {
+    use mysql_async::prelude::*;
+    let Some(url) = targets::server_url("MP_TEST_MYSQL_URL", "mysql") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = unique_prefix("mysql-corrupt");
+    let st = Storage::builder()
+        .key_prefix(&prefix)
+        .open(&url)
+        .await
+        .expect("open mysql");
+    st.set("c", &Counter { count: 5 }).await.expect("set");
+    st.set("t", &Counter { count: 6 }).await.expect("set");
+    let mut conn = mysql_async::Conn::from_url(url.split('?').next().unwrap_or(&url))
+        .await
+        .expect("connection");
+    let key = |n: &str| format!("{prefix}{n}").into_bytes();
+    conn.exec_drop(
+        "UPDATE mp_scopes SET data = ? WHERE name = ?",
+        (b"{\"count\": \"five\"".to_vec(), key("c")),
+    )
+    .await
+    .expect("corrupt data");
+    conn.exec_drop(
+        "UPDATE mp_scopes SET tokens = ? WHERE name = ?",
+        (b"abc".to_vec(), key("t")),
+    )
+    .await
+    .expect("corrupt tokens");
+    let before_c = snapshot(&mut conn, key("c")).await;
+    let before_t = snapshot(&mut conn, key("t")).await;
+    assert!(before_c.is_some() && before_t.is_some());
+
+    // A handle that has not cached the record from before the corruption (an edit that keeps
+    // the version is invisible to a cache), as another process would see it.
+    let st = Storage::builder()
+        .key_prefix(&prefix)
+        .open(&url)
+        .await
+        .expect("reopen");
+    let e = st
+        .scoped("c", |c: &mut Counter| c.count += 1)
+        .await
+        .expect_err("undecodable data");
+    assert!(matches!(e, Error::Decode { .. }), "{e:?}");
+    let e = st
+        .scoped("t", |c: &mut Counter| c.count += 1)
+        .await
+        .expect_err("corrupt tokens");
+    assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+    assert!(e.to_string().contains("mp_scopes"), "{e}");
+
+    assert_eq!(snapshot(&mut conn, key("c")).await, before_c);
+    assert_eq!(snapshot(&mut conn, key("t")).await, before_t);
+    conn.exec_drop(
+        "DELETE FROM mp_scopes WHERE name IN (?, ?)",
+        (key("c"), key("t")),
+    )
+    .await
+    .expect("clean up");
+    let _ = conn.disconnect().await;
+}
+
+/// A Redis record corrupted by hand: data that is not the type's JSON is a decode error and is
+/// not overwritten.
+#[tokio::test]
+async fn redis_record_corrupted_by_hand_is_left_untouched() {
+    let Some(url) = targets::server_url("MP_TEST_REDIS_URL", "redis") else {
+        return;
+    };
+    let _one = ONE_AT_A_TIME.lock().await;
+    let prefix = unique_prefix("redis-corrupt");
+    let st = Storage::builder()
+        .key_prefix(&prefix)
+        .open(&url)
+        .await
+        .expect("open redis");
+    st.set("c", &Counter { count: 5 }).await.expect("set");
+    let client = redis::Client::open(url.split('?').next().unwrap_or(&url)).expect("client");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let key = format!("mp:{prefix}c");
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("d")
+        .arg("[1, 2")
+        .query_async(&mut con)
+        .await
+        .expect("corrupt");
+    let before: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .expect("read");
+    // A handle that has not cached the record from before the corruption (an edit that keeps
+    // the version is invisible to a cache), as another process would see it.
+    let st = Storage::builder()
+        .key_prefix(&prefix)
+        .open(&url)
+        .await
+        .expect("reopen");
+    let e = st
+        .scoped("c", |c: &mut Counter| c.count += 1)
+        .await
+        .expect_err("undecodable data");
+    assert!(matches!(e, Error::Decode { .. }), "{e:?}");
+    let after: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .expect("read");
+    assert_eq!(before, after);
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .expect("clean up");
+}

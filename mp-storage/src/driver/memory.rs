@@ -53,15 +53,20 @@ impl Driver for MemoryDriver {
     ) -> Result<CasOutcome, Error> {
         coop().await;
         let mut map = self.map();
-        let current = map.get(key);
-        if current.map(|r| r.version) != expected {
-            return Ok(CasOutcome::Conflict(current.cloned()));
+        match map.get_mut(key) {
+            Some(current) if Some(current.version) == expected => {
+                let version = write.next_version(expected);
+                *current = write.to_record(version, &current.tokens);
+                Ok(CasOutcome::Committed(version))
+            }
+            Some(current) => Ok(CasOutcome::Conflict(Some(current.clone()))),
+            None if expected.is_none() => {
+                let version = write.next_version(None);
+                map.insert(key.to_owned(), write.to_record(version, &[]));
+                Ok(CasOutcome::Committed(version))
+            }
+            None => Ok(CasOutcome::Conflict(None)),
         }
-        let version = write.next_version(expected);
-        let tokens = current.map(|r| r.tokens.as_slice()).unwrap_or_default();
-        let record = write.to_record(version, tokens);
-        map.insert(key.to_owned(), record);
-        Ok(CasOutcome::Committed(version))
     }
 
     async fn put(&self, key: &str, write: Write<'_>) -> Result<u64, Error> {
