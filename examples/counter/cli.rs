@@ -125,27 +125,6 @@ fn listen_addr(value: &str) -> Result<String, String> {
     }
 }
 
-/// The URL with its password, if any, replaced by `***`: `mysql://u:***@host/db`.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    match authority[..at].find(':') {
-        Some(colon) => format!(
-            "{}://{}:***{}",
-            &url[..scheme_end],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        None => url.to_owned(),
-    }
-}
-
 /// Runs `counter-server` with `args` (without the program name) and the process environment;
 /// returns the exit code: 0 when stopped by a signal or after `--help`, 1 when the server could
 /// not start or failed, 2 for a usage error.
@@ -197,7 +176,7 @@ fn init_logging() {
 
 /// Opens the storage, binds, prints both, and serves until a shutdown signal.
 async fn start(config: Config) -> Result<(), String> {
-    let shown = redact(&config.storage_url);
+    let shown = mp_storage::redact_url(&config.storage_url);
     let storage = Storage::open(&config.storage_url)
         .await
         .map_err(|e| format!("cannot open the storage {shown}: {e}"))?;
@@ -343,17 +322,5 @@ mod tests {
         assert!(parse_with(&["--listen", ":80"], &[]).is_err());
         assert!(parse_with(&[], &[("PORT", "http")]).is_err());
         assert!(parse_with(&[], &[("PORT", "70000")]).is_err());
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("mysql://root:secret@127.0.0.1:3306/test"),
-            "mysql://root:***@127.0.0.1:3306/test"
-        );
-        assert_eq!(redact("redis://:pw@h:1/0?x=@"), "redis://:***@h:1/0?x=@");
-        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
-        assert_eq!(redact("mysql://root@h/db"), "mysql://root@h/db");
-        assert_eq!(redact("file:./a:b@c"), "file:./a:b@c");
     }
 }

@@ -241,8 +241,17 @@ pub(crate) fn shorten(name: &str) -> String {
     }
 }
 
-/// Replaces the password of a URL with `***` so errors and logs never print it.
-pub(crate) fn redact_url(url: &str) -> String {
+/// A storage URL with its password replaced by `***`, for printing: every error of this crate
+/// that shows a URL shows it this way.
+///
+/// ```
+/// assert_eq!(
+///     mp_storage::redact_url("mysql://app:s3cret@db:3306/prod"),
+///     "mysql://app:***@db:3306/prod"
+/// );
+/// assert_eq!(mp_storage::redact_url("file:./a:b@c"), "file:./a:b@c");
+/// ```
+pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -281,6 +290,10 @@ mod tests {
         assert_eq!(redact_url("redis://h:1/0"), "redis://h:1/0");
         assert_eq!(redact_url("mysql://root@h/db"), "mysql://root@h/db");
         assert_eq!(redact_url("file:./x"), "file:./x");
+        assert_eq!(
+            redact_url("redis://:pw@h:1/0?x=@"),
+            "redis://:***@h:1/0?x=@"
+        );
     }
 
     #[test]

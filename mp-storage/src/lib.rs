@@ -44,7 +44,7 @@ mod storage;
 mod url;
 
 pub use driver::{CasOutcome, Driver, Record, Write};
-pub use error::{BackendKind, BoxError, Error};
+pub use error::{redact_url, BackendKind, BoxError, Error};
 pub use retry::RetryPolicy;
 pub use scope::Scope;
 pub use stats::Stats;

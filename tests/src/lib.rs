@@ -32,6 +32,15 @@ pub struct Counter {
     pub count: u64,
 }
 
+/// Adds one to the [`Counter`] in scope `name`; returns the new count.
+pub async fn increment(st: &Storage, name: &str) -> Result<u64, mp_storage::Error> {
+    st.scoped(name, |c: &mut Counter| {
+        c.count += 1;
+        c.count
+    })
+    .await
+}
+
 /// Expands into one `#[tokio::test]` per behavior case, each on the target the expression (a
 /// future of `Option<Target>`) gives; `None` skips.
 #[macro_export]
@@ -155,4 +164,35 @@ pub async fn multi_process_increments(
     let stored: Counter = st.get(scope).await.expect("final read").unwrap_or_default();
     assert_eq!(stored.count, total, "the stored count is exact");
     total
+}
+
+/// Runs one cleanup statement on a MySQL connection of its own, from a thread of its own, so it
+/// can run in `Drop` (also when a test panics, inside the test's runtime). Failures are printed,
+/// never raised.
+pub fn mysql_cleanup(url: &str, statement: String) {
+    use mysql_async::prelude::Queryable;
+    let base = url.split('?').next().unwrap_or(url).to_owned();
+    let shown = statement.clone();
+    let done = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let opts = mysql_async::Opts::from_url(&base).map_err(|e| e.to_string())?;
+            let mut conn = mysql_async::Conn::new(opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.query_drop(statement)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.disconnect().await.map_err(|e| e.to_string())
+        })
+    })
+    .join();
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("cleanup `{shown}` failed: {e}"),
+        Err(_) => eprintln!("cleanup `{shown}` panicked"),
+    }
 }

@@ -27,13 +27,7 @@ pub async fn round_trip(t: &Target) {
         st.get::<Counter>("rt").await.unwrap(),
         Some(Counter { count: 41 })
     );
-    let n = st
-        .scoped("rt", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = crate::increment(&st, "rt").await.unwrap();
     assert_eq!(n, 42);
     // A second handle (its own cache) sees it too.
     let other = t.storage();
@@ -192,13 +186,7 @@ pub async fn concurrent_increments_are_exact(t: &Target) {
         joins.push(tokio::spawn(async move {
             let mut got = Vec::with_capacity(INCREMENTS);
             for _ in 0..INCREMENTS {
-                let n = st
-                    .scoped("hot", |c: &mut Counter| {
-                        c.count += 1;
-                        c.count
-                    })
-                    .await
-                    .expect("increment");
+                let n = crate::increment(&st, "hot").await.expect("increment");
                 got.push(n);
             }
             got
@@ -228,13 +216,7 @@ pub async fn stale_cache_is_corrected(t: &Target) {
             .await
             .unwrap();
     }
-    let n = a
-        .scoped("cached", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = crate::increment(&a, "cached").await.unwrap();
     assert_eq!(n, 52);
     assert_eq!(b.get::<Counter>("cached").await.unwrap().unwrap().count, 52);
 }
@@ -263,13 +245,7 @@ pub async fn delete_and_recreate_is_not_aba(t: &Target) {
     b.scoped("aba", |c: &mut Counter| c.count = 100)
         .await
         .unwrap();
-    let n = a
-        .scoped("aba", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = crate::increment(&a, "aba").await.unwrap();
     assert_eq!(n, 101, "the update must start from the re-created value");
 }
 
@@ -481,13 +457,7 @@ pub async fn remove_says_whether_it_existed(t: &Target) {
     assert_eq!(st.get::<Counter>("gone").await.unwrap(), None);
     assert!(st.list("gone").await.unwrap().is_empty());
     assert!(!st.remove("gone").await.unwrap());
-    let n = st
-        .scoped("gone", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = crate::increment(&st, "gone").await.unwrap();
     assert_eq!(n, 1);
 }
 
@@ -575,13 +545,7 @@ pub async fn set_overwrites(t: &Target) {
         .await
         .unwrap();
     b.set("over", &Counter { count: 50 }).await.unwrap();
-    let n = a
-        .scoped("over", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = crate::increment(&a, "over").await.unwrap();
     assert_eq!(n, 51);
 }
 

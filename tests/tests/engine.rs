@@ -225,13 +225,7 @@ async fn lost_reply_after_commit_is_not_applied_twice() {
     assert_eq!(st.get::<Counter>("c").await.unwrap().unwrap().count, 11);
     // Also when the write created the scope.
     d.set_fault(Fault::LoseReplyAfterCommit(1));
-    let n = st
-        .scoped("new", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = mp_storage_tests::increment(&st, "new").await.unwrap();
     assert_eq!(n, 1);
     assert_eq!(st.get::<Counter>("new").await.unwrap().unwrap().count, 1);
 }
@@ -243,13 +237,7 @@ async fn failure_before_send_is_retried_once() {
     let st = storage(&d, RetryPolicy::default());
     st.set("c", &Counter { count: 10 }).await.unwrap();
     d.set_fault(Fault::FailBeforeSend(2));
-    let n = st
-        .scoped("c", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = mp_storage_tests::increment(&st, "c").await.unwrap();
     assert_eq!(n, 11);
     assert_eq!(st.get::<Counter>("c").await.unwrap().unwrap().count, 11);
 }
@@ -289,13 +277,7 @@ async fn futures_are_send() {
     let st = Storage::open("memory://").await.unwrap();
     let h = tokio::spawn({
         let st = st.clone();
-        async move {
-            st.scoped("s", |c: &mut Counter| {
-                c.count += 1;
-                c.count
-            })
-            .await
-        }
+        async move { mp_storage_tests::increment(&st, "s").await }
     });
     assert_eq!(h.await.unwrap().unwrap(), 1);
 }

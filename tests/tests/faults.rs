@@ -96,38 +96,25 @@ async fn check(st: &Storage, ok: Vec<u64>, errors: u64, unknown: u64) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_client_kill_loses_and_doubles_nothing() {
-    let Some(url) = targets::server_url("MP_TEST_REDIS_URL", "redis") else {
-        return;
-    };
+/// Opens `url` under a fresh prefix, runs [`hammer`] while `kill` runs every 100 ms for 3 s
+/// (it returns how many connections it killed), then checks the outcome.
+async fn kill_under_load<F, Fut>(url: &str, tag: &str, mut kill: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
     let _one = ONE_AT_A_TIME.lock().await;
-    let prefix = unique_prefix("redis-kill");
     let st = Storage::builder()
-        .key_prefix(&prefix)
-        .open(&url)
+        .key_prefix(unique_prefix(tag))
+        .open(url)
         .await
-        .expect("open redis");
+        .expect("open the storage");
     let stop = Arc::new(tokio::sync::Notify::new());
     let work = tokio::spawn(hammer(st.clone(), stop.clone()));
-    let client = redis::Client::open(url.split('?').next().unwrap_or(&url)).expect("client");
-    let mut killer = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("killer connection");
     let mut killed = 0u64;
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let n: u64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .arg("SKIPME")
-            .arg("yes")
-            .query_async(&mut killer)
-            .await
-            .expect("CLIENT KILL");
-        killed += n;
+        killed += kill().await;
     }
     stop.notify_one();
     let (ok, errors, unknown) = work.await.expect("hammer");
@@ -136,46 +123,69 @@ async fn redis_client_kill_loses_and_doubles_nothing() {
     check(&st, ok, errors, unknown).await;
 }
 
+fn base_url(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_client_kill_loses_and_doubles_nothing() {
+    let Some(url) = targets::server_url("MP_TEST_REDIS_URL", "redis") else {
+        return;
+    };
+    let client = redis::Client::open(base_url(&url)).expect("client");
+    let killer = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("killer connection");
+    kill_under_load(&url, "redis-kill", || {
+        let mut killer = killer.clone();
+        async move {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes")
+                .query_async::<u64>(&mut killer)
+                .await
+                .expect("CLIENT KILL")
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mysql_kill_loses_and_doubles_nothing() {
     use mysql_async::prelude::*;
     let Some(url) = targets::server_url("MP_TEST_MYSQL_URL", "mysql") else {
         return;
     };
-    let _one = ONE_AT_A_TIME.lock().await;
-    let prefix = unique_prefix("mysql-kill");
-    let st = Storage::builder()
-        .key_prefix(&prefix)
-        .open(&url)
-        .await
-        .expect("open mysql");
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let work = tokio::spawn(hammer(st.clone(), stop.clone()));
-    let mut killer = mysql_async::Conn::from_url(url.split('?').next().unwrap_or(&url))
-        .await
-        .expect("killer connection");
-    let mut killed = 0u64;
-    for _ in 0..30 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let ids: Vec<u64> = killer
-            .query(
-                "SELECT ID FROM information_schema.PROCESSLIST \
-                 WHERE ID <> CONNECTION_ID() AND DB = DATABASE() AND COMMAND <> 'Daemon'",
-            )
+    let killer = Arc::new(Mutex::new(
+        mysql_async::Conn::from_url(base_url(&url))
             .await
-            .unwrap_or_default();
-        for id in ids {
-            if killer.query_drop(format!("KILL {id}")).await.is_ok() {
-                killed += 1;
+            .expect("killer connection"),
+    ));
+    kill_under_load(&url, "mysql-kill", || {
+        let killer = killer.clone();
+        async move {
+            let mut killer = killer.lock().await;
+            let ids: Vec<u64> = killer
+                .query(
+                    "SELECT ID FROM information_schema.PROCESSLIST \
+                     WHERE ID <> CONNECTION_ID() AND DB = DATABASE() AND COMMAND <> 'Daemon'",
+                )
+                .await
+                .unwrap_or_default();
+            let mut killed = 0;
+            for id in ids {
+                if killer.query_drop(format!("KILL {id}")).await.is_ok() {
+                    killed += 1;
+                }
             }
+            killed
         }
-    }
-    stop.notify_one();
-    let (ok, errors, unknown) = work.await.expect("hammer");
-    let _ = killer.disconnect().await;
-    assert!(killed > 0, "no connection was killed");
-    assert!(!ok.is_empty(), "no update got through");
-    check(&st, ok, errors, unknown).await;
+    })
+    .await;
 }
 
 type Row = (u64, Vec<u8>, Vec<u8>);
@@ -207,7 +217,7 @@ async fn mysql_record_corrupted_by_hand_is_left_untouched() {
         .expect("open mysql");
     st.set("c", &Counter { count: 5 }).await.expect("set");
     st.set("t", &Counter { count: 6 }).await.expect("set");
-    let mut conn = mysql_async::Conn::from_url(url.split('?').next().unwrap_or(&url))
+    let mut conn = mysql_async::Conn::from_url(base_url(&url))
         .await
         .expect("connection");
     let key = |n: &str| format!("{prefix}{n}").into_bytes();
@@ -272,7 +282,7 @@ async fn redis_record_corrupted_by_hand_is_left_untouched() {
         .await
         .expect("open redis");
     st.set("c", &Counter { count: 5 }).await.expect("set");
-    let client = redis::Client::open(url.split('?').next().unwrap_or(&url)).expect("client");
+    let client = redis::Client::open(base_url(&url)).expect("client");
     let mut con = client
         .get_multiplexed_async_connection()
         .await

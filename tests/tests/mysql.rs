@@ -95,7 +95,10 @@ impl Table {
 
 impl Drop for Table {
     fn drop(&mut self) {
-        run_on_server(&self.base, format!("DROP TABLE IF EXISTS `{}`", self.name));
+        mp_storage_tests::mysql_cleanup(
+            &self.base,
+            format!("DROP TABLE IF EXISTS `{}`", self.name),
+        );
     }
 }
 
@@ -147,38 +150,10 @@ impl Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        run_on_server(
+        mp_storage_tests::mysql_cleanup(
             &self.base,
             format!("DROP DATABASE IF EXISTS `{}`", self.name),
         );
-    }
-}
-
-/// Runs one statement on a connection of its own, from a thread of its own: for cleanups in
-/// `Drop`, which also run when a case panics. Failures are printed, never raised.
-fn run_on_server(url: &str, statement: String) {
-    let base = url.split('?').next().unwrap_or(url).to_owned();
-    let done = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        runtime.block_on(async {
-            let opts = mysql_async::Opts::from_url(&base).map_err(|e| e.to_string())?;
-            let mut conn = mysql_async::Conn::new(opts)
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.query_drop(&statement)
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.disconnect().await.map_err(|e| e.to_string())
-        })
-    })
-    .join();
-    match done {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("cleanup failed: {e}"),
-        Err(_) => eprintln!("cleanup panicked"),
     }
 }
 

@@ -845,31 +845,9 @@ struct DropTable {
 
 impl Drop for DropTable {
     fn drop(&mut self) {
-        use mysql_async::prelude::Queryable;
-        let base = self.url.split('?').next().unwrap_or(&self.url).to_owned();
-        let statement = format!("DROP TABLE IF EXISTS `{}`", self.table);
-        // A thread and a runtime of its own: this runs inside the test's runtime.
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let opts = mysql_async::Opts::from_url(&base).map_err(|e| e.to_string())?;
-                let mut conn = mysql_async::Conn::new(opts)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                conn.query_drop(statement)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                conn.disconnect().await.map_err(|e| e.to_string())
-            })
-        })
-        .join();
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("dropping the test table {} failed: {e}", self.table),
-            Err(_) => eprintln!("dropping the test table {} panicked", self.table),
-        }
+        mp_storage_tests::mysql_cleanup(
+            &self.url,
+            format!("DROP TABLE IF EXISTS `{}`", self.table),
+        );
     }
 }
