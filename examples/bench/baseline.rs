@@ -126,6 +126,11 @@ impl Subject for BareFile {
         })
         .await?
     }
+    async fn cleanup(&self) -> Result<(), BenchError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await??;
+        Ok(())
+    }
     async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
         let path = self.dir.join(file_name(scope));
         tokio::task::spawn_blocking(move || read_count(&path)).await?
@@ -186,6 +191,31 @@ mod redis_tx {
                     return Ok(n);
                 }
             }
+        }
+        async fn cleanup(&self) -> Result<(), BenchError> {
+            let mut con = self.conns[0].lock().await;
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}*", self.prefix))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut *con)
+                    .await?;
+                if !keys.is_empty() {
+                    redis::cmd("DEL")
+                        .arg(keys)
+                        .query_async::<()>(&mut *con)
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            Ok(())
         }
         async fn read(&self, task: usize, scope: &str) -> Result<u64, BenchError> {
             let key = format!("{}{scope}", self.prefix);
@@ -285,6 +315,12 @@ mod mysql_tx {
                 )
                 .await?;
             }
+            Ok(())
+        }
+        async fn cleanup(&self) -> Result<(), BenchError> {
+            let mut conn = self.pool.get_conn().await?;
+            conn.query_drop(format!("DROP TABLE IF EXISTS {TABLE}"))
+                .await?;
             Ok(())
         }
         async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {

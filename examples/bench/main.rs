@@ -43,6 +43,10 @@ pub trait Subject: Send + Sync {
     async fn prepare(&self, _scopes: &[String]) -> Result<(), BenchError> {
         Ok(())
     }
+    /// Deletes what the measurements wrote.
+    async fn cleanup(&self) -> Result<(), BenchError> {
+        Ok(())
+    }
 }
 
 struct Library {
@@ -507,6 +511,9 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
     // Leave nothing behind.
     for name in st.list("").await? {
         st.remove(&name).await?;
+    }
+    if let Some(b) = &baseline {
+        b.cleanup().await?;
     }
     Ok(())
 }
