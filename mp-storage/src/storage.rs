@@ -222,6 +222,14 @@ impl Storage {
     }
 
     /// Opens the URL in the `MP_STORAGE_URL` variable, or [`DEFAULT_URL`] when it is unset.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// // MP_STORAGE_URL=redis://127.0.0.1:6379/0 ./my-service
+    /// let st = mp_storage::Storage::from_env().await?;
+    /// println!("scopes kept by the {} driver", st.driver_name());
+    /// # Ok(()) }
+    /// ```
     pub async fn from_env() -> Result<Storage, Error> {
         match std::env::var(ENV_URL) {
             Ok(url) => Storage::open(&url).await,
@@ -239,6 +247,21 @@ impl Storage {
     }
 
     /// A storage over a driver of your own, with default settings.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use mp_storage::{driver::memory::MemoryDriver, Storage};
+    ///
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// // Two handles over one store: each has its own cache, like two processes.
+    /// let driver = Arc::new(MemoryDriver::new());
+    /// let a = Storage::with_driver(driver.clone())?;
+    /// let b = Storage::with_driver(driver)?;
+    /// a.set("n", &1u64).await?;
+    /// assert_eq!(b.get::<u64>("n").await?, Some(1));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
     pub fn with_driver(driver: Arc<dyn Driver>) -> Result<Storage, Error> {
         StorageBuilder::default().build(driver)
     }
@@ -363,6 +386,24 @@ impl Storage {
 
     /// The fallible form of [`Storage::scoped_async`]: an `Err` writes nothing and comes back
     /// as is.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// let st = mp_storage::Storage::open("memory://").await?;
+    /// let r: Result<u64, mp_storage::Error> = st
+    ///     .try_scoped_async("stock", |left: u64| async move {
+    ///         match left.checked_sub(1) {
+    ///             Some(n) => Ok((n, n)),
+    ///             // Nothing is written; the error comes back as is.
+    ///             None => Err(mp_storage::Error::InvalidName { name: "stock".into(), reason: "sold out" }),
+    ///         }
+    ///     })
+    ///     .await;
+    /// assert!(r.is_err());
+    /// assert_eq!(st.get::<u64>("stock").await?, None);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
     pub async fn try_scoped_async<T, R, E, F, Fut>(
         &self,
         name: impl AsRef<str>,
@@ -400,6 +441,15 @@ impl Storage {
     }
 
     /// Writes `value` to scope `name` whatever is stored (no compare-and-swap).
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// let st = mp_storage::Storage::open("memory://").await?;
+    /// st.set("greeting", &"hello".to_owned()).await?;
+    /// assert_eq!(st.get::<String>("greeting").await?.as_deref(), Some("hello"));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
     pub async fn set<T: Scope>(&self, name: impl AsRef<str>, value: &T) -> Result<(), Error> {
         let name = name.as_ref();
         let key = self.key(T::NAMESPACE, name)?;
@@ -429,6 +479,16 @@ impl Storage {
 
     /// Deletes scope `name` (the name as stored: a namespaced type's namespace included).
     /// Returns whether it existed.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// let st = mp_storage::Storage::open("memory://").await?;
+    /// st.set("n", &1u64).await?;
+    /// assert!(st.remove("n").await?);
+    /// assert!(!st.remove("n").await?);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
     pub async fn remove(&self, name: impl AsRef<str>) -> Result<bool, Error> {
         let key = self.key("", name.as_ref())?;
         self.inner.cache.remove(&key);
@@ -440,6 +500,17 @@ impl Storage {
     /// Every stored scope name that starts with `prefix`, sorted byte-wise. Names come back
     /// exactly as written (a namespaced type's namespace included), without the storage's key
     /// prefix. An empty prefix lists everything.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// let st = mp_storage::Storage::open("memory://").await?;
+    /// for name in ["user:bob", "user:alice", "users", "global"] {
+    ///     st.set(name, &1u64).await?;
+    /// }
+    /// assert_eq!(st.list("user:").await?, ["user:alice", "user:bob"]);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
     pub async fn list(&self, prefix: impl AsRef<str>) -> Result<Vec<String>, Error> {
         let prefix = prefix.as_ref();
         if prefix.contains('\0') {
