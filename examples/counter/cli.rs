@@ -39,7 +39,7 @@ server after the requests in flight.
 /// What the server runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The storage URL (may hold a password: print it with [`redact`]).
+    /// The storage URL (may hold a password: print it with [`mp_storage::redact_url`]).
     pub storage_url: String,
     /// The address to listen on, `HOST:PORT`.
     pub listen: String,
