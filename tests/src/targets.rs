@@ -85,9 +85,19 @@ pub fn note_skip(driver: &str, why: &str) {
         return;
     }
     seen.push(driver.to_owned());
+    // The test binary's name without cargo's hash: `redis-3f2a…` → `redis`.
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| match s.rsplit_once('-') {
+            Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+            _ => s,
+        })
+        .unwrap_or_else(|| "these".to_owned());
     let _ = writeln!(
         std::io::stderr(),
-        "\nSKIPPED: the {driver} driver suite: {why} (set {REQUIRE_SERVERS}=1 to fail instead)"
+        "\nSKIPPED: the {driver} cases of the `{binary}` tests: {why} \
+         (set {REQUIRE_SERVERS}=1 to fail instead)"
     );
 }
 
