@@ -94,6 +94,7 @@ async fn check(st: &Storage, ok: Vec<u64>, errors: u64, unknown: u64) {
          {} lost replies settled by token",
         st.stats().settled
     );
+    st.remove("hot").await.expect("clean up");
 }
 
 /// Opens `url` under a fresh prefix, runs [`hammer`] while `kill` runs every 100 ms for 3 s

@@ -23,9 +23,84 @@ fn server_url() -> Option<String> {
     mp_storage_tests::targets::server_url("MP_TEST_REDIS_URL", "redis")
 }
 
-/// A key prefix no other test or run uses.
-fn private_prefix(tag: &str) -> String {
-    format!("mptest:{tag}:{:016x}:", rand::random::<u64>())
+/// A key prefix no other test or run uses; the keys under it are deleted when it drops.
+fn private_prefix(tag: &str) -> Prefix {
+    Prefix(format!("mptest:{tag}:{:016x}:", rand::random::<u64>()))
+}
+
+/// A test's private key prefix. Dropping it deletes the test's keys (from a thread and a runtime
+/// of its own, so it also runs when the test panics); failures are printed, never raised.
+struct Prefix(String);
+
+impl std::ops::Deref for Prefix {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let Ok(url) = std::env::var("MP_TEST_REDIS_URL") else {
+            return;
+        };
+        let pattern: String = self
+            .0
+            .chars()
+            .flat_map(|c| match c {
+                '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .chain(['*'])
+            .collect();
+        let done = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let client = redis::Client::open(url.split('?').next().unwrap_or(&url))
+                    .map_err(|e| e.to_string())?;
+                let mut con = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut cursor = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut con)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !keys.is_empty() {
+                        redis::cmd("DEL")
+                            .arg(keys)
+                            .query_async::<()>(&mut con)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    if next == 0 {
+                        return Ok(());
+                    }
+                    cursor = next;
+                }
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("cleaning up the keys under {:?} failed", self.0);
+        }
+    }
 }
 
 /// `url` with `extra` (`k=v&…`) added to its query string.
@@ -317,7 +392,8 @@ impl CommandCounter {
 #[tokio::test]
 async fn cas_put_delete_follow_the_contract() {
     let Some(url) = server_url() else { return };
-    let d = open_driver(&url, &private_prefix("contract")).await;
+    let prefix = private_prefix("contract");
+    let d = open_driver(&url, &prefix).await;
 
     assert_eq!(d.load("k").await.unwrap(), None);
     // Update of an absent key: a conflict that says it is absent.
@@ -370,7 +446,8 @@ async fn cas_put_delete_follow_the_contract() {
 #[tokio::test]
 async fn tokens_keep_the_last_sixteen_and_versions_stay_exact() {
     let Some(url) = server_url() else { return };
-    let d = open_driver(&url, &private_prefix("tokens")).await;
+    let prefix = private_prefix("tokens");
+    let d = open_driver(&url, &prefix).await;
     // Near 2^48 (the largest initial version) and tokens that use every bit.
     let start = (1u64 << 48) - 1;
     let token = |i: u64| u64::MAX - i;
@@ -419,7 +496,8 @@ async fn tokens_keep_the_last_sixteen_and_versions_stay_exact() {
 #[tokio::test]
 async fn data_and_names_are_exact_bytes() {
     let Some(url) = server_url() else { return };
-    let d = open_driver(&url, &private_prefix("bytes")).await;
+    let prefix = private_prefix("bytes");
+    let d = open_driver(&url, &prefix).await;
     let data: Vec<u8> = (0..=255u8).cycle().take(1 << 20).collect();
     let names = [
         "a", "A", "a ", " a", "é", "e\u{301}", "日本", "a:b", "x\r\ny", "🦀",
@@ -446,7 +524,8 @@ async fn data_and_names_are_exact_bytes() {
 async fn glob_names_list_exactly() {
     let Some(url) = server_url() else { return };
     // The driver prefix itself holds glob characters too.
-    let st = open_storage(&url, &private_prefix("glob[*?]\\")).await;
+    let prefix = private_prefix("glob[*?]\\");
+    let st = open_storage(&url, &prefix).await;
     let names = [
         "*", "?", "[a]", "a", "\\", "a*b", "ab", "axb", "a?b", "[", "]", "[a", "a]", "\\*", "b",
     ];
@@ -642,7 +721,8 @@ async fn warm_update_is_one_command_and_conflict_adds_one() {
 #[tokio::test]
 async fn lost_scripts_are_loaded_again() {
     let Some(url) = server_url() else { return };
-    let st = open_storage(&url, &private_prefix("noscript")).await;
+    let prefix = private_prefix("noscript");
+    let st = open_storage(&url, &prefix).await;
     st.scoped("n", |n: &mut u64| *n += 1).await.unwrap();
     let mut raw = Raw::connect(&url).await;
     assert_eq!(
