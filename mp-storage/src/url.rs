@@ -68,7 +68,6 @@ pub(crate) fn parse(url: &str) -> Result<Parsed<'_>, Error> {
 
 impl Parsed<'_> {
     /// Fails when the query holds a key not in `known`.
-    #[allow(dead_code)]
     pub(crate) fn only_options(&self, url: &str, known: &[&str]) -> Result<(), Error> {
         for (k, _) in &self.query {
             if !known.contains(&k.as_str()) {
@@ -90,7 +89,10 @@ impl Parsed<'_> {
     }
 
     /// The last value given for option `key`.
-    #[allow(dead_code)]
+    #[cfg_attr(
+        not(any(feature = "file", feature = "redis", feature = "mysql")),
+        allow(dead_code)
+    )]
     pub(crate) fn option(&self, key: &str) -> Option<&str> {
         self.query
             .iter()
@@ -101,7 +103,7 @@ impl Parsed<'_> {
 }
 
 /// Parses a boolean option value.
-#[allow(dead_code)]
+#[cfg_attr(not(feature = "file"), allow(dead_code))]
 pub(crate) fn parse_bool(url: &str, key: &str, value: &str) -> Result<bool, Error> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -153,7 +155,10 @@ pub(crate) async fn open_driver(url: &str) -> Result<Arc<dyn Driver>, Error> {
     }
 }
 
-#[allow(dead_code)] // unused when every driver is compiled in
+#[cfg_attr(
+    all(feature = "file", feature = "redis", feature = "mysql"),
+    allow(dead_code)
+)]
 fn not_compiled(url: &str, feature: &str) -> Error {
     Error::InvalidUrl {
         url: redact_url(url),

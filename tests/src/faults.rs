@@ -1,4 +1,5 @@
-//! Drivers that wrap another one to count calls or inject faults, for the engine tests.
+//! A driver that wraps another one to count calls or inject faults, for the engine and server
+//! tests.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -45,13 +46,14 @@ pub enum Fault {
     LoseReplyThenOthersWrite(u32),
 }
 
-/// A driver that counts calls and injects [`Fault`]s into `cas`.
+/// A driver that counts calls, injects [`Fault`]s into `cas`, and can be taken down whole.
 pub struct Faulty {
     inner: Arc<dyn Driver>,
     /// The calls seen.
     pub calls: Calls,
     fault: std::sync::Mutex<Fault>,
     left: AtomicU32,
+    down: std::sync::Mutex<Option<BackendKind>>,
 }
 
 impl Faulty {
@@ -62,7 +64,25 @@ impl Faulty {
             calls: Calls::default(),
             fault: std::sync::Mutex::new(Fault::None),
             left: AtomicU32::new(0),
+            down: std::sync::Mutex::new(None),
         })
+    }
+
+    /// While `Some(kind)`, every call fails with a backend error of that kind before reaching
+    /// the wrapped driver (a store that is down); `None` brings it back.
+    pub fn set_down(&self, kind: Option<BackendKind>) {
+        *self.down.lock().unwrap_or_else(|p| p.into_inner()) = kind;
+    }
+
+    fn check_up(&self) -> Result<(), Error> {
+        match *self.down.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(kind) => Err(Error::backend(
+                "faulty",
+                kind,
+                "the store is down (injected)",
+            )),
+        }
     }
 
     /// Sets the fault for the next `cas` calls.
@@ -135,6 +155,7 @@ impl Driver for Faulty {
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
+        self.check_up()?;
         self.calls.loads.fetch_add(1, Ordering::SeqCst);
         self.inner.load(key).await
     }
@@ -145,6 +166,7 @@ impl Driver for Faulty {
         expected: Option<u64>,
         write: Write<'_>,
     ) -> Result<CasOutcome, Error> {
+        self.check_up()?;
         self.calls.cas.fetch_add(1, Ordering::SeqCst);
         match self.take_fault() {
             Fault::None => self.inner.cas(key, expected, write).await,
@@ -168,15 +190,18 @@ impl Driver for Faulty {
     }
 
     async fn put(&self, key: &str, write: Write<'_>) -> Result<u64, Error> {
+        self.check_up()?;
         self.calls.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put(key, write).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
+        self.check_up()?;
         self.inner.delete(key).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        self.check_up()?;
         self.inner.list(prefix).await
     }
 }

@@ -26,13 +26,13 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use mp_storage::{BackendKind, CasOutcome, Driver, Error, Record, Storage, Write};
+use mp_storage::{BackendKind, Storage};
 use mp_storage_examples::counter::{self, cli, Counter};
+use mp_storage_tests::faults::Faulty;
 use mp_storage_tests::targets::{note_skip, server_url, servers_required};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -514,66 +514,10 @@ async fn two_servers_on_one_memory_store_count_exactly() {
     assert_eq!(stored.map(|c| c.count), Some(REQUESTS as u64));
 }
 
-/// A memory driver that fails every call with `kind` while `down` is set.
-struct Outage {
-    inner: Arc<dyn Driver>,
-    down: AtomicBool,
-    kind: Mutex<BackendKind>,
-}
-
-impl Outage {
-    fn check(&self) -> Result<(), Error> {
-        if !self.down.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let kind = *self.kind.lock().unwrap_or_else(|p| p.into_inner());
-        Err(Error::backend(
-            "outage",
-            kind,
-            "the store is down (injected)",
-        ))
-    }
-}
-
-#[async_trait]
-impl Driver for Outage {
-    fn name(&self) -> &'static str {
-        "outage"
-    }
-    async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
-        self.check()?;
-        self.inner.load(key).await
-    }
-    async fn cas(
-        &self,
-        key: &str,
-        expected: Option<u64>,
-        write: Write<'_>,
-    ) -> Result<CasOutcome, Error> {
-        self.check()?;
-        self.inner.cas(key, expected, write).await
-    }
-    async fn put(&self, key: &str, write: Write<'_>) -> Result<u64, Error> {
-        self.check()?;
-        self.inner.put(key, write).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, Error> {
-        self.check()?;
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
-        self.check()?;
-        self.inner.list(prefix).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn storage_errors_answer_503_and_the_server_carries_on() {
-    let outage = Arc::new(Outage {
-        inner: mp_storage::driver::open("memory://").await.expect("memory"),
-        down: AtomicBool::new(true),
-        kind: Mutex::new(BackendKind::Connection),
-    });
+    let outage = Faulty::new(mp_storage::driver::open("memory://").await.expect("memory"));
+    outage.set_down(Some(BackendKind::Connection));
     // No cache: every request reaches the driver.
     let storage = Storage::builder()
         .cache_capacity(0)
@@ -587,7 +531,7 @@ async fn storage_errors_answer_503_and_the_server_carries_on() {
         assert_eq!(reply.body, "storage unavailable, try again later\n");
         assert_eq!(reply.header("retry-after"), Some("1"));
     }
-    *outage.kind.lock().unwrap_or_else(|p| p.into_inner()) = BackendKind::Full;
+    outage.set_down(Some(BackendKind::Full));
     let reply = get(addr, "/?user=bob", false).await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     assert_eq!(
@@ -596,7 +540,7 @@ async fn storage_errors_answer_503_and_the_server_carries_on() {
         "a full disk is not retryable"
     );
 
-    outage.down.store(false, Ordering::SeqCst);
+    outage.set_down(None);
     assert_eq!(get(addr, "/", false).await.text_count(), 1, "back up");
 
     // Stored data that is not a counter: 500, and the data is left alone.
