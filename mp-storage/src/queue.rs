@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-type Turn = tokio::sync::Mutex<()>;
+pub(crate) type Turn = tokio::sync::Mutex<()>;
 
 const SHARDS: usize = 16;
 
@@ -33,10 +33,21 @@ impl Queues {
         }
     }
 
-    /// The turn lock of `key`.
+    fn shard(&self, key: &str) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[shard_of(key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The turn lock of `key` if one exists, without making one: a read looks here, so reads
+    /// of cold scopes allocate nothing.
+    pub(crate) fn existing(&self, key: &str) -> Option<Arc<Turn>> {
+        self.shard(key).map.get(key).cloned()
+    }
+
+    /// The turn lock of `key`, made on first use.
     pub(crate) fn turn(&self, key: &str) -> Arc<Turn> {
-        let i = shard_of(key);
-        let mut shard = self.shards[i].lock().unwrap_or_else(|p| p.into_inner());
+        let mut shard = self.shard(key);
         if let Some(turn) = shard.map.get(key) {
             return turn.clone();
         }
@@ -73,9 +84,11 @@ mod tests {
     #[test]
     fn same_key_same_turn_and_dead_entries_are_swept() {
         let q = Queues::new();
+        assert!(q.existing("a").is_none());
         let a = q.turn("a");
         let b = q.turn("a");
         assert!(Arc::ptr_eq(&a, &b));
+        assert!(q.existing("a").is_some_and(|c| Arc::ptr_eq(&a, &c)));
         drop((a, b));
         for i in 0..10_000 {
             let _t = q.turn(&format!("k{i}"));

@@ -14,7 +14,7 @@ use crate::cache::Cache;
 use crate::codec;
 use crate::driver::{push_token, CasOutcome, Driver, Record, Write};
 use crate::error::shorten;
-use crate::queue::Queues;
+use crate::queue::{Queues, Turn};
 use crate::stats::{Counters, Stats};
 use crate::{BackendKind, Error, RetryPolicy, Scope};
 
@@ -594,14 +594,15 @@ impl Storage {
             let started = Instant::now();
             // This process's turn on the scope, taken by the first attempt that has something
             // to write (reads never wait for it).
-            let queue = inner.queues.turn(&key);
             let mut _turn: Option<tokio::sync::OwnedMutexGuard<()>> = None;
             let mut asked_turn = false;
-            if queue.try_lock().is_err() {
-                // A busy scope: queue up first, so the attempt starts from what the update
-                // ahead commits instead of being run twice.
-                asked_turn = true;
-                _turn = self.take_turn(&queue, started).await;
+            if let Some(queue) = inner.queues.existing(&key) {
+                if queue.try_lock().is_err() {
+                    // A busy scope: queue up first, so the attempt starts from what the update
+                    // ahead commits instead of being run twice.
+                    asked_turn = true;
+                    _turn = self.take_turn(&queue, started).await;
+                }
             }
             let mut start = Start::Unknown;
             let mut attempts: u32 = 0;
@@ -647,7 +648,7 @@ impl Storage {
                     // Updates of one scope from this process take turns instead of racing
                     // each other's CAS. Bounded, so that a closure that waits on another update
                     // of its own scope stalls until the deadline instead of forever.
-                    _turn = self.take_turn(&queue, started).await;
+                    _turn = self.take_turn(&inner.queues.turn(&key), started).await;
                     // A turn taken after others committed: rerun on what they wrote, at no cost
                     // of a round trip.
                     if let Some(cached) = inner.cache.get(&key) {
@@ -752,7 +753,7 @@ impl Storage {
     /// there is none); `None` when the wait ran out, and the update goes on without it.
     async fn take_turn(
         &self,
-        queue: &Arc<tokio::sync::Mutex<()>>,
+        queue: &Arc<Turn>,
         started: Instant,
     ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         let wait = self

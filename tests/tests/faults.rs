@@ -211,8 +211,11 @@ async fn mysql_record_corrupted_by_hand_is_left_untouched() {
     };
     let _one = ONE_AT_A_TIME.lock().await;
     let prefix = unique_prefix("mysql-corrupt");
+    // No cache: an edit that keeps the version is invisible to a handle that cached the record
+    // before it; this handle sees the store as another process would.
     let st = Storage::builder()
         .key_prefix(&prefix)
+        .cache_capacity(0)
         .open(&url)
         .await
         .expect("open mysql");
@@ -238,13 +241,6 @@ async fn mysql_record_corrupted_by_hand_is_left_untouched() {
     let before_t = snapshot(&mut conn, key("t")).await;
     assert!(before_c.is_some() && before_t.is_some());
 
-    // A handle that has not cached the record from before the corruption (an edit that keeps
-    // the version is invisible to a cache), as another process would see it.
-    let st = Storage::builder()
-        .key_prefix(&prefix)
-        .open(&url)
-        .await
-        .expect("reopen");
     let e = st
         .scoped("c", |c: &mut Counter| c.count += 1)
         .await
@@ -277,8 +273,11 @@ async fn redis_record_corrupted_by_hand_is_left_untouched() {
     };
     let _one = ONE_AT_A_TIME.lock().await;
     let prefix = unique_prefix("redis-corrupt");
+    // No cache: an edit that keeps the version is invisible to a handle that cached the record
+    // before it; this handle sees the store as another process would.
     let st = Storage::builder()
         .key_prefix(&prefix)
+        .cache_capacity(0)
         .open(&url)
         .await
         .expect("open redis");
@@ -301,13 +300,6 @@ async fn redis_record_corrupted_by_hand_is_left_untouched() {
         .query_async(&mut con)
         .await
         .expect("read");
-    // A handle that has not cached the record from before the corruption (an edit that keeps
-    // the version is invisible to a cache), as another process would see it.
-    let st = Storage::builder()
-        .key_prefix(&prefix)
-        .open(&url)
-        .await
-        .expect("reopen");
     let e = st
         .scoped("c", |c: &mut Counter| c.count += 1)
         .await
