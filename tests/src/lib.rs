@@ -166,33 +166,56 @@ pub async fn multi_process_increments(
     total
 }
 
-/// Runs one cleanup statement on a MySQL connection of its own, from a thread of its own, so it
-/// can run in `Drop` (also when a test panics, inside the test's runtime). Failures are printed,
-/// never raised.
-pub fn mysql_cleanup(url: &str, statement: String) {
-    use mysql_async::prelude::Queryable;
-    let base = url.split('?').next().unwrap_or(url).to_owned();
-    let shown = statement.clone();
+/// Runs a cleanup to its end on a thread and a runtime of its own, so it can run in `Drop`
+/// (inside a test's runtime, and also when the test panics). Failures are printed, never raised.
+pub fn cleanup_blocking<F, Fut>(what: &str, make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let done = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())?;
-        runtime.block_on(async {
-            let opts = mysql_async::Opts::from_url(&base).map_err(|e| e.to_string())?;
-            let mut conn = mysql_async::Conn::new(opts)
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.query_drop(statement)
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.disconnect().await.map_err(|e| e.to_string())
-        })
+            .map_err(|e| e.to_string())?
+            .block_on(make())
     })
     .join();
     match done {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("cleanup `{shown}` failed: {e}"),
-        Err(_) => eprintln!("cleanup `{shown}` panicked"),
+        Ok(Err(e)) => eprintln!("cleaning up {what} failed: {e}"),
+        Err(_) => eprintln!("cleaning up {what} panicked"),
     }
+}
+
+/// Deletes every key under `prefix` through the driver `url` opens (see [`cleanup_blocking`]).
+pub fn delete_under(url: &str, prefix: &str) {
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    let what = format!("{} under {prefix:?}", mp_storage::redact_url(&url));
+    cleanup_blocking(&what, move || async move {
+        let driver = mp_storage::driver::open(&url)
+            .await
+            .map_err(|e| e.to_string())?;
+        for key in driver.list(&prefix).await.map_err(|e| e.to_string())? {
+            driver.delete(&key).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+}
+
+/// Runs one cleanup statement on a MySQL connection of its own (see [`cleanup_blocking`]).
+pub fn mysql_cleanup(url: &str, statement: String) {
+    use mysql_async::prelude::Queryable;
+    let base = url.split('?').next().unwrap_or(url).to_owned();
+    let what = format!("with `{statement}`");
+    cleanup_blocking(&what, move || async move {
+        let opts = mysql_async::Opts::from_url(&base).map_err(|e| e.to_string())?;
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.query_drop(statement)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.disconnect().await.map_err(|e| e.to_string())
+    });
 }

@@ -40,34 +40,12 @@ impl Target {
 
 impl Drop for Target {
     /// Server targets delete what the case wrote under its prefix, so runs leave nothing behind
-    /// (a thread and a runtime of its own: this runs inside the test's runtime, a panicking
-    /// case's included). Failures are printed, never raised.
+    /// (through [`crate::delete_under`], so a panicking case's too).
     fn drop(&mut self) {
         if !matches!(self.name, "redis" | "mysql") {
             return;
         }
-        let (url, prefix) = (self.url.clone(), self.prefix.clone());
-        let done = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let driver = mp_storage::driver::open(&url)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                for key in driver.list(&prefix).await.map_err(|e| e.to_string())? {
-                    driver.delete(&key).await.map_err(|e| e.to_string())?;
-                }
-                Ok::<_, String>(())
-            })
-        })
-        .join();
-        match done {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("cleaning up {} under {}: {e}", self.name, self.prefix),
-            Err(_) => eprintln!("cleaning up {} under {} panicked", self.name, self.prefix),
-        }
+        crate::delete_under(&self.url, &self.prefix);
     }
 }
 

@@ -28,8 +28,8 @@ fn private_prefix(tag: &str) -> Prefix {
     Prefix(format!("mptest:{tag}:{:016x}:", rand::random::<u64>()))
 }
 
-/// A test's private key prefix. Dropping it deletes the test's keys (from a thread and a runtime
-/// of its own, so it also runs when the test panics); failures are printed, never raised.
+/// A test's private key prefix. Dropping it deletes the test's keys (through
+/// `mp_storage_tests::delete_under`, so also when the test panics).
 struct Prefix(String);
 
 impl std::ops::Deref for Prefix {
@@ -50,56 +50,8 @@ impl Drop for Prefix {
         let Ok(url) = std::env::var("MP_TEST_REDIS_URL") else {
             return;
         };
-        let pattern: String = self
-            .0
-            .chars()
-            .flat_map(|c| match c {
-                '*' | '?' | '[' | ']' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .chain(['*'])
-            .collect();
-        let done = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let client = redis::Client::open(url.split('?').next().unwrap_or(&url))
-                    .map_err(|e| e.to_string())?;
-                let mut con = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut cursor = 0u64;
-                loop {
-                    let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut con)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if !keys.is_empty() {
-                        redis::cmd("DEL")
-                            .arg(keys)
-                            .query_async::<()>(&mut con)
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    if next == 0 {
-                        return Ok(());
-                    }
-                    cursor = next;
-                }
-            })
-        })
-        .join();
-        if !matches!(done, Ok(Ok(()))) {
-            eprintln!("cleaning up the keys under {:?} failed", self.0);
-        }
+        // The driver over this prefix lists and deletes exactly its keys, corrupt ones too.
+        mp_storage_tests::delete_under(&with_query(&url, &prefix_query(&self.0)), "");
     }
 }
 
