@@ -10,21 +10,24 @@ use async_trait::async_trait;
 
 use crate::{BenchError, Subject};
 
-/// The baseline for a storage URL, `None` when the scheme has none.
-pub async fn for_url(url: &str, tasks: usize) -> Result<Option<Box<dyn Subject>>, BenchError> {
+/// The baselines for a storage URL, none when the scheme has none.
+pub async fn for_url(url: &str, tasks: usize) -> Result<Vec<Box<dyn Subject>>, BenchError> {
     let scheme = url.split(':').next().unwrap_or_default();
-    Ok(match scheme {
-        "memory" => Some(Box::new(MutexMap::default())),
-        "file" => Some(Box::new(BareFile::new(file_dir(url))?)),
+    let mut out: Vec<Box<dyn Subject>> = Vec::new();
+    match scheme {
+        "memory" => out.push(Box::new(MutexMap::default())),
+        "file" => out.push(Box::new(BareFile::new(file_dir(url))?)),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" => Some(Box::new(redis_tx::RedisTx::connect(url, tasks).await?)),
-        #[cfg(feature = "mysql")]
-        "mysql" => Some(Box::new(mysql_tx::MysqlTx::connect(url).await?)),
-        _ => {
-            let _ = tasks;
-            None
+        "redis" | "rediss" => {
+            out.push(Box::new(redis_tx::RedisTx::connect(url, tasks).await?));
+            out.push(Box::new(redis_cas::BareCas::connect(url).await?));
         }
-    })
+        #[cfg(feature = "mysql")]
+        "mysql" => out.push(Box::new(mysql_tx::MysqlTx::connect(url).await?)),
+        _ => {}
+    }
+    let _ = tasks;
+    Ok(out)
 }
 
 fn file_dir(url: &str) -> PathBuf {
@@ -222,6 +225,120 @@ mod redis_tx {
             let mut con = self.conns[task % self.conns.len()].lock().await;
             let v: Option<u64> = con.get(&key).await?;
             Ok(v.unwrap_or(0))
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_cas {
+    use super::*;
+
+    /// Compare-and-swap on a hash's version, the floor of a warm update: ARGV expected version
+    /// (`''`: absent), new version, value. Replies 1, or the current version and value.
+    const CAS: &str = r"
+local v = redis.call('HGET', KEYS[1], 'v')
+if (v or '') ~= ARGV[1] then return {v or '', redis.call('HGET', KEYS[1], 'd') or ''} end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+return 1
+";
+
+    /// redis → one EVALSHA of a version compare-and-swap script per update over one
+    /// multiplexed connection, versions remembered in-process: what the library does on the
+    /// wire, with nothing around it.
+    pub struct BareCas {
+        con: redis::aio::MultiplexedConnection,
+        script: redis::Script,
+        known: Mutex<HashMap<String, (u64, u64)>>,
+        prefix: String,
+    }
+
+    impl BareCas {
+        pub async fn connect(url: &str) -> Result<Self, BenchError> {
+            let base = url.split('?').next().unwrap_or(url);
+            let client = redis::Client::open(base)?;
+            Ok(BareCas {
+                con: client.get_multiplexed_async_connection().await?,
+                script: redis::Script::new(CAS),
+                known: Mutex::new(HashMap::new()),
+                prefix: format!("mp-bench-cas:{:08x}:", rand::random::<u32>()),
+            })
+        }
+
+        fn known(&self, key: &str) -> Result<Option<(u64, u64)>, BenchError> {
+            Ok(self.known.lock().map_err(|_| "poisoned")?.get(key).copied())
+        }
+
+        fn remember(&self, key: &str, version: u64, value: u64) -> Result<(), BenchError> {
+            self.known
+                .lock()
+                .map_err(|_| "poisoned")?
+                .insert(key.to_owned(), (version, value));
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Subject for BareCas {
+        fn label(&self) -> String {
+            "redis bare EVALSHA compare-and-swap".to_owned()
+        }
+        async fn increment(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+            let key = format!("{}{scope}", self.prefix);
+            let mut current = self.known(&key)?;
+            loop {
+                let (expected, n) = match current {
+                    Some((v, n)) => (v.to_string(), n + 1),
+                    None => (String::new(), 1),
+                };
+                let version = current.map_or(1, |(v, _)| v + 1);
+                let reply: redis::Value = self
+                    .script
+                    .key(&key)
+                    .arg(expected)
+                    .arg(version)
+                    .arg(n)
+                    .invoke_async(&mut self.con.clone())
+                    .await?;
+                match reply {
+                    redis::Value::Int(1) => {
+                        self.remember(&key, version, n)?;
+                        return Ok(n);
+                    }
+                    other => {
+                        let (v, d): (String, String) = redis::from_redis_value(other)?;
+                        current = if v.is_empty() {
+                            None
+                        } else {
+                            Some((v.parse()?, d.parse()?))
+                        };
+                    }
+                }
+            }
+        }
+        async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+            let key = format!("{}{scope}", self.prefix);
+            let d: Option<u64> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("d")
+                .query_async(&mut self.con.clone())
+                .await?;
+            Ok(d.unwrap_or(0))
+        }
+        async fn cleanup(&self) -> Result<(), BenchError> {
+            let keys: Vec<String> = self
+                .known
+                .lock()
+                .map_err(|_| "poisoned")?
+                .keys()
+                .cloned()
+                .collect();
+            for chunk in keys.chunks(500) {
+                redis::cmd("DEL")
+                    .arg(chunk)
+                    .query_async::<()>(&mut self.con.clone())
+                    .await?;
+            }
+            Ok(())
         }
     }
 }

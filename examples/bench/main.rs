@@ -11,6 +11,7 @@
 //! baseline, baseline_ops_per_sec, ratio (library / baseline), exact (final counts checked).
 
 mod baseline;
+mod fair;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use rand_distr::{Distribution, Zipf};
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Scope, serde::Serialize, serde::Deserialize, Default)]
-struct Counter {
+pub struct Counter {
     count: u64,
 }
 
@@ -355,6 +356,8 @@ struct Args {
     urls: Vec<String>,
     secs: f64,
     quick: bool,
+    /// Which parts run: the scenarios, the fairness rows, or both.
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -362,6 +365,7 @@ fn parse_args() -> Result<Args, String> {
         urls: Vec::new(),
         secs: 3.0,
         quick: false,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -375,8 +379,17 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--secs: {e}"))?
             }
             "--quick" => args.quick = true,
+            "--only" => {
+                let part = it.next().ok_or("--only needs scenarios or fairness")?;
+                if !matches!(part.as_str(), "scenarios" | "fairness") {
+                    return Err(format!("--only {part:?}: scenarios or fairness"));
+                }
+                args.only = Some(part);
+            }
             "-h" | "--help" => {
-                println!("usage: mp-bench [--storage URL]… [--secs S] [--quick]");
+                println!(
+                    "usage: mp-bench [--storage URL]… [--secs S] [--quick] [--only scenarios|fairness]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
@@ -397,8 +410,11 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
     let driver = st.driver_name().to_owned();
     let p = profile(&driver);
     let base_tasks = p.tasks.max(p.contended_tasks);
-    let baseline: Option<Arc<dyn Subject>> =
-        baseline::for_url(url, base_tasks).await?.map(Arc::from);
+    let baselines: Vec<Arc<dyn Subject>> = baseline::for_url(url, base_tasks)
+        .await?
+        .into_iter()
+        .map(Arc::from)
+        .collect();
     let library: Arc<dyn Subject> = Arc::new(Library { st: st.clone() });
 
     let mut single_rate = 0.0;
@@ -417,7 +433,7 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
             Scenario::Mixed => (p.tasks.max(8), 10_000),
         };
         let mut lib = Measure::default();
-        let mut base = Measure::default();
+        let mut bases: Vec<Measure> = baselines.iter().map(|_| Measure::default()).collect();
         let stats_before = st.stats();
         let mut lib_calls = 0u64;
         for round in 0..2 {
@@ -426,13 +442,13 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
                     .map(|i| format!("{}:{round}:{i}", scenario.name()))
                     .collect(),
             );
-            if let Some(b) = &baseline {
+            for b in &baselines {
                 b.prepare(&scopes).await?;
             }
             if scenario == Scenario::ReadOnly {
                 for s in scopes.iter() {
                     library.increment(0, s).await?;
-                    if let Some(b) = &baseline {
+                    for b in &baselines {
                         b.increment(0, s).await?;
                     }
                 }
@@ -453,7 +469,7 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
                 m.errors += 1;
             }
             lib.merge(m);
-            if let Some(b) = &baseline {
+            for (b, base) in baselines.iter().zip(bases.iter_mut()) {
                 let mut m = measure(b.clone(), scenario, tasks, scopes.clone(), args.secs).await;
                 if scenario == Scenario::ReadOnly {
                     m.increments.clear();
@@ -479,40 +495,51 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
         if scenario == Scenario::Single {
             single_rate = ops_per_sec;
         }
-        let (baseline_label, baseline_rate) = match (&baseline, scenario) {
-            (_, Scenario::Contended) => ("mp-storage single task".to_owned(), single_rate),
-            (Some(b), _) => (b.label(), base.ops_per_sec()),
-            (None, _) => ("none".to_owned(), 0.0),
+        // One row per baseline; the contended scenario compares with the library's own
+        // single-task rate.
+        let compared: Vec<(String, f64, bool)> = if scenario == Scenario::Contended {
+            vec![("mp-storage single task".to_owned(), single_rate, true)]
+        } else if baselines.is_empty() {
+            vec![("none".to_owned(), 0.0, true)]
+        } else {
+            baselines
+                .iter()
+                .zip(&bases)
+                .map(|(b, m)| (b.label(), m.ops_per_sec(), m.errors == 0))
+                .collect()
         };
-        let row = Row {
-            driver: driver.clone(),
-            scenario: scenario.name(),
-            tasks,
-            scopes: n_scopes,
-            ops: lib.ops,
-            secs: lib.secs,
-            ops_per_sec,
-            p50_us: lib.percentile(0.5),
-            p99_us: lib.percentile(0.99),
-            attempts_per_commit: (finished > 0).then(|| attempts as f64 / finished as f64),
-            backend_calls_per_op: (lib.ops > 0).then(|| calls as f64 / lib.ops as f64),
-            baseline: baseline_label,
-            baseline_ops_per_sec: baseline_rate,
-            ratio: if baseline_rate > 0.0 {
-                ops_per_sec / baseline_rate
-            } else {
-                0.0
-            },
-            exact: lib.errors == 0 && base.errors == 0,
-        };
-        println!("{}", row.json());
-        rows.push(row);
+        let (p50, p99) = (lib.percentile(0.5), lib.percentile(0.99));
+        for (baseline_label, baseline_rate, base_exact) in compared {
+            let row = Row {
+                driver: driver.clone(),
+                scenario: scenario.name(),
+                tasks,
+                scopes: n_scopes,
+                ops: lib.ops,
+                secs: lib.secs,
+                ops_per_sec,
+                p50_us: p50,
+                p99_us: p99,
+                attempts_per_commit: (finished > 0).then(|| attempts as f64 / finished as f64),
+                backend_calls_per_op: (lib.ops > 0).then(|| calls as f64 / lib.ops as f64),
+                baseline: baseline_label,
+                baseline_ops_per_sec: baseline_rate,
+                ratio: if baseline_rate > 0.0 {
+                    ops_per_sec / baseline_rate
+                } else {
+                    0.0
+                },
+                exact: lib.errors == 0 && base_exact,
+            };
+            println!("{}", row.json());
+            rows.push(row);
+        }
     }
     // Leave nothing behind.
     for name in st.list("").await? {
         st.remove(&name).await?;
     }
-    if let Some(b) = &baseline {
+    for b in &baselines {
         b.cleanup().await?;
     }
     Ok(())
@@ -572,6 +599,14 @@ fn print_table(rows: &[Row]) {
 
 #[tokio::main]
 async fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--worker") {
+        if let Err(e) = fair::worker(&argv[2..]).await {
+            eprintln!("mp-bench worker: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -585,14 +620,26 @@ async fn main() {
         args.urls.clone()
     };
     let mut rows = Vec::new();
+    let mut fair_rows = Vec::new();
     let mut failed = false;
     for url in &urls {
-        if let Err(e) = bench_driver(url, &args, &mut rows).await {
-            eprintln!("mp-bench: {url}: {e}");
-            failed = true;
+        if args.only.as_deref() != Some("fairness") {
+            if let Err(e) = bench_driver(url, &args, &mut rows).await {
+                eprintln!("mp-bench: {url}: {e}");
+                failed = true;
+            }
+        }
+        if args.only.as_deref() != Some("scenarios") {
+            // 5 s per measurement in a full run, as the targets are stated.
+            let secs = if args.quick { args.secs } else { 5.0 };
+            if let Err(e) = fair::bench(url, secs, &mut fair_rows).await {
+                eprintln!("mp-bench: {url}: fairness: {e}");
+                failed = true;
+            }
         }
     }
     print_table(&rows);
+    fair::print_table(&fair_rows);
     for url in &urls {
         if let Some(dir) = url.strip_prefix("file:") {
             if dir.contains("mp-bench-") {
@@ -600,7 +647,7 @@ async fn main() {
             }
         }
     }
-    if failed || rows.iter().any(|r| !r.exact) {
+    if failed || rows.iter().any(|r| !r.exact) || fair_rows.iter().any(|r| !r.exact) {
         eprintln!("mp-bench: some figures are missing or a count was not exact");
         std::process::exit(1);
     }

@@ -20,7 +20,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use mp_storage::{Error, Scope, Storage, MAX_NAME_LEN};
+use mp_storage::{Error, ErrorCategory, Scope, Storage, MAX_NAME_LEN};
 use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
 
@@ -128,12 +128,24 @@ async fn count(State(storage): State<Storage>, uri: Uri, headers: HeaderMap) -> 
         Ok(scope) => scope,
         Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
     };
-    let counted = storage
-        .scoped(&scope, |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await;
+    let add = |c: &mut Counter| {
+        c.count += 1;
+        c.count
+    };
+    // A client that sends an `Idempotency-Key` and retries with it is counted once.
+    let counted = match headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::trim))
+    {
+        None => storage.scoped(&scope, add).await,
+        Some(Ok(key)) if !key.is_empty() => storage.idempotent(key).scoped(&scope, add).await,
+        Some(_) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the Idempotency-Key header must be non-empty visible ASCII\n".to_owned(),
+            )
+        }
+    };
     match counted {
         Ok(n) => {
             tracing::debug!(scope = ?scope, count = n, "counted");
@@ -162,24 +174,36 @@ async fn count(State(storage): State<Storage>, uri: Uri, headers: HeaderMap) -> 
     }
 }
 
-/// The answer for a failed count: 400 for a name the storage refuses, 500 for stored data that
-/// cannot be read, 503 for everything else (the storage is down, slow or too contended).
+/// The answer for a failed count, by the error's category: 400 for a name the storage refuses,
+/// 500 for stored data that cannot be read, 503 with `Retry-After` when calling again is safe
+/// (contention, a storage that is down or slow), and 500 without it when the count may have been
+/// taken: a client that retried would count twice.
 fn failure(scope: &str, e: &Error) -> Response {
-    match e {
-        Error::InvalidName { reason, .. } => text(
-            StatusCode::BAD_REQUEST,
-            format!("invalid user name: {reason}\n"),
-        ),
-        Error::Decode { .. }
-        | Error::Corrupt { .. }
-        | Error::SchemaTooNew { .. }
-        | Error::Migration { .. }
-        | Error::Encode { .. }
-        | Error::TooLarge { .. } => {
+    match e.category() {
+        ErrorCategory::BadInput => {
+            let reason = match e {
+                Error::InvalidName { reason, .. } => reason.to_string(),
+                other => other.to_string(),
+            };
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid user name: {reason}\n"),
+            )
+        }
+        ErrorCategory::StoredData => {
             tracing::error!(scope = ?scope, error = %e, "the stored count cannot be used");
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the stored count cannot be read\n".to_owned(),
+            )
+        }
+        ErrorCategory::MayHaveHappened => {
+            tracing::error!(scope = ?scope, error = %e, "the count may or may not have been taken");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the storage lost its answer: this request may have been counted; \
+                 do not repeat it blindly\n"
+                    .to_owned(),
             )
         }
         _ => {
@@ -261,5 +285,40 @@ mod tests {
             HeaderValue::from_static("text/html, Application/JSON; q=0.9"),
         );
         assert!(wants_json(&h));
+    }
+
+    /// Only errors after which nothing happened invite a retry; a lost answer never does.
+    #[test]
+    fn failures_say_whether_to_retry() {
+        use std::time::Duration;
+        let retry_after = |r: &Response| r.headers().contains_key(header::RETRY_AFTER);
+        let lost = Error::CommitUnknown {
+            scope: "global".into(),
+            reason: "the reply was lost".into(),
+        };
+        let r = failure("global", &lost);
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!retry_after(&r));
+        let busy = Error::Conflict {
+            scope: "global".into(),
+            attempts: 100,
+            elapsed: Duration::from_secs(30),
+        };
+        let r = failure("global", &busy);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry_after(&r));
+        let down = Error::backend_unsent("redis", mp_storage::BackendKind::Connection, "refused");
+        let r = failure("global", &down);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(retry_after(&r));
+        let full = Error::backend("file", mp_storage::BackendKind::Full, "disk full");
+        let r = failure("global", &full);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!retry_after(&r));
+        let bad = Error::InvalidName {
+            name: "".into(),
+            reason: "the name is empty",
+        };
+        assert_eq!(failure("", &bad).status(), StatusCode::BAD_REQUEST);
     }
 }

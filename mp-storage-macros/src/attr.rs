@@ -1,11 +1,13 @@
 //! Parsing of the `#[scope(...)]` attributes on the type.
 //!
-//! Every key is parsed as `key = <expression>` so that a value of the wrong kind is consumed
-//! and reported at its own token while parsing goes on with the next key.
+//! Every key with a value is parsed as `key = <expression>` (`migrate_from` as `key = <type>`)
+//! so that a value of the wrong kind is consumed and reported at its own token while parsing
+//! goes on with the next key; the flags (`lossy`, `read_newer`) take no value.
 
 use crate::ctxt::Ctxt;
 use syn::meta::ParseNestedMeta;
-use syn::{Attribute, Expr, ExprLit, ExprPath, Lit, LitInt, LitStr, Path, Token, UnOp};
+use syn::parse::discouraged::Speculative;
+use syn::{Attribute, Expr, ExprLit, ExprPath, Lit, LitInt, LitStr, Path, Token, Type, UnOp};
 
 /// The parsed `#[scope(...)]` keys of a type. A key given with an unusable value is `None`
 /// (its error is in the [`Ctxt`]).
@@ -17,9 +19,20 @@ pub(crate) struct Attrs {
     pub version: Option<Version>,
     /// `migrate = path::to::fn`.
     pub migrate: Option<ExprPath>,
+    /// `migrate_from = OldType`.
+    pub migrate_from: Option<Type>,
+    /// `lossy`: the flag's own token, for spans.
+    pub lossy: Option<Path>,
+    /// `read_newer`.
+    pub read_newer: Option<Path>,
     /// `crate = "path"`.
     pub krate: Option<Path>,
+    /// `ttl_secs = N`: seconds, 1 to [`MAX_TTL_SECS`].
+    pub ttl_secs: Option<u64>,
 }
+
+/// The longest `ttl_secs`: ten years.
+pub(crate) const MAX_TTL_SECS: u64 = 10 * 366 * 24 * 60 * 60;
 
 /// `version = N`: the value and its literal, for spans.
 pub(crate) struct Version {
@@ -32,7 +45,11 @@ enum Key {
     Namespace,
     Version,
     Migrate,
+    MigrateFrom,
+    Lossy,
+    ReadNewer,
     Crate,
+    TtlSecs,
 }
 
 impl Key {
@@ -42,7 +59,11 @@ impl Key {
             "namespace" => Key::Namespace,
             "version" => Key::Version,
             "migrate" => Key::Migrate,
+            "migrate_from" => Key::MigrateFrom,
+            "lossy" => Key::Lossy,
+            "read_newer" => Key::ReadNewer,
             "crate" => Key::Crate,
+            "ttl_secs" => Key::TtlSecs,
             _ => return None,
         })
     }
@@ -52,8 +73,17 @@ impl Key {
             Key::Namespace => "namespace",
             Key::Version => "version",
             Key::Migrate => "migrate",
+            Key::MigrateFrom => "migrate_from",
+            Key::Lossy => "lossy",
+            Key::ReadNewer => "read_newer",
             Key::Crate => "crate",
+            Key::TtlSecs => "ttl_secs",
         }
+    }
+
+    /// Whether the key is a flag, written without a value.
+    fn is_flag(self) -> bool {
+        matches!(self, Key::Lossy | Key::ReadNewer)
     }
 
     fn example(self) -> &'static str {
@@ -61,7 +91,11 @@ impl Key {
             Key::Namespace => "`namespace = \"cart:\"`",
             Key::Version => "`version = 2`",
             Key::Migrate => "`migrate = upgrade`",
+            Key::MigrateFrom => "`migrate_from = CartV1`",
+            Key::Lossy => "`#[scope(lossy)]`",
+            Key::ReadNewer => "`#[scope(read_newer)]`",
             Key::Crate => "`crate = \"my_crate::mp_storage\"`",
+            Key::TtlSecs => "`ttl_secs = 1800`",
         }
     }
 }
@@ -93,12 +127,16 @@ impl Parser<'_> {
             self.cx.error_spanned_by(
                 &meta.path,
                 format!(
-                    "unknown scope attribute `{}`; expected `namespace`, `version`, `migrate` or `crate`",
+                    "unknown scope attribute `{}`; expected `namespace`, `version`, `migrate`, \
+                     `migrate_from`, `lossy`, `read_newer`, `ttl_secs` or `crate`",
                     path_to_string(&meta.path)
                 ),
             );
             return skip_value(meta);
         };
+        if key.is_flag() {
+            return self.flag(key, meta);
+        }
         if !meta.input.peek(Token![=]) {
             self.cx.error_spanned_by(
                 &meta.path,
@@ -106,21 +144,80 @@ impl Parser<'_> {
             );
             return skip_value(meta);
         }
+        if key == Key::MigrateFrom {
+            return self.migrate_from(meta);
+        }
         let value: Expr = meta.value()?.parse()?;
-        if self.seen.contains(&key) {
-            self.cx.error_spanned_by(
-                &meta.path,
-                format!("duplicate scope attribute `{}`", key.name()),
-            );
+        if !self.first(key, meta) {
             return Ok(());
         }
-        self.seen.push(key);
         let value = ungroup(&value);
         match key {
             Key::Namespace => self.attrs.namespace = self.string(key, value),
             Key::Version => self.attrs.version = self.version(value),
             Key::Migrate => self.attrs.migrate = self.migrate(value),
             Key::Crate => self.attrs.krate = self.krate(value),
+            Key::TtlSecs => self.attrs.ttl_secs = self.ttl_secs(value),
+            Key::MigrateFrom | Key::Lossy | Key::ReadNewer => {}
+        }
+        Ok(())
+    }
+
+    /// Notes `key` as given, or reports it as a duplicate; whether it was new.
+    fn first(&mut self, key: Key, meta: &ParseNestedMeta) -> bool {
+        if self.seen.contains(&key) {
+            self.cx.error_spanned_by(
+                &meta.path,
+                format!("duplicate scope attribute `{}`", key.name()),
+            );
+            return false;
+        }
+        self.seen.push(key);
+        true
+    }
+
+    /// A flag: `lossy`, `read_newer`.
+    fn flag(&mut self, key: Key, meta: &ParseNestedMeta) -> syn::Result<()> {
+        if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
+            self.cx.error_spanned_by(
+                &meta.path,
+                format!("`{}` takes no value: write {}", key.name(), key.example()),
+            );
+            return skip_value(meta);
+        }
+        if self.first(key, meta) {
+            let path = Some(meta.path.clone());
+            match key {
+                Key::Lossy => self.attrs.lossy = path,
+                _ => self.attrs.read_newer = path,
+            }
+        }
+        Ok(())
+    }
+
+    /// `migrate_from = Type`: a type, where anything else is reported and skipped.
+    fn migrate_from(&mut self, meta: &ParseNestedMeta) -> syn::Result<()> {
+        let input = meta.value()?;
+        let fork = input.fork();
+        let ty = match fork.parse::<Type>() {
+            Ok(ty) if fork.is_empty() || fork.peek(Token![,]) => {
+                input.advance_to(&fork);
+                Some(ty)
+            }
+            _ => {
+                let value: Expr = input.parse()?;
+                self.cx.error_spanned_by(
+                    &value,
+                    format!(
+                        "expected the type of the previous schema version, as in {}",
+                        Key::MigrateFrom.example()
+                    ),
+                );
+                None
+            }
+        };
+        if self.first(Key::MigrateFrom, meta) {
+            self.attrs.migrate_from = ty;
         }
         Ok(())
     }
@@ -189,6 +286,46 @@ impl Parser<'_> {
                     format!(
                         "expected an integer literal, as in {}",
                         Key::Version.example()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn ttl_secs(&mut self, value: &Expr) -> Option<u64> {
+        let range = format!(
+            "`ttl_secs` is a positive number of seconds, at most {MAX_TTL_SECS} (ten years)"
+        );
+        match value {
+            Expr::Lit(ExprLit {
+                lit: Lit::Int(lit), ..
+            }) => {
+                if !matches!(lit.suffix(), "" | "u64") {
+                    self.cx.error_spanned_by(
+                        lit,
+                        format!("`ttl_secs` is a u64: remove the `{}` suffix", lit.suffix()),
+                    );
+                    return None;
+                }
+                match lit.base10_parse::<u64>() {
+                    Ok(v) if (1..=MAX_TTL_SECS).contains(&v) => Some(v),
+                    _ => {
+                        self.cx.error_spanned_by(lit, range);
+                        None
+                    }
+                }
+            }
+            Expr::Unary(unary) if matches!(unary.op, UnOp::Neg(_)) => {
+                self.cx.error_spanned_by(value, range);
+                None
+            }
+            _ => {
+                self.cx.error_spanned_by(
+                    value,
+                    format!(
+                        "expected an integer literal, as in {}",
+                        Key::TtlSecs.example()
                     ),
                 );
                 None

@@ -46,6 +46,10 @@ fn impl_scope(input: &Input) -> TokenStream {
                 + #private::Send
                 + 'static
         });
+        // The previous version's type may name the parameters: its instance must be a scope.
+        if let Some(old) = &input.attrs.migrate_from {
+            predicates.push(quote!(#old: #krate::Scope));
+        }
     }
     let where_clause = if predicates.is_empty() {
         None
@@ -81,13 +85,77 @@ fn impl_scope(input: &Input) -> TokenStream {
         }
     });
 
+    let ttl = input.attrs.ttl_secs.map(|secs| {
+        let secs = Literal::u64_unsuffixed(secs);
+        quote! {
+            const TTL: #private::Option<#private::Duration> =
+                #private::Option::Some(#private::Duration::from_secs(#secs));
+        }
+    });
+    let lossy = input.attrs.lossy.as_ref().map(|_| {
+        quote! {
+            const LOSSY: #private::bool = true;
+        }
+    });
+    let read_newer = input.attrs.read_newer.as_ref().map(|_| {
+        quote! {
+            const READ_NEWER: #private::bool = true;
+        }
+    });
+    let (migrate_from, older_check) = match (&input.attrs.migrate_from, &input.attrs.version) {
+        (Some(old), Some(version)) => {
+            let from = Ident::new("from", Span::mixed_site());
+            let stored = Ident::new("old", Span::mixed_site());
+            let value = Literal::u32_unsuffixed(version.value);
+            // Spanned at the old type, so that a missing `From` impl or `Scope` impl, or a version
+            // that is not older, is reported there.
+            let call = quote_spanned! {old.span()=>
+                #private::migrate_from::<#old, Self>(
+                    #from,
+                    #stored,
+                    <#old as #krate::Scope>::VERSION,
+                    <#old as #krate::Scope>::migrate,
+                )
+            };
+            // The callee in parentheses gives the whole call the old type's span, so that the
+            // error of a version that is not older points there.
+            let check = quote_spanned! {old.span()=>
+                (#private::assert_older)(<#old as #krate::Scope>::VERSION, #value)
+            };
+            // A generic type's old type may name its parameters: checked where `migrate` is
+            // instantiated; any other is checked where it is defined.
+            let (inline, free) = if input.generics.params.is_empty() {
+                (None, Some(quote!(const _: () = #check;)))
+            } else {
+                (Some(quote!(const { #check };)), None)
+            };
+            let method = quote! {
+                fn migrate(
+                    #from: #private::u32,
+                    #stored: #private::Value,
+                ) -> #private::Result<Self, #private::String> {
+                    #inline
+                    #call
+                }
+            };
+            (Some(method), free)
+        }
+        _ => (None, None),
+    };
+
     quote! {
         const _: () = {
+            #older_check
+
             #[automatically_derived]
             impl #impl_generics #krate::Scope for #ident #ty_generics #where_clause {
                 #namespace
                 #version
+                #ttl
+                #lossy
+                #read_newer
                 #migrate
+                #migrate_from
             }
         };
     }

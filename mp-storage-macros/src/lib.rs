@@ -16,7 +16,8 @@ use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};
 
 /// Implements `mp_storage::Scope`. See the trait's documentation for the `#[scope(...)]`
-/// attributes: `namespace = "…"`, `version = N`, `migrate = path::to::fn`, `crate = "…"`.
+/// attributes: `namespace = "…"`, `version = N`, `migrate = path::to::fn`,
+/// `migrate_from = OldType`, `lossy`, `read_newer`, `crate = "…"`.
 #[proc_macro_derive(Scope, attributes(scope))]
 pub fn derive_scope(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

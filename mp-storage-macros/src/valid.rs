@@ -2,6 +2,7 @@
 
 use crate::ast::{Input, Kind};
 use crate::ctxt::Ctxt;
+use quote::ToTokens;
 
 /// The longest namespace accepted, in bytes (as long as the longest scope name).
 const MAX_NAMESPACE_LEN: usize = 1024;
@@ -39,17 +40,35 @@ pub(crate) fn check(input: &Input, cx: &mut Ctxt) {
         }
     }
 
-    if let Some(migrate) = &attrs.migrate {
+    if let (Some(_), Some(old)) = (&attrs.migrate, &attrs.migrate_from) {
+        cx.error_spanned_by(
+            old,
+            "`migrate` and `migrate_from` cannot both be given: keep the function or the type of \
+             the previous version",
+        );
+    }
+
+    // The version a migration needs, checked once even when both forms were given.
+    let migration: Option<(&dyn ToTokens, &str)> = match (&attrs.migrate, &attrs.migrate_from) {
+        (Some(path), _) => Some((path, "migrate")),
+        (None, Some(old)) => Some((old, "migrate_from")),
+        (None, None) => None,
+    };
+    if let Some((tokens, key)) = migration {
         match &attrs.version {
             None => cx.error_spanned_by(
-                migrate,
-                "`migrate` needs `version = N` with N of 1 or more: it converts records stored \
-                 at older versions",
+                tokens,
+                format!(
+                    "`{key}` needs `version = N` with N of 1 or more: it converts records stored \
+                     at older versions"
+                ),
             ),
             Some(version) if version.value == 0 => cx.error_spanned_by(
                 &version.lit,
-                "`version` must be 1 or more when `migrate` is given: no record is older than \
-                 version 0",
+                format!(
+                    "`version` must be 1 or more when `{key}` is given: no record is older than \
+                     version 0"
+                ),
             ),
             Some(_) => {}
         }

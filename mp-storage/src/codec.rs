@@ -1,11 +1,16 @@
 //! Scope values to bytes and back: JSON through serde_json, with the schema version kept beside
 //! the data (in the [`Record`]), never inside the user's JSON.
 
+mod loss;
+
+pub(crate) use loss::{lost, Lost};
+
 use crate::driver::Record;
 use crate::error::shorten;
 use crate::{Error, Scope};
 
-/// Decodes a stored record (or its absence) as `T`, migrating older schema versions.
+/// Decodes a stored record (or its absence) as `T`, migrating older schema versions; a newer
+/// one decodes as it is when `T` reads newer records (`#[scope(read_newer)]`).
 pub(crate) fn decode<T: Scope>(name: &str, record: Option<&Record>) -> Result<T, Error> {
     let Some(record) = record else {
         return Ok(T::default());
@@ -16,7 +21,7 @@ pub(crate) fn decode<T: Scope>(name: &str, record: Option<&Record>) -> Result<T,
         type_name,
         source: Box::new(e),
     };
-    if T::UNTYPED || record.schema == T::VERSION {
+    if T::UNTYPED || record.schema == T::VERSION || (T::READ_NEWER && record.schema > T::VERSION) {
         return serde_json::from_slice(&record.data).map_err(decode_error);
     }
     if record.schema > T::VERSION {
@@ -45,23 +50,67 @@ pub(crate) fn encode<T: Scope>(name: &str, value: &T) -> Result<Vec<u8>, Error> 
     };
     let data = serde_json::to_vec(value).map_err(|e| fail(e.to_string()))?;
     // serde_json writes a non-finite float as `null`: only then is the walk worth it.
-    if contains(&data, b"null") {
+    if has_null(&data) {
         crate::finite::check(value).map_err(|e| fail(e.to_string()))?;
     }
     Ok(data)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `value` encodes to exactly `expected`, found without building the encoding.
+pub(crate) fn encodes_to<T: Scope>(value: &T, expected: &[u8]) -> bool {
+    struct Compare<'a> {
+        rest: &'a [u8],
+        equal: bool,
+    }
+    impl std::io::Write for Compare<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.equal {
+                match self.rest.strip_prefix(buf) {
+                    Some(rest) => self.rest = rest,
+                    None => self.equal = false,
+                }
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = Compare {
+        rest: expected,
+        equal: true,
+    };
+    serde_json::to_writer(&mut w, value).is_ok() && w.equal && w.rest.is_empty()
 }
 
-/// The schema version to write `T` with, on top of `current`.
-pub(crate) fn schema_for<T: Scope>(current: Option<&Record>) -> u32 {
-    if T::UNTYPED {
-        current.map_or(0, |r| r.schema)
-    } else {
-        T::VERSION
+/// Whether `data` holds `null` anywhere (in a string too: the walk then finds nothing).
+fn has_null(data: &[u8]) -> bool {
+    let mut rest = data;
+    while let Some(i) = rest.iter().position(|&b| b == b'n') {
+        if rest[i..].starts_with(b"null") {
+            return true;
+        }
+        rest = &rest[i + 1..];
     }
+    false
+}
+
+/// The schema version to write `T` with, on top of `current`: `T`'s own, except that untyped
+/// values and a newer record read under `#[scope(read_newer)]` keep the stored one.
+pub(crate) fn schema_for<T: Scope>(current: Option<&Record>) -> u32 {
+    match current {
+        Some(r) if T::UNTYPED || (T::READ_NEWER && r.schema > T::VERSION) => r.schema,
+        None if T::UNTYPED => 0,
+        _ => T::VERSION,
+    }
+}
+
+/// Whether a write of `T` over a record stored at `schema` must keep every stored field: a
+/// record at `T`'s own version (unless `T` is `#[scope(lossy)]`) and a newer one read under
+/// `#[scope(read_newer)]` (always). An older record is transformed by the migration on purpose,
+/// and an untyped value keeps everything.
+pub(crate) fn checks_loss<T: Scope>(schema: u32) -> bool {
+    !T::UNTYPED && (schema > T::VERSION || (schema == T::VERSION && !T::LOSSY))
 }
 
 #[cfg(test)]
@@ -87,12 +136,7 @@ mod tests {
     }
 
     fn rec(schema: u32, data: &str) -> Record {
-        Record {
-            version: 1,
-            schema,
-            data: data.as_bytes().to_vec(),
-            tokens: vec![],
-        }
+        Record::new(1, schema, data.as_bytes().to_vec(), vec![])
     }
 
     #[test]
@@ -151,6 +195,61 @@ mod tests {
             Err(Error::Encode { .. })
         ));
         assert_eq!(encode("x", &vec![Some(1.0), None]).unwrap(), b"[1.0,null]");
+    }
+
+    #[test]
+    fn compares_encodings() {
+        assert!(encodes_to(&V2 { n: 5 }, br#"{"n":5}"#));
+        assert!(!encodes_to(&V2 { n: 5 }, br#"{"n":50}"#));
+        assert!(!encodes_to(&V2 { n: 50 }, br#"{"n":5}"#));
+        assert!(!encodes_to(&V2 { n: 5 }, br#"{"n":5} "#));
+    }
+
+    #[test]
+    fn finds_null() {
+        assert!(has_null(b"null"));
+        assert!(has_null(br#"{"n":nul,"m":null}"#));
+        assert!(!has_null(br#"{"n":nul}"#));
+        assert!(!has_null(b""));
+        assert!(!has_null(b"nnnn"));
+    }
+
+    /// Reads newer records and may drop fields.
+    #[derive(Serialize, Deserialize, Default, Debug, PartialEq)]
+    struct Tolerant {
+        n: u64,
+    }
+
+    impl Scope for Tolerant {
+        const VERSION: u32 = 2;
+        const READ_NEWER: bool = true;
+        const LOSSY: bool = true;
+    }
+
+    #[test]
+    fn newer_schema_is_read_under_read_newer() {
+        let r = rec(5, r#"{"n":5,"extra":1}"#);
+        assert_eq!(
+            decode::<Tolerant>("x", Some(&r)).unwrap(),
+            Tolerant { n: 5 }
+        );
+        assert!(matches!(
+            decode::<Tolerant>("x", Some(&rec(5, r#"{"m":5}"#))),
+            Err(Error::Decode { .. })
+        ));
+        // Written back at the version it was read with.
+        assert_eq!(schema_for::<Tolerant>(Some(&r)), 5);
+        assert_eq!(schema_for::<Tolerant>(Some(&rec(1, "{}"))), 2);
+        assert_eq!(schema_for::<Tolerant>(None), 2);
+        assert_eq!(schema_for::<V2>(Some(&r)), 2);
+    }
+
+    #[test]
+    fn which_records_are_checked_for_loss() {
+        // Its own version, unless lossy; newer ones always; older ones never (migrated).
+        assert!(checks_loss::<V2>(2) && checks_loss::<V2>(3) && !checks_loss::<V2>(1));
+        assert!(!checks_loss::<Tolerant>(2) && checks_loss::<Tolerant>(3));
+        assert!(!checks_loss::<serde_json::Value>(0));
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A setting of the [`StorageBuilder`](crate::StorageBuilder) or a driver's options is not
+    /// usable (a key prefix with a NUL byte, a zero duration, …).
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidConfig {
+        /// The setting, as the builder or the driver names it (`key_prefix`, …).
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The storage URL or an option of it is malformed.
     #[error("invalid storage URL {url:?}: {reason}")]
     InvalidUrl {
@@ -44,15 +54,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// The driver cannot do what the call needs (a several-scope commit on a driver without
+    /// them, say). Nothing was written.
+    #[error("the {driver} driver does not support {capability}")]
+    Unsupported {
+        /// The driver's name.
+        driver: &'static str,
+        /// What it cannot do.
+        capability: &'static str,
+    },
+
     /// The URL names a scheme no compiled-in driver takes.
-    #[error("unknown storage scheme {scheme:?} in {url:?} (known: {known})")]
+    #[error("unknown storage scheme {scheme:?} in {url:?} (known: {})", known.join(", "))]
     UnknownScheme {
         /// The scheme as written.
         scheme: String,
         /// The URL, with any password replaced by `***`.
         url: String,
-        /// The schemes this build takes.
-        known: &'static str,
+        /// The schemes of the table of drivers ([`crate::driver::drivers`]), those of drivers
+        /// compiled out included.
+        known: Vec<&'static str>,
     },
 
     /// The stored data of a scope does not decode as the asked type. Nothing was written.
@@ -71,7 +92,9 @@ pub enum Error {
     /// It was left untouched.
     #[error("corrupt record for scope {scope:?} at {location}: {detail}")]
     Corrupt {
-        /// The scope name (the full key, as the driver sees it).
+        /// The scope name as stored (a namespaced type's namespace included, the storage's key
+        /// prefix not). A driver fills in the key it was asked for; the engine puts the scope
+        /// name in its place.
         scope: String,
         /// Where the record lives: a file path, a Redis key, a table row.
         location: String,
@@ -116,6 +139,31 @@ pub enum Error {
         supported: u32,
     },
 
+    /// Writing the value back would lose stored data: the record holds fields (at any depth)
+    /// that the decoded value does not write back, or values it writes back changed (an enum
+    /// variant read through `#[serde(other)]`). Typical after a field was renamed or removed.
+    /// Nothing was written; the record is left as it is, and reading it still works.
+    ///
+    /// Mark the type `#[scope(lossy)]` when dropping those fields is intended, keep them (a
+    /// field of that name, or `#[serde(flatten)]` into a map), or migrate (`version` with
+    /// `migrate` or `migrate_from`).
+    #[error(
+        "scope {scope:?}: writing {type_name} would lose stored data at {}; nothing was \
+         written (`#[scope(lossy)]` on the type allows dropping it)",
+        list_fields(.fields, *.more)
+    )]
+    WouldLoseData {
+        /// The scope name.
+        scope: String,
+        /// The Rust type that would write.
+        type_name: &'static str,
+        /// Where the data would be lost, as paths into the stored JSON: `items`, `owner.email`,
+        /// `lines[2].qty`, `tags["a b"]`, and `$` for the whole value. At most 20.
+        fields: Vec<String>,
+        /// How many more such paths there are beyond those listed.
+        more: usize,
+    },
+
     /// The migration function of the type failed on an older record. Nothing was written.
     #[error("scope {scope:?}: migrating {type_name} from schema version {from} failed: {reason}")]
     Migration {
@@ -142,7 +190,8 @@ pub enum Error {
     },
 
     /// The connection failed after a write was sent, and it can no longer be told whether the
-    /// write took effect: it was neither retried nor reported as done.
+    /// write took effect: it was neither retried nor reported as done. Calling again may apply
+    /// the change twice ([`Error::is_retryable`] is false; see [`ErrorCategory::MayHaveHappened`]).
     #[error("scope {scope:?}: the outcome of the write is unknown: {reason}")]
     CommitUnknown {
         /// The scope name.
@@ -158,6 +207,11 @@ pub enum Error {
         driver: &'static str,
         /// What kind of failure.
         kind: BackendKind,
+        /// Whether the request may have reached the backend. `false` only when the failure came
+        /// before anything was sent (no connection could be made, or the pool had none to give):
+        /// a write then certainly did not happen. Built by [`Error::backend`] (true) and
+        /// [`Error::backend_unsent`] (false).
+        sent: bool,
         /// The underlying error.
         #[source]
         source: BoxError,
@@ -193,26 +247,109 @@ impl fmt::Display for BackendKind {
     }
 }
 
+/// What kind of problem an [`Error`] is, coarsely: one `match` maps every error to a response.
+///
+/// ```
+/// use mp_storage::{Error, ErrorCategory};
+///
+/// fn status(e: &Error) -> u16 {
+///     match e.category() {
+///         ErrorCategory::BadInput => 400,
+///         ErrorCategory::Conflict | ErrorCategory::Unavailable => 503,
+///         ErrorCategory::StoredData | ErrorCategory::MayHaveHappened | _ => 500,
+///     }
+/// }
+/// let e = Error::backend("redis", mp_storage::BackendKind::Connection, "reset");
+/// assert_eq!(status(&e), 503);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCategory {
+    /// The call's input cannot work: an invalid name, URL or setting, a value that cannot be
+    /// encoded or is too large. Calling again unchanged fails the same way; nothing was written.
+    BadInput,
+    /// Other writers kept winning until the retry policy gave up. Nothing was written; calling
+    /// again later may succeed.
+    Conflict,
+    /// The backend could not be reached or did not answer in time, and nothing was changed (a
+    /// read, or a write that was never sent or is known not to have happened). Safe to retry.
+    Unavailable,
+    /// The stored data cannot be used as the asked type: it does not decode, is corrupt, was
+    /// written by a newer schema, its migration failed, or writing over it would lose some of
+    /// it. It was left untouched.
+    StoredData,
+    /// A write was sent and its outcome is unknown: it may have taken effect. Retrying may apply
+    /// it twice; use an idempotency key, or read the scope, to find out.
+    MayHaveHappened,
+    /// The backend refused the operation: full, access denied, or another server error.
+    Backend,
+}
+
 impl Error {
-    /// Builds a [`Error::Backend`] from any error.
+    /// Builds a [`Error::Backend`] from any error, for a request that may have reached the
+    /// backend.
     pub fn backend(driver: &'static str, kind: BackendKind, source: impl Into<BoxError>) -> Self {
         Error::Backend {
             driver,
             kind,
+            sent: true,
             source: source.into(),
         }
     }
 
-    /// Whether calling again, unchanged, may succeed: conflicts, lost connections, timeouts and
-    /// unknown commit outcomes. Invalid input and undecodable data stay as they are.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::Conflict { .. } | Error::CommitUnknown { .. } => true,
-            Error::Backend { kind, .. } => {
-                matches!(kind, BackendKind::Connection | BackendKind::Timeout)
-            }
-            _ => false,
+    /// Builds a [`Error::Backend`] for a failure before anything was sent (no connection could
+    /// be made): the engine then knows that a write did not happen.
+    pub fn backend_unsent(
+        driver: &'static str,
+        kind: BackendKind,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Backend {
+            driver,
+            kind,
+            sent: false,
+            source: source.into(),
         }
+    }
+
+    /// The coarse category of this error: what a caller should do about it.
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::InvalidName { .. }
+            | Error::InvalidConfig { .. }
+            | Error::InvalidUrl { .. }
+            | Error::UnknownScheme { .. }
+            | Error::Encode { .. }
+            | Error::TooLarge { .. }
+            | Error::Unsupported { .. } => ErrorCategory::BadInput,
+            Error::Decode { .. }
+            | Error::Corrupt { .. }
+            | Error::SchemaTooNew { .. }
+            | Error::WouldLoseData { .. }
+            | Error::Migration { .. } => ErrorCategory::StoredData,
+            Error::Conflict { .. } => ErrorCategory::Conflict,
+            Error::CommitUnknown { .. } => ErrorCategory::MayHaveHappened,
+            Error::Backend { kind, .. } => match kind {
+                BackendKind::Connection | BackendKind::Timeout => ErrorCategory::Unavailable,
+                _ => ErrorCategory::Backend,
+            },
+        }
+    }
+
+    /// Whether calling again, unchanged, is safe and may succeed: conflicts, and backend
+    /// failures (lost connections, timeouts) after which nothing was changed. False for
+    /// [`Error::CommitUnknown`], whose write may have taken effect (calling again may apply it
+    /// twice), and for invalid input and unusable stored data, which stay as they are.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.category(),
+            ErrorCategory::Conflict | ErrorCategory::Unavailable
+        )
+    }
+
+    /// Whether this error leaves a write's outcome unknown ([`ErrorCategory::MayHaveHappened`]).
+    pub fn may_have_happened(&self) -> bool {
+        self.category() == ErrorCategory::MayHaveHappened
     }
 
     /// Whether this is [`Error::Conflict`].
@@ -227,6 +364,60 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether this is a lost connection or a timeout after a request may have been sent: for a
+    /// write, its outcome is unknown until the engine settles it.
+    pub(crate) fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            Error::Backend {
+                kind: BackendKind::Connection | BackendKind::Timeout,
+                sent: true,
+                ..
+            }
+        )
+    }
+
+    /// The same backend error, marked as coming before anything was sent.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    pub(crate) fn unsent_now(self) -> Self {
+        match self {
+            Error::Backend {
+                driver,
+                kind,
+                source,
+                ..
+            } => Error::Backend {
+                driver,
+                kind,
+                sent: false,
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether this is a connection failure before anything was sent.
+    pub(crate) fn unsent(&self) -> bool {
+        matches!(self, Error::Backend { sent: false, .. })
+    }
+
+    /// Puts the scope name into an error a driver raised with the key it was asked for.
+    pub(crate) fn for_scope(mut self, scope: &str) -> Self {
+        if let Error::Corrupt { scope: s, .. } = &mut self {
+            *s = shorten(scope);
+        }
+        self
+    }
+}
+
+/// The lost fields of [`Error::WouldLoseData`] for its message.
+fn list_fields(fields: &[String], more: usize) -> String {
+    let mut s = fields.join(", ");
+    if more > 0 {
+        s.push_str(&format!(" and {more} more"));
+    }
+    s
 }
 
 /// Cuts a name for an error message so a megabyte of garbage does not end up in a log line.
@@ -305,9 +496,36 @@ mod tests {
     }
 
     #[test]
+    fn lost_fields_are_listed() {
+        let e = Error::WouldLoseData {
+            scope: "cart:alice".into(),
+            type_name: "app::Cart",
+            fields: vec!["items".into(), "owner.email".into()],
+            more: 3,
+        };
+        assert_eq!(
+            e.to_string(),
+            "scope \"cart:alice\": writing app::Cart would lose stored data at items, \
+             owner.email and 3 more; nothing was written (`#[scope(lossy)]` on the type allows \
+             dropping it)"
+        );
+        assert_eq!(e.category(), ErrorCategory::StoredData);
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
     fn retryable_kinds() {
         let e = Error::backend("x", BackendKind::Connection, "gone");
         assert!(e.is_retryable());
+        assert!(e.outcome_unknown() && !e.unsent());
+        let e = Error::backend_unsent("x", BackendKind::Connection, "refused");
+        assert!(e.is_retryable() && e.unsent() && !e.outcome_unknown());
+        let e = Error::CommitUnknown {
+            scope: "s".into(),
+            reason: "lost".into(),
+        };
+        assert!(!e.is_retryable() && e.may_have_happened());
+        assert_eq!(e.category(), ErrorCategory::MayHaveHappened);
         let e = Error::backend("x", BackendKind::Full, "full");
         assert!(!e.is_retryable());
         assert_eq!(e.backend_kind(), Some(BackendKind::Full));

@@ -24,34 +24,53 @@
 //! The closure may run more than once, so it must have no side effects but on the scope; its
 //! return value reaches you only after the write is committed.
 //!
-//! Drivers are picked by URL ([`Storage::open`]): `memory://`, `file:<dir>` (feature `file`,
-//! on by default), `redis://…` (feature `redis`), `mysql://…` (feature `mysql`). A backend of your
-//! own implements [`Driver`].
+//! Types change under stored data safely: an update never writes back less than the record held
+//! ([`Error::WouldLoseData`]), schema versions migrate on read (`#[scope(version, migrate_from)]`,
+//! see [`Scope`](trait@Scope)) and [`Storage::migrate_all`] rewrites the rest. A client that
+//! retries gets its change applied once with [`Storage::idempotent`].
+//!
+//! Drivers are picked by URL ([`Storage::open`], through the table in [`driver::registry`]):
+//! `memory://` or `memory://NAME`, `file:<dir>` (feature `file`, on by default), `redis://…`
+//! (feature `redis`), `mysql://…` (feature `mysql`). A backend of your own implements
+//! [`Driver`] and runs the behavior suite of the `testkit` feature.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
-mod cache;
+mod builder;
 mod codec;
 pub mod driver;
+mod engine;
 mod error;
 mod finite;
-mod queue;
+mod idempotent;
+mod migrate;
 mod retry;
 mod scope;
 mod stats;
 mod storage;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod url;
 
-pub use driver::{CasOutcome, Driver, Record, Write};
-pub use error::{redact_url, BackendKind, BoxError, Error};
+pub use builder::{StorageBuilder, DEFAULT_URL, ENV_URL};
+pub use driver::{
+    Action, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write, MAX_COMMIT_KEYS,
+};
+pub use engine::{
+    DEFAULT_CACHE_BYTES, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_DATA_LEN, MAX_IDEMPOTENCY_KEY_LEN,
+    MAX_KEY_LEN, MAX_NAME_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN, MAX_TTL, RECEIPT_TTL,
+};
+pub use error::{redact_url, BackendKind, BoxError, Error, ErrorCategory};
+pub use idempotent::Idempotent;
+pub use migrate::{
+    MigrateAll, MigrationFailure, MigrationProgress, MigrationReport, DEFAULT_BATCH_SIZE,
+    MAX_LISTED_FAILURES,
+};
 pub use retry::RetryPolicy;
 pub use scope::Scope;
 pub use stats::Stats;
-pub use storage::{
-    Storage, StorageBuilder, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_DATA_LEN, DEFAULT_URL, ENV_URL,
-    MAX_KEY_LEN, MAX_NAME_LEN,
-};
+pub use storage::Storage;
 
 /// `#[derive(Scope)]`: see the [`Scope`](trait@Scope) trait for its attributes.
 pub use mp_storage_macros::Scope;
@@ -64,9 +83,11 @@ pub mod __private {
     pub use serde_json::Value;
     pub use std::default::Default;
     pub use std::marker::Send;
-    pub use std::primitive::{str, u32};
+    pub use std::option::Option;
+    pub use std::primitive::{bool, str, u32};
     pub use std::result::Result;
     pub use std::string::{String, ToString};
+    pub use std::time::Duration;
 
     /// Runs the function of `#[scope(migrate = …)]` and turns its error into a string. Taking a
     /// function pointer makes a wrong signature an error that names the expected one.
@@ -77,5 +98,46 @@ pub mod __private {
         old: Value,
     ) -> Result<T, String> {
         f(from, old).map_err(|e| e.to_string())
+    }
+
+    /// Stops the build when the type of `#[scope(migrate_from = …)]` is not of an older schema
+    /// version than the type deriving.
+    pub const fn assert_older(old: u32, new: u32) {
+        assert!(
+            old < new,
+            "the type of `migrate_from` must have a lower schema `version` than the type deriving"
+        );
+    }
+
+    /// The migration of `#[scope(migrate_from = Old)]`: a record at `Old::VERSION` (`version`)
+    /// decodes as `Old` and converts; an older one goes through `Old`'s own migration
+    /// (`migrate_old`) first. `Old`'s `Scope` items are passed in rather than bounded here, so
+    /// that an `Old` that is not a scope is reported once, at the derive's own check.
+    pub fn migrate_from<Old, New>(
+        from: u32,
+        old: Value,
+        version: u32,
+        migrate_old: fn(u32, Value) -> Result<Old, String>,
+    ) -> Result<New, String>
+    where
+        Old: DeserializeOwned,
+        New: From<Old>,
+    {
+        use std::cmp::Ordering;
+        match from.cmp(&version) {
+            Ordering::Equal => serde_json::from_value::<Old>(old)
+                .map(New::from)
+                .map_err(|e| {
+                    format!(
+                        "the record does not decode as {}: {e}",
+                        std::any::type_name::<Old>()
+                    )
+                }),
+            Ordering::Less => migrate_old(from, old).map(New::from),
+            Ordering::Greater => Err(format!(
+                "no migration from schema version {from}: {} reads version {version} and older",
+                std::any::type_name::<Old>(),
+            )),
+        }
     }
 }

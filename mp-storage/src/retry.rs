@@ -6,7 +6,11 @@ use rand::Rng;
 
 /// How the engine retries an update that lost a compare-and-swap race.
 ///
-/// The wait before retry `n` (counting from 1) is drawn uniformly from
+/// A conflict whose reply shows that another writer committed (a newer record) is retried at
+/// once, up to [`RetryPolicy::immediate_retries`] times in a row (default 16): that is another
+/// process making progress, and backing off from it would only let that process commit again
+/// and again meanwhile. Other conflicts, and those beyond that, wait before retry `n` (counting
+/// the waits from 1) a time drawn uniformly from
 /// `0 ..= min(max_delay, base_delay * 2^(n-2))` ("full jitter"); the first retry waits nothing,
 /// because a conflict usually hands back the fresh record at no cost. The defaults follow
 /// FoundationDB's: 10 ms base, doubling, 1 s cap.
@@ -29,6 +33,8 @@ pub struct RetryPolicy {
     deadline: Option<Duration>,
     base_delay: Duration,
     max_delay: Duration,
+    immediate: u32,
+    reservation: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -38,6 +44,8 @@ impl Default for RetryPolicy {
             deadline: Some(Duration::from_secs(30)),
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_secs(1),
+            immediate: 16,
+            reservation: Duration::from_millis(10),
         }
     }
 }
@@ -66,6 +74,33 @@ impl RetryPolicy {
     pub fn max_delay(mut self, d: Duration) -> Self {
         self.max_delay = d;
         self
+    }
+
+    /// How many conflicts in a row that show another writer's progress are retried at once,
+    /// before the backoff starts. Default 16; 0 backs off from every conflict (but the first
+    /// retry, which never waits).
+    pub fn immediate_retries(mut self, n: u32) -> Self {
+        self.immediate = n;
+        self
+    }
+
+    /// How long a process that loses a scope to other processes' commits reserves it (on drivers
+    /// that have reservations): for this time slice its writes of the scope go through and the
+    /// others' wait, so that several processes on one hot scope take turns by slices instead of
+    /// one of them starving. Default 10 ms; zero turns reservations off.
+    pub fn reservation(mut self, ttl: Duration) -> Self {
+        self.reservation = ttl;
+        self
+    }
+
+    /// The configured reservation time.
+    pub fn reservation_ttl(&self) -> Duration {
+        self.reservation
+    }
+
+    /// The configured number of immediate retries.
+    pub fn immediate_retry_limit(&self) -> u32 {
+        self.immediate
     }
 
     /// The configured attempt cap.

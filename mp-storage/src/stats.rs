@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Closure runs.
@@ -33,36 +33,81 @@ pub struct Stats {
     /// Writes whose reply was lost (a connection error after the CAS was sent) and whose outcome
     /// the engine settled by re-reading the record's commit tokens.
     pub settled: u64,
+    /// Idempotent updates answered from the receipt of an earlier run with the same key.
+    pub replayed: u64,
+    /// Turns reserved after losing a scope to other processes' commits.
+    pub reservations: u64,
+    /// Several-scope commits that took effect (also counted in `commits`).
+    pub multi_commits: u64,
+    /// Several-scope commits that lost a race (also counted in `conflicts`).
+    pub multi_conflicts: u64,
+}
+
+/// One counter of [`Counters`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Counter {
+    Attempts,
+    Conflicts,
+    Commits,
+    Noops,
+    Loads,
+    CacheHits,
+    GaveUp,
+    Settled,
+    Replayed,
+    Reservations,
+    MultiCommits,
+    MultiConflicts,
+}
+
+const COUNTERS: usize = 12;
+const STRIPES: usize = 8;
+
+/// The engine's counters, striped by thread so that tasks on different cores do not fight over
+/// one cache line on every update.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    stripes: [Stripe; STRIPES],
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub attempts: AtomicU64,
-    pub conflicts: AtomicU64,
-    pub commits: AtomicU64,
-    pub noops: AtomicU64,
-    pub loads: AtomicU64,
-    pub cache_hits: AtomicU64,
-    pub gave_up: AtomicU64,
-    pub settled: AtomicU64,
+#[repr(align(128))]
+struct Stripe([AtomicU64; COUNTERS]);
+
+fn stripe() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.try_with(|s| *s).unwrap_or(0)
 }
 
 impl Counters {
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn bump(&self, counter: Counter) {
+        self.stripes[stripe()].0[counter as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let sum = |c: Counter| {
+            self.stripes
+                .iter()
+                .map(|s| s.0[c as usize].load(Ordering::Relaxed))
+                .sum()
+        };
         Stats {
-            attempts: r(&self.attempts),
-            conflicts: r(&self.conflicts),
-            commits: r(&self.commits),
-            noops: r(&self.noops),
-            loads: r(&self.loads),
-            cache_hits: r(&self.cache_hits),
-            gave_up: r(&self.gave_up),
-            settled: r(&self.settled),
+            attempts: sum(Counter::Attempts),
+            conflicts: sum(Counter::Conflicts),
+            commits: sum(Counter::Commits),
+            noops: sum(Counter::Noops),
+            loads: sum(Counter::Loads),
+            cache_hits: sum(Counter::CacheHits),
+            gave_up: sum(Counter::GaveUp),
+            settled: sum(Counter::Settled),
+            replayed: sum(Counter::Replayed),
+            reservations: sum(Counter::Reservations),
+            multi_commits: sum(Counter::MultiCommits),
+            multi_conflicts: sum(Counter::MultiConflicts),
         }
     }
 }

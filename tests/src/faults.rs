@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mp_storage::{BackendKind, CasOutcome, Driver, Error, Record, Write};
+use mp_storage::{BackendKind, CasOutcome, Driver, Error, Record, Revision, Write};
 
 /// Counts the calls that reach the wrapped driver.
 #[derive(Default)]
@@ -44,6 +44,12 @@ pub enum Fault {
     /// The next `cas` call takes effect, then N other writes add 100 each, then its reply is
     /// lost.
     LoseReplyThenOthersWrite(u32),
+    /// The next N `cas` calls fail before anything is sent: the server refuses connections.
+    Refused(u32),
+    /// The next N `cas` calls take effect, then another process deletes the key, then their
+    /// reply is lost: a create (or update) that committed and was removed before the engine
+    /// could look.
+    LoseReplyThenDelete(u32),
 }
 
 /// A driver that counts calls, injects [`Fault`]s into `cas`, and can be taken down whole.
@@ -89,7 +95,11 @@ impl Faulty {
     pub fn set_fault(&self, fault: Fault) {
         let n = match fault {
             Fault::None => 0,
-            Fault::Interfere(n) | Fault::LoseReplyAfterCommit(n) | Fault::FailBeforeSend(n) => n,
+            Fault::Interfere(n)
+            | Fault::LoseReplyAfterCommit(n)
+            | Fault::FailBeforeSend(n)
+            | Fault::Refused(n)
+            | Fault::LoseReplyThenDelete(n) => n,
             Fault::LoseReplyThenOthersWrite(_) => 1,
         };
         *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
@@ -122,12 +132,15 @@ impl Faulty {
         value["count"] = n.into();
         let data = serde_json::to_vec(&value)
             .map_err(|e| Error::backend("faulty", BackendKind::Other, e))?;
-        let other = Write {
-            schema: like.schema,
-            data: &data,
-            token: rand::random(),
-            initial_version: like.initial_version,
-        };
+        // Like the engine, the other writer keeps the record's notes.
+        let meta = current.as_ref().map_or(&[][..], |r| &r.meta[..]);
+        let other = crate::write_with(
+            like.schema,
+            &data,
+            rand::random_range(1..=u64::MAX),
+            like.initial_version,
+        )
+        .with_meta(meta);
         self.inner.put(key, other).await?;
         Ok(())
     }
@@ -163,7 +176,7 @@ impl Driver for Faulty {
     async fn cas(
         &self,
         key: &str,
-        expected: Option<u64>,
+        expected: Option<Revision>,
         write: Write<'_>,
     ) -> Result<CasOutcome, Error> {
         self.check_up()?;
@@ -185,7 +198,20 @@ impl Driver for Faulty {
                 self.inner.cas(key, expected, write).await?;
                 Err(lost())
             }
+            Fault::LoseReplyThenDelete(_) => {
+                self.inner.cas(key, expected, write).await?;
+                self.inner.delete(key).await?;
+                Err(lost())
+            }
             Fault::FailBeforeSend(_) => Err(lost()),
+            Fault::Refused(_) => Err(Error::backend_unsent(
+                "faulty",
+                BackendKind::Connection,
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "connection refused (injected)",
+                ),
+            )),
         }
     }
 

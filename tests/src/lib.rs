@@ -1,98 +1,82 @@
-//! The behavior suite every mp-storage driver passes, and the helpers of the multi-process tests.
+//! The repository's test helpers: the drivers as behavior-suite targets, a fault-injecting
+//! driver, connections killed under load, a TCP proxy that breaks the network on cue, a raw
+//! RESP client, URL edits, unique names, cleanups, and the multi-process tests' workers.
 //!
-//! A driver joins the suite with one test file, `tests/tests/<driver>.rs`:
+//! The behavior suite itself ships with mp-storage (feature `testkit`). A driver joins it with
+//! one test file, `tests/tests/<driver>.rs`:
 //!
 //! ```ignore
-//! mp_storage_tests::behavior_suite!(mp_storage_tests::targets::file());
+//! mp_storage::behavior_suite!(mp_storage_tests::targets::file());
 //! ```
 //!
-//! The macro expands into one `#[tokio::test]` per case of [`suite`], each on a fresh [`Target`]
-//! (a driver and a key prefix of its own). Server drivers read their URLs from
+//! The macro expands into one test per case of [`mp_storage::testkit::cases`], each on a fresh
+//! [`Target`] (a driver and a key prefix of its own). Server drivers read their URLs from
 //! `MP_TEST_REDIS_URL` and `MP_TEST_MYSQL_URL`: unset means the cases pass as skipped with a
 //! printed reason; with `MP_TEST_REQUIRE_SERVERS=1` an unset or unreachable server fails them.
 
 pub mod faults;
-pub mod suite;
+pub mod kill;
+pub mod proxy;
+pub mod resp;
 pub mod targets;
+pub mod url;
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
-use mp_storage::{Driver, Storage, StorageBuilder};
+use mp_storage::{Storage, Write};
 
-pub use targets::Target;
+pub use mp_storage::behavior_suite;
+pub use mp_storage::testkit::{increment, unique_prefix, write, Counter, Target};
 
-/// The scope type the suite and the workers count with.
-#[derive(
-    mp_storage::Scope, serde::Serialize, serde::Deserialize, Default, Debug, Clone, PartialEq,
-)]
-pub struct Counter {
-    /// The count.
-    pub count: u64,
+/// A write as the engine would hand it to a driver, every field chosen by the test.
+pub fn write_with(schema: u32, data: &[u8], token: u64, initial_version: u64) -> Write<'_> {
+    Write::new(schema, data, token, initial_version)
 }
 
-/// Adds one to the [`Counter`] in scope `name`; returns the new count.
-pub async fn increment(st: &Storage, name: &str) -> Result<u64, mp_storage::Error> {
-    st.scoped(name, |c: &mut Counter| {
-        c.count += 1;
-        c.count
-    })
-    .await
+/// The revision a compare-and-swap expects: `version` with last token `token`.
+pub fn rev(version: u64, token: u64) -> Option<mp_storage::Revision> {
+    Some(mp_storage::Revision { version, token })
 }
 
-/// Expands into one `#[tokio::test]` per behavior case, each on the target the expression (a
-/// future of `Option<Target>`) gives; `None` skips.
-#[macro_export]
-macro_rules! behavior_suite {
-    ($target:expr) => {
-        $crate::behavior_suite!(@cases $target;
-            round_trip,
-            absent_reads_default,
-            noop_writes_nothing,
-            create_if_absent,
-            stale_version_rejected,
-            versions_rise_and_tokens_are_kept,
-            concurrent_increments_are_exact,
-            stale_cache_is_corrected,
-            read_only_from_stale_cache_is_confirmed,
-            delete_and_recreate_is_not_aba,
-            try_scoped_abort_writes_nothing,
-            decode_failure_keeps_data,
-            odd_names_are_distinct_and_exact,
-            list_by_prefix_is_exact,
-            remove_says_whether_it_existed,
-            invalid_names_are_refused,
-            too_large_is_refused,
-            async_closure_updates,
-            set_overwrites,
-            non_finite_floats_are_refused,
-            generated_names_round_trip,
-            size_limit_is_exact
-        );
-    };
-    (@cases $target:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() {
-                let Some(target) = $target.await else { return };
-                $crate::suite::$case(&target).await;
-            }
-        )*
-    };
+/// A random lower-case identifier starting with `mp_t_<tag>_` (a table or database name).
+pub fn unique_name(tag: &str) -> String {
+    format!("mp_t_{tag}_{:012x}", rand::random::<u64>() >> 16)
 }
 
-/// A storage handle over `driver` with `prefix`, and the given builder's other settings.
-pub fn storage_on(driver: &Arc<dyn Driver>, prefix: &str, builder: StorageBuilder) -> Storage {
-    match builder.key_prefix(prefix).build(driver.clone()) {
-        Ok(st) => st,
-        Err(e) => panic!("building a storage failed: {e}"),
+/// A key prefix of one test's own on the Redis server of `MP_TEST_REDIS_URL`
+/// (`mptest:<tag>:<hex>:`), for drivers opened with it as their `prefix=`. Dropping it deletes
+/// every key under it (through [`delete_under`], so also when the test panics).
+pub struct RedisPrefix(String);
+
+impl RedisPrefix {
+    /// A fresh prefix tagged `tag`.
+    pub fn new(tag: &str) -> RedisPrefix {
+        RedisPrefix(format!("mptest:{tag}:{:016x}:", rand::random::<u64>()))
     }
 }
 
-/// A random key prefix, so that runs and cases never see each other's data.
-pub fn unique_prefix(tag: &str) -> String {
-    format!("t{}-{:016x}/", tag, rand::random::<u64>())
+impl std::ops::Deref for RedisPrefix {
+    type Target = String;
+    fn deref(&self) -> &String {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RedisPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let Ok(url) = std::env::var("MP_TEST_REDIS_URL") else {
+            return;
+        };
+        // The driver over this prefix lists and deletes exactly its keys, corrupt ones too.
+        delete_under(&url::with_query(&url, &url::prefix_query(&self.0)), "");
+    }
 }
 
 /// Runs `procs` worker processes (`worker` is the path of the `mp-worker` binary), each with
@@ -166,6 +150,97 @@ pub async fn multi_process_increments(
     total
 }
 
+/// Runs `procs` worker processes of `tasks` tasks each, all on scope `scope` under `prefix` on
+/// `url`, for `secs` seconds; checks that every count handed out is distinct and that the stored
+/// count is exactly their number; prints each process's share of the commits and its latency
+/// (the shares are measured by the bench; here they are shown, not asserted). Returns the
+/// commits per process.
+pub async fn fair_processes(
+    worker: &str,
+    url: &str,
+    prefix: &str,
+    scope: &str,
+    procs: usize,
+    tasks: usize,
+    secs: f64,
+) -> Vec<u64> {
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            Command::new(worker)
+                .args([
+                    "--url",
+                    url,
+                    "--prefix",
+                    prefix,
+                    "--scope",
+                    scope,
+                    "--tasks",
+                    &tasks.to_string(),
+                    "--secs",
+                    &secs.to_string(),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {worker}: {e}"))
+        })
+        .collect();
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().expect("worker output"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("join");
+    let mut seen = HashSet::new();
+    let mut per_process = Vec::new();
+    let mut report = Vec::new();
+    for out in &outputs {
+        assert!(
+            out.status.success(),
+            "a worker failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut commits = 0u64;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(summary) = line.strip_prefix("# ") {
+                report.push(summary.to_owned());
+                continue;
+            }
+            let n: u64 = line.trim().parse().expect("a count per line");
+            assert!(seen.insert(n), "count {n} was handed out twice");
+            commits += 1;
+        }
+        per_process.push(commits);
+    }
+    let total: u64 = per_process.iter().sum();
+    let st = Storage::builder()
+        .key_prefix(prefix)
+        .open(url)
+        .await
+        .expect("open for the final read");
+    let stored: Counter = st.get(scope).await.expect("final read").unwrap_or_default();
+    assert_eq!(stored.count, total, "the stored count is exact");
+    assert!(
+        seen.iter().all(|n| (1..=total).contains(n)),
+        "counts are 1..=total"
+    );
+    let shares: Vec<String> = per_process
+        .iter()
+        .map(|c| format!("{:.0}%", *c as f64 * 100.0 / total.max(1) as f64))
+        .collect();
+    eprintln!(
+        "{procs} processes x {tasks} tasks for {secs} s: {total} commits, shares {}; per process \
+         (ops p50_us p99_us max_us): {}",
+        shares.join(" "),
+        report.join(" | ")
+    );
+    st.remove(scope).await.expect("clean up");
+    per_process
+}
+
 /// Runs a cleanup to its end on a thread and a runtime of its own, so it can run in `Drop`
 /// (inside a test's runtime, and also when the test panics). Failures are printed, never raised.
 pub fn cleanup_blocking<F, Fut>(what: &str, make: F)
@@ -206,7 +281,7 @@ pub fn delete_under(url: &str, prefix: &str) {
 /// Runs one cleanup statement on a MySQL connection of its own (see [`cleanup_blocking`]).
 pub fn mysql_cleanup(url: &str, statement: String) {
     use mysql_async::prelude::Queryable;
-    let base = url.split('?').next().unwrap_or(url).to_owned();
+    let base = url::without_query(url).to_owned();
     let what = format!("with `{statement}`");
     cleanup_blocking(&what, move || async move {
         let opts = mysql_async::Opts::from_url(&base).map_err(|e| e.to_string())?;

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mp_storage::{driver::memory::MemoryDriver, Error, RetryPolicy, Storage};
+use mp_storage::{driver::memory::MemoryDriver, BackendKind, Error, RetryPolicy, Storage};
 use mp_storage_tests::faults::{Fault, Faulty};
 use mp_storage_tests::Counter;
 
@@ -83,9 +83,11 @@ fn err_is_retryable_conflict(attempts: u32) -> bool {
 /// exactly, not the machine.
 #[tokio::test(start_paused = true)]
 async fn backoff_stays_within_bounds() {
+    // The injected writer makes progress; these conflicts back off from the first.
     let policy = RetryPolicy::default()
         .base_delay(Duration::from_millis(10))
         .max_delay(Duration::from_millis(40))
+        .immediate_retries(0)
         .deadline(None);
     let bound: Duration = (1..=6).map(|r| policy.max_delay_for_retry(r)).sum();
     assert_eq!(bound, Duration::from_millis(10 + 20 + 40 + 40 + 40));
@@ -280,4 +282,155 @@ async fn futures_are_send() {
         async move { mp_storage_tests::increment(&st, "s").await }
     });
     assert_eq!(h.await.unwrap().unwrap(), 1);
+}
+
+/// A create whose reply was lost after it committed, and which another process read and removed
+/// before the engine looked: the scope is absent again, which cannot tell "never created" from
+/// "created and removed". A typed "commit unknown" error, the closure run once, never a rerun
+/// that would create it a second time.
+#[tokio::test]
+async fn lost_create_reply_after_a_delete_is_commit_unknown() {
+    let d = faulty();
+    let st = storage(&d, RetryPolicy::default());
+    d.set_fault(Fault::LoseReplyThenDelete(1));
+    let runs = Mutex::new(0);
+    let err = st
+        .scoped("c", |c: &mut Counter| {
+            *runs.lock().unwrap() += 1;
+            c.count += 1;
+            c.count
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CommitUnknown { .. }), "{err:?}");
+    assert!(!err.is_retryable() && err.may_have_happened(), "{err:?}");
+    assert_eq!(*runs.lock().unwrap(), 1, "the closure ran again");
+    assert_eq!(st.get::<Counter>("c").await.unwrap(), None, "created again");
+    assert_eq!(d.calls.get().1, 1, "a second compare-and-swap was sent");
+
+    // The same for an update of a stored scope: the scope was removed meanwhile.
+    st.set("u", &Counter { count: 5 }).await.unwrap();
+    d.set_fault(Fault::LoseReplyThenDelete(1));
+    let err = mp_storage_tests::increment(&st, "u").await.unwrap_err();
+    assert!(matches!(err, Error::CommitUnknown { .. }), "{err:?}");
+    assert_eq!(st.get::<Counter>("u").await.unwrap(), None);
+}
+
+/// A server that refuses connections, under a warm cache: the compare-and-swap fails before
+/// anything is sent, so the update is a connection error at once (retryable, nothing written),
+/// not an unknown outcome after a settle that can only fail too.
+#[tokio::test]
+async fn refused_connection_is_a_connection_error_at_once() {
+    let d = faulty();
+    let st = storage(&d, RetryPolicy::default());
+    st.scoped("c", |c: &mut Counter| c.count += 1)
+        .await
+        .unwrap();
+    d.set_fault(Fault::Refused(u32::MAX));
+    for _ in 0..3 {
+        let before = d.calls.get();
+        let started = std::time::Instant::now();
+        let runs = Mutex::new(0);
+        let err = st
+            .scoped("c", |c: &mut Counter| {
+                *runs.lock().unwrap() += 1;
+                c.count += 1;
+            })
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        match &err {
+            Error::Backend {
+                kind: BackendKind::Connection,
+                sent: false,
+                ..
+            } => {}
+            other => panic!("expected an unsent connection error, got {other:?}"),
+        }
+        assert!(err.is_retryable() && !err.may_have_happened(), "{err:?}");
+        assert!(took < Duration::from_millis(500), "took {took:?}");
+        let after = d.calls.get();
+        // One compare-and-swap, and no settling loads behind it.
+        assert_eq!((after.0 - before.0, after.1 - before.1), (0, 1));
+        assert_eq!(*runs.lock().unwrap(), 1);
+    }
+    d.set_fault(Fault::None);
+    assert_eq!(st.get::<Counter>("c").await.unwrap().unwrap().count, 1);
+    assert_eq!(mp_storage_tests::increment(&st, "c").await.unwrap(), 2);
+}
+
+/// `is_retryable` says whether calling again is safe, for the errors the engine really gives:
+/// a conflict after the retries and an unsent connection error are; an unknown outcome is not.
+#[tokio::test(start_paused = true)]
+async fn retryable_says_whether_calling_again_is_safe() {
+    let d = faulty();
+    let st = storage(&d, RetryPolicy::default().max_attempts(3).deadline(None));
+    st.set("c", &Counter { count: 1 }).await.unwrap();
+
+    d.set_fault(Fault::Interfere(3));
+    let conflict = mp_storage_tests::increment(&st, "c").await.unwrap_err();
+    assert!(conflict.is_conflict(), "{conflict:?}");
+    assert!(conflict.is_retryable() && !conflict.may_have_happened());
+
+    d.set_fault(Fault::Refused(1));
+    let refused = mp_storage_tests::increment(&st, "c").await.unwrap_err();
+    assert_eq!(
+        refused.backend_kind(),
+        Some(BackendKind::Connection),
+        "{refused:?}"
+    );
+    assert!(refused.is_retryable() && !refused.may_have_happened());
+
+    d.set_fault(Fault::LoseReplyThenOthersWrite(20));
+    let unknown = mp_storage_tests::increment(&st, "c").await.unwrap_err();
+    assert!(
+        matches!(unknown, Error::CommitUnknown { .. }),
+        "{unknown:?}"
+    );
+    assert!(!unknown.is_retryable() && unknown.may_have_happened());
+
+    // Calling again after the retryable ones is what they promise: it works, once.
+    d.set_fault(Fault::None);
+    let before = st.get::<Counter>("c").await.unwrap().unwrap().count;
+    assert_eq!(
+        mp_storage_tests::increment(&st, "c").await.unwrap(),
+        before + 1
+    );
+}
+
+/// An idempotent update whose reply was lost, with more writes since than the tokens remember:
+/// the receipt in the record tells that it committed; the caller gets the first result and a
+/// repeat with the same key changes nothing.
+#[tokio::test]
+async fn idempotent_lost_reply_is_settled_by_its_receipt() {
+    let d = faulty();
+    let st = storage(&d, RetryPolicy::default());
+    st.set("c", &Counter { count: 0 }).await.unwrap();
+    d.set_fault(Fault::LoseReplyThenOthersWrite(20));
+    let runs = Mutex::new(0);
+    let add = |c: &mut Counter| {
+        *runs.lock().unwrap() += 1;
+        c.count += 1;
+        c.count
+    };
+    let n = st.idempotent("req-1").scoped("c", add).await.unwrap();
+    assert_eq!((n, *runs.lock().unwrap()), (1, 1));
+    // Ours (1) and the 20 others (100 each), once.
+    assert_eq!(st.get::<Counter>("c").await.unwrap().unwrap().count, 2001);
+    // The client retries: the first answer again, nothing applied.
+    let again = st
+        .idempotent("req-1")
+        .scoped("c", |c: &mut Counter| {
+            c.count += 1;
+            c.count
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, 1);
+    assert_eq!(st.get::<Counter>("c").await.unwrap().unwrap().count, 2001);
+    assert_eq!(st.stats().replayed, 2);
+    // Without a key the same fault cannot be told apart.
+    d.set_fault(Fault::LoseReplyThenOthersWrite(20));
+    let err = mp_storage_tests::increment(&st, "c").await.unwrap_err();
+    assert!(err.may_have_happened() && !err.is_retryable(), "{err:?}");
 }

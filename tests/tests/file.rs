@@ -1,5 +1,6 @@
-//! The file driver: the behavior suite, several processes on one scope, writers killed with
-//! SIGKILL, the file-name encoding as a property, and a full disk.
+//! The file driver: the behavior suite, several processes on one scope, writers (and
+//! several-scope commits) killed with SIGKILL, the file-name encoding as a property, and a full
+//! disk.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write as _};
@@ -15,7 +16,7 @@ use mp_storage::{BackendKind, Error, Storage};
 use mp_storage_tests::Counter;
 use proptest::prelude::*;
 
-mp_storage_tests::behavior_suite!(mp_storage_tests::targets::file());
+mp_storage::behavior_suite!(mp_storage_tests::targets::file());
 
 fn file_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -41,6 +42,25 @@ async fn four_processes_count_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_count_exactly_durable() {
     processes_count_exactly("", 20).await;
+}
+
+/// Two processes × 16 tasks on one scope for 2 s (durable writes): exact, every count
+/// distinct; each process's share and tail latency are printed (the bench measures them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_hot_scope() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}", dir.path().display());
+    let per = mp_storage_tests::fair_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        "mp/",
+        "hot",
+        2,
+        16,
+        2.0,
+    )
+    .await;
+    assert!(per.iter().sum::<u64>() > 0);
 }
 
 async fn processes_count_exactly(options: &str, increments: usize) {
@@ -181,6 +201,451 @@ fn killed_writers_leave_a_whole_record() {
     eprintln!(
         "20 kills: final count {before}, {rounds_mid_write} kills landed after a commit was written but before its ack was read"
     );
+}
+
+/// An account of the transfer tests: a balance and the ids of the transfers it took part in.
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone, Debug)]
+struct Account {
+    balance: i64,
+    ledger: Vec<u64>,
+}
+
+impl mp_storage::Scope for Account {}
+
+const ACCOUNTS: [&str; 4] = ["acct:a", "acct:b", "acct:c", "acct:d"];
+const OPENING_BALANCE: i64 = 1000;
+const TRANSFER_CHILD_DIR: &str = "MP_FILE_TEST_TRANSFER_CHILD_DIR";
+
+/// Not a test on its own: the process of `killed_transfers_are_all_or_nothing`, which runs this
+/// test binary again with `TRANSFER_CHILD_DIR` set. Four tasks move money between the accounts
+/// forever, with durable writes, and print `ack ID` once each transfer is committed.
+#[test]
+fn kill_child_transfers() {
+    let Ok(dir) = std::env::var(TRANSFER_CHILD_DIR) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        let st = Storage::open(&format!("file:{dir}"))
+            .await
+            .expect("open in the child");
+        let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (st, out) = (st.clone(), out.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let id = rand::random::<u64>() >> 1;
+                        let from = rand::random_range(0..ACCOUNTS.len());
+                        let to = (from + rand::random_range(1..ACCOUNTS.len())) % ACCOUNTS.len();
+                        let amount = rand::random_range(1..=300i64);
+                        let moved = st
+                            .scoped_many(&[ACCOUNTS[from], ACCOUNTS[to]], |a: &mut [Account]| {
+                                if a[0].balance < amount {
+                                    return false;
+                                }
+                                a[0].balance -= amount;
+                                a[1].balance += amount;
+                                a[0].ledger.push(id);
+                                a[1].ledger.push(id);
+                                true
+                            })
+                            .await
+                            .expect("a transfer in the child");
+                        if moved {
+                            let mut out = out.lock().expect("stdout");
+                            writeln!(out, "ack {id}").expect("stdout");
+                            out.flush().expect("stdout");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("a transfer task");
+        }
+    });
+}
+
+/// A process of `kill_child_transfers`, its acknowledgements read on a thread.
+#[cfg(unix)]
+struct Mover {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+    acks: std::sync::mpsc::Receiver<u64>,
+}
+
+#[cfg(unix)]
+impl Mover {
+    /// Starts a mover on `dir` and waits for its first acknowledged transfer.
+    fn start(dir: &Path) -> (Mover, u64) {
+        let exe = std::env::current_exe().expect("test binary");
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "kill_child_transfers",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(TRANSFER_CHILD_DIR, dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the mover");
+        let stdout = child.stdout.take().expect("child stdout");
+        let (tx, acks) = std::sync::mpsc::channel::<u64>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find("ack ") {
+                    if let Ok(n) = line[at + 4..].trim().parse() {
+                        let _ = tx.send(n);
+                    }
+                }
+            }
+        });
+        let first = acks
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the mover acknowledged nothing");
+        (
+            Mover {
+                child,
+                reader,
+                acks,
+            },
+            first,
+        )
+    }
+
+    /// Kills it with SIGKILL; returns the transfers it acknowledged.
+    fn kill(mut self) -> Vec<u64> {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+        let _ = self.reader.join();
+        self.acks.try_iter().collect()
+    }
+}
+
+/// Processes moving money between four accounts (several-scope commits, durable writes) killed
+/// with SIGKILL at random moments, 20 rounds (`MP_KILL_ROUNDS` for more). With one mover, the
+/// store is opened after each kill, which settles a commit cut short. With two, the first is
+/// killed while the second goes on (it settles the commit when it touches one of its scopes),
+/// then the second. Then, every account decodes, the money is all there, no intent record is
+/// left, each transfer is in both of its accounts' ledgers or in neither, and every
+/// acknowledged one is in both.
+#[cfg(unix)]
+fn kill_transfers(movers: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let url = format!("file:{}", dir.path().display());
+    rt.block_on(async {
+        let st = Storage::open(&url).await.expect("open");
+        for name in ACCOUNTS {
+            st.set(
+                name,
+                &Account {
+                    balance: OPENING_BALANCE,
+                    ledger: Vec::new(),
+                },
+            )
+            .await
+            .expect("an opening balance");
+        }
+    });
+    let rounds: u32 = std::env::var("MP_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let deadline = Instant::now() + Duration::from_secs(120) * (rounds / 20).max(1);
+    let mut acked: HashSet<u64> = HashSet::new();
+    // Intent records found after a kill, by name: whole (to roll forward) or torn (to roll
+    // back).
+    let mut found: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+    let mut transfers = 0;
+    let look = |found: &mut std::collections::HashMap<String, bool>| {
+        for n in file_names(dir.path())
+            .into_iter()
+            .filter(|n| n.starts_with("%commit.") && n.ends_with(".intent"))
+        {
+            let Ok(bytes) = std::fs::read(dir.path().join(&n)) else {
+                continue; // settled meanwhile by a live mover
+            };
+            let parses = bytes.ends_with(b"\n")
+                && serde_json::from_slice::<serde_json::Value>(&bytes).is_ok();
+            found.insert(n, parses);
+        }
+    };
+    for round in 0..rounds {
+        assert!(Instant::now() < deadline, "took too long");
+        let mut running = Vec::new();
+        for _ in 0..movers {
+            let (mover, first) = Mover::start(dir.path());
+            acked.insert(first);
+            running.push(mover);
+        }
+        for mover in running {
+            std::thread::sleep(Duration::from_micros(rand::random_range(0..150_000)));
+            acked.extend(mover.kill());
+            look(&mut found);
+        }
+
+        let (accounts, left) = rt.block_on(async {
+            let st = Storage::open(&url).await.expect("open after a kill");
+            assert_eq!(
+                st.list("").await.expect("list"),
+                ACCOUNTS.map(str::to_owned).to_vec()
+            );
+            let accounts: Vec<Account> = st
+                .get_many(&ACCOUNTS)
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: an account does not decode: {e}"))
+                .into_iter()
+                .map(|a| a.expect("an account"))
+                .collect();
+            (accounts, file_names(dir.path()))
+        });
+        assert!(
+            !left.iter().any(|n| n.ends_with(".intent")),
+            "round {round}: an intent record is left after open: {left:?}"
+        );
+        let total: i64 = accounts.iter().map(|a| a.balance).sum();
+        assert_eq!(
+            total,
+            OPENING_BALANCE * ACCOUNTS.len() as i64,
+            "round {round}: money is not conserved: {accounts:?}"
+        );
+        assert!(accounts.iter().all(|a| a.balance >= 0), "{accounts:?}");
+        let mut seen: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        for a in &accounts {
+            let distinct: HashSet<&u64> = a.ledger.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                a.ledger.len(),
+                "round {round}: a transfer twice in one ledger"
+            );
+            for id in &a.ledger {
+                *seen.entry(*id).or_default() += 1;
+            }
+        }
+        if let Some((id, n)) = seen.iter().find(|(_, n)| **n != 2) {
+            panic!("round {round}: transfer {id} is in {n} ledgers");
+        }
+        if let Some(id) = acked.iter().find(|id| !seen.contains_key(id)) {
+            panic!("round {round}: acknowledged transfer {id} is in no ledger");
+        }
+        transfers = seen.len();
+    }
+    let whole = found.values().filter(|w| **w).count();
+    let torn = found.len() - whole;
+    eprintln!(
+        "{rounds} rounds of {movers} mover(s) killed: {transfers} transfers committed ({} \
+         acknowledged); the kills left {whole} whole intent records (rolled forward) and {torn} \
+         torn ones (rolled back)",
+        acked.len()
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn killed_transfers_are_all_or_nothing() {
+    kill_transfers(1);
+}
+
+#[cfg(unix)]
+#[test]
+fn killed_transfers_are_settled_by_a_live_process() {
+    kill_transfers(2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGSTOP
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid` with `kill(1)`.
+#[cfg(unix)]
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
+/// Waits until process `pid` is stopped (state `T` in `/proc/<pid>/stat`; where there is no
+/// `/proc`, a short pause).
+#[cfg(unix)]
+fn wait_stopped(pid: u32) {
+    let stat = format!("/proc/{pid}/stat");
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::fs::read_to_string(&stat) {
+            Ok(s) => {
+                // `pid (comm) state …`: the state follows the last `)`.
+                let state = s
+                    .rsplit_once(')')
+                    .and_then(|(_, r)| r.trim_start().chars().next());
+                if state == Some('T') {
+                    return;
+                }
+            }
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(20));
+                return;
+            }
+        }
+        assert!(Instant::now() < until, "process {pid} did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Whether another process holds the lock of the file at `path`.
+fn lock_is_held(path: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    else {
+        return false;
+    };
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => false,
+        Err(fs4::TryLockError::WouldBlock) => true,
+        Err(fs4::TryLockError::Error(e)) => panic!("try_lock {}: {e}", path.display()),
+    }
+}
+
+/// A child process that is continued and killed when dropped, a failing test included: a
+/// stopped lock holder must not outlive the test.
+#[cfg(unix)]
+struct StoppableChild(std::process::Child);
+
+#[cfg(unix)]
+impl Drop for StoppableChild {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-CONT", &pid]).status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A writer stopped (SIGSTOP) while it holds a scope's lock: another writer with
+/// `lock_timeout=1s` fails after about a second with a timeout error that says nothing was
+/// sent, instead of hanging as long as the holder stays stopped. Reads go on meanwhile; once the
+/// holder is gone, writes do too.
+#[cfg(unix)]
+#[test]
+fn a_stopped_lock_holder_times_out_writers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = std::env::current_exe().expect("test binary");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // The writer of `killed_writers_leave_a_whole_record`, with durable writes: most of its
+    // time is spent inside the scope's lock.
+    let mut child = StoppableChild(
+        Command::new(&exe)
+            .args([
+                "--exact",
+                "kill_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(KILL_CHILD_DIR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the writer"),
+    );
+    let pid = child.0.id();
+    let stdout = child.0.stdout.take().expect("child stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("ack ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the writer acknowledged nothing");
+    let stem = record_file_name("killed");
+    let lock = dir.path().join(format!(
+        "{}.lock",
+        stem.strip_suffix(".json").expect("a record file name")
+    ));
+
+    // Stop it, and look whether it stopped inside the lock; else let it go on a little.
+    let mut held = false;
+    for tries in 1..=300 {
+        signal(pid, "STOP");
+        wait_stopped(pid);
+        if lock_is_held(&lock) {
+            eprintln!("the writer stopped inside the lock at try {tries}");
+            held = true;
+            break;
+        }
+        signal(pid, "CONT");
+        std::thread::sleep(Duration::from_micros(rand::random_range(200..3000)));
+    }
+    assert!(
+        held,
+        "the writer was never caught holding {}",
+        lock.display()
+    );
+
+    let url = format!("file:{}?lock_timeout=1s", dir.path().display());
+    rt.block_on(async {
+        let st = Storage::open(&url).await.expect("open");
+        let before = st
+            .get::<Counter>("killed")
+            .await
+            .expect("a read takes no lock")
+            .expect("a record")
+            .count;
+        let started = Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            st.scoped("killed", |c: &mut Counter| c.count += 1),
+        )
+        .await
+        .expect("the update hung behind a stopped lock holder");
+        let took = started.elapsed();
+        match &r {
+            Err(Error::Backend {
+                kind: BackendKind::Timeout,
+                sent: false,
+                ..
+            }) => {}
+            other => panic!("expected an unsent timeout error, got {other:?}"),
+        }
+        let e = r.unwrap_err();
+        assert!(e.is_retryable() && !e.may_have_happened(), "{e:?}");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+            "took {took:?}"
+        );
+        eprintln!("the update gave up after {took:?}: {e}");
+        // Nothing was written.
+        assert!(lock_is_held(&lock));
+        assert_eq!(
+            st.get::<Counter>("killed").await.unwrap().unwrap().count,
+            before
+        );
+    });
+
+    // The holder goes away; the lock with it.
+    drop(child);
+    let _ = reader.join();
+    rt.block_on(async {
+        let st = Storage::open(&url).await.expect("open");
+        let n = st
+            .scoped("killed", |c: &mut Counter| {
+                c.count += 1;
+                c.count
+            })
+            .await
+            .expect("an update once the holder is gone");
+        assert!(n >= 2);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -467,6 +932,102 @@ async fn full_disk_keeps_the_old_record() {
     } else {
         eprintln!("full_disk_keeps_the_old_record: remounting read-only failed, that part skipped");
     }
+}
+
+/// A several-scope commit on a full disk: a `Full` error, every old record intact, and no temp
+/// file, intent record or commit marker left.
+#[tokio::test]
+async fn full_disk_keeps_several_scopes_whole() {
+    let disk = match SmallDisk::mount("256k") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIPPED full_disk_keeps_several_scopes_whole: {why}");
+            return;
+        }
+    };
+    let st = Storage::open(&format!("file:{}", disk.path().display()))
+        .await
+        .expect("open");
+    let names = ["a", "b", "c"];
+    st.set("a", &serde_json::json!("small a"))
+        .await
+        .expect("a small write fits");
+    st.set("b", &serde_json::json!("small b"))
+        .await
+        .expect("a small write fits");
+    let unchanged = |st: Storage| async move {
+        let all: Vec<Option<serde_json::Value>> = st.get_many(&names).await.expect("read");
+        assert_eq!(
+            all,
+            vec![
+                Some(serde_json::json!("small a")),
+                Some(serde_json::json!("small b")),
+                None
+            ]
+        );
+    };
+    let no_journal = || {
+        let names = file_names(&disk.path());
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.ends_with(".tmp") || n.ends_with(".intent")),
+            "left: {names:?}"
+        );
+        for n in names.iter().filter(|n| n.ends_with(".lock")) {
+            let len = std::fs::metadata(disk.path().join(n)).expect("stat").len();
+            assert_eq!(len, 0, "{n} holds a commit marker");
+        }
+    };
+
+    // The last of three writes does not fit: the first two are undone.
+    let big = serde_json::json!("x".repeat(300 << 10));
+    let e = st
+        .scoped_many(&names, |v: &mut [serde_json::Value]| {
+            v[0] = "changed a".into();
+            v[1] = "changed b".into();
+            v[2] = big.clone();
+        })
+        .await
+        .expect_err("a commit larger than the disk");
+    assert_eq!(e.backend_kind(), Some(BackendKind::Full), "{e}");
+    unchanged(st.clone()).await;
+    no_journal();
+
+    // Fill the disk to the last byte, then try a small commit.
+    let filler = disk.path().join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..1]).is_ok() {}
+    }
+    let e = st
+        .scoped_many(&names, |v: &mut [serde_json::Value]| {
+            v[0] = "changed a".into();
+            v[2] = "new c".into();
+        })
+        .await
+        .expect_err("a commit on a full disk");
+    assert_eq!(e.backend_kind(), Some(BackendKind::Full), "{e}");
+    let fresh = Storage::open(&format!("file:{}", disk.path().display()))
+        .await
+        .expect("reopen");
+    unchanged(fresh).await;
+    no_journal();
+
+    // Space back: the commit goes through.
+    std::fs::remove_file(&filler).expect("remove filler");
+    st.scoped_many(&names, |v: &mut [serde_json::Value]| {
+        v[0] = "changed a".into();
+        v[2] = "new c".into();
+    })
+    .await
+    .expect("a commit once space is back");
+    let all: Vec<Option<serde_json::Value>> = st.get_many(&names).await.expect("read");
+    assert_eq!(all[0], Some(serde_json::json!("changed a")));
+    assert_eq!(all[2], Some(serde_json::json!("new c")));
+    no_journal();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,3 +1,3 @@
 //! The behavior suite on the memory driver, the reference.
 
-mp_storage_tests::behavior_suite!(mp_storage_tests::targets::memory());
+mp_storage::behavior_suite!(mp_storage_tests::targets::memory());

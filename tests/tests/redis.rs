@@ -1,22 +1,26 @@
 //! The Redis driver against a live server: `MP_TEST_REDIS_URL=redis://127.0.0.1:6379/`.
 //!
-//! The behavior suite, then what is particular to Redis. Unset, every test here skips with a
-//! note; with `MP_TEST_REQUIRE_SERVERS=1` it fails instead.
-//! Every test works under a key prefix of its own, so tests run in parallel on one server.
+//! The behavior suite, then what is particular to Redis, then its faults: connections killed
+//! under load, records corrupted by hand. Unset, every test here skips with a note; with
+//! `MP_TEST_REQUIRE_SERVERS=1` it fails instead.
+//! Every test works under a key prefix of its own, so tests run in parallel on one server; a
+//! test that kills connections kills only those of a user of its own.
 //! Commands are counted by a small TCP proxy that sits between the driver and the server, so the
 //! counts do not depend on what else the server is doing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mp_storage::driver::redis::RedisDriver;
 use mp_storage::{BackendKind, CasOutcome, Driver, Error, Storage, Write};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use mp_storage_tests::proxy::Proxy;
+use mp_storage_tests::resp::{Resp, RespClient};
+use mp_storage_tests::url::{host_port, prefix_query, via, with_query, without_query};
+use mp_storage_tests::{rev, Counter, RedisPrefix};
+use tokio::net::TcpListener;
 
-mp_storage_tests::behavior_suite!(mp_storage_tests::targets::redis());
+mp_storage::behavior_suite!(mp_storage_tests::targets::redis());
 
 /// The server's URL, or `None` (skip, or fail when servers are required) when unset.
 fn server_url() -> Option<String> {
@@ -24,74 +28,8 @@ fn server_url() -> Option<String> {
 }
 
 /// A key prefix no other test or run uses; the keys under it are deleted when it drops.
-fn private_prefix(tag: &str) -> Prefix {
-    Prefix(format!("mptest:{tag}:{:016x}:", rand::random::<u64>()))
-}
-
-/// A test's private key prefix. Dropping it deletes the test's keys (through
-/// `mp_storage_tests::delete_under`, so also when the test panics).
-struct Prefix(String);
-
-impl std::ops::Deref for Prefix {
-    type Target = String;
-    fn deref(&self) -> &String {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for Prefix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl Drop for Prefix {
-    fn drop(&mut self) {
-        let Ok(url) = std::env::var("MP_TEST_REDIS_URL") else {
-            return;
-        };
-        // The driver over this prefix lists and deletes exactly its keys, corrupt ones too.
-        mp_storage_tests::delete_under(&with_query(&url, &prefix_query(&self.0)), "");
-    }
-}
-
-/// `url` with `extra` (`k=v&…`) added to its query string.
-fn with_query(url: &str, extra: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{extra}")
-}
-
-fn prefix_query(prefix: &str) -> String {
-    format!("prefix={}", encode(prefix))
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// The `host:port` of a `redis://[…@]host:port/…` URL.
-fn host_port(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let hp = authority.rsplit('@').next().unwrap_or(authority);
-    if hp.contains(':') {
-        hp.to_owned()
-    } else {
-        format!("{hp}:6379")
-    }
-}
-
-/// `url` pointing at `addr` instead of its own host and port.
-fn via(url: &str, addr: &str) -> String {
-    url.replacen(&host_port(url), addr, 1)
+fn private_prefix(tag: &str) -> RedisPrefix {
+    RedisPrefix::new(tag)
 }
 
 async fn open_driver(url: &str, prefix: &str) -> RedisDriver {
@@ -107,235 +45,7 @@ async fn open_storage(url: &str, prefix: &str) -> Storage {
 }
 
 fn write(data: &[u8], token: u64, initial_version: u64) -> Write<'_> {
-    Write {
-        schema: 1,
-        data,
-        token,
-        initial_version,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A raw RESP client, to plant records the driver would never write and to read server state.
-
-#[derive(Debug, PartialEq)]
-enum Resp {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Resp>>),
-}
-
-struct Raw {
-    r: BufReader<TcpStream>,
-}
-
-impl Raw {
-    async fn connect(url: &str) -> Raw {
-        let stream = TcpStream::connect(host_port(url)).await.expect("connect");
-        let mut raw = Raw {
-            r: BufReader::new(stream),
-        };
-        let db = url
-            .split_once("://")
-            .and_then(|(_, r)| r.split_once('/'))
-            .map(|(_, p)| p.split('?').next().unwrap_or(""))
-            .unwrap_or("");
-        if !db.is_empty() {
-            raw.cmd(&[b"SELECT", db.as_bytes()]).await;
-        }
-        raw
-    }
-
-    async fn cmd(&mut self, args: &[&[u8]]) -> Resp {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.r.get_mut().write_all(&out).await.expect("send");
-        self.read().await
-    }
-
-    async fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.r.read_line(&mut line).await.expect("read");
-        line.trim_end_matches("\r\n").to_owned()
-    }
-
-    fn read(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resp> + Send + '_>> {
-        Box::pin(async move {
-            let line = self.line().await;
-            let (kind, rest) = line.split_at(1);
-            match kind {
-                "+" => Resp::Simple(rest.to_owned()),
-                "-" => Resp::Error(rest.to_owned()),
-                ":" => Resp::Int(rest.parse().expect("int")),
-                "$" => {
-                    let n: i64 = rest.parse().expect("len");
-                    if n < 0 {
-                        return Resp::Bulk(None);
-                    }
-                    let mut buf = vec![0; n as usize + 2];
-                    self.r.read_exact(&mut buf).await.expect("bulk");
-                    buf.truncate(n as usize);
-                    Resp::Bulk(Some(buf))
-                }
-                "*" => {
-                    let n: i64 = rest.parse().expect("len");
-                    if n < 0 {
-                        return Resp::Array(None);
-                    }
-                    let mut items = Vec::new();
-                    for _ in 0..n {
-                        items.push(self.read().await);
-                    }
-                    Resp::Array(Some(items))
-                }
-                other => panic!("unexpected reply type {other:?}"),
-            }
-        })
-    }
-
-    async fn hgetall(&mut self, key: &str) -> Resp {
-        self.cmd(&[b"HGETALL", key.as_bytes()]).await
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A TCP proxy that counts the commands clients send and can cut every connection.
-
-struct Proxy {
-    addr: String,
-    commands: Arc<AtomicU64>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let commands = Arc::new(AtomicU64::new(0));
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = {
-            let commands = commands.clone();
-            let conns = conns.clone();
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = TcpStream::connect(&upstream).await else {
-                        continue;
-                    };
-                    let commands = commands.clone();
-                    let task = tokio::spawn(pipe(client, server, commands));
-                    conns.lock().unwrap().push(task);
-                }
-            })
-        };
-        Proxy {
-            addr,
-            commands,
-            conns,
-            accept,
-        }
-    }
-
-    fn commands(&self) -> u64 {
-        self.commands.load(Ordering::SeqCst)
-    }
-
-    /// Cuts every open connection (new ones are still accepted).
-    fn cut(&self) {
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-
-    /// Stops listening and cuts every connection: the server looks down.
-    fn stop(&self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn pipe(client: TcpStream, server: TcpStream, commands: Arc<AtomicU64>) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let down = async move {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
-    };
-    let up = async move {
-        let mut counter = CommandCounter::default();
-        let mut buf = vec![0; 64 * 1024];
-        loop {
-            let n = match cr.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            commands.fetch_add(counter.feed(&buf[..n]), Ordering::SeqCst);
-            if sw.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    };
-    tokio::select! {
-        _ = down => {}
-        _ = up => {}
-    }
-}
-
-/// Counts the RESP arrays (commands) in a client's byte stream.
-#[derive(Default)]
-struct CommandCounter {
-    pending: Vec<u8>,
-    /// Bulk strings still to come in the current command.
-    bulks_left: u64,
-    /// Bytes of a bulk string (with its CRLF) still to skip.
-    skip: usize,
-}
-
-impl CommandCounter {
-    fn feed(&mut self, bytes: &[u8]) -> u64 {
-        let mut count = 0;
-        let mut bytes = bytes;
-        loop {
-            if self.skip > 0 {
-                let n = self.skip.min(bytes.len());
-                self.skip -= n;
-                bytes = &bytes[n..];
-                if self.skip > 0 {
-                    return count;
-                }
-            }
-            let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-                self.pending.extend_from_slice(bytes);
-                return count;
-            };
-            self.pending.extend_from_slice(&bytes[..=nl]);
-            bytes = &bytes[nl + 1..];
-            let line = std::mem::take(&mut self.pending);
-            let text = String::from_utf8_lossy(&line);
-            let text = text.trim_end();
-            if self.bulks_left == 0 {
-                assert!(text.starts_with('*'), "not a command: {text:?}");
-                count += 1;
-                self.bulks_left = text[1..].parse().expect("array length");
-            } else {
-                assert!(text.starts_with('$'), "not a bulk string: {text:?}");
-                let len: usize = text[1..].parse().expect("bulk length");
-                self.skip = len + 2;
-                self.bulks_left -= 1;
-            }
-        }
-    }
+    mp_storage_tests::write_with(1, data, token, initial_version)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,7 +60,7 @@ async fn cas_put_delete_follow_the_contract() {
     assert_eq!(d.load("k").await.unwrap(), None);
     // Update of an absent key: a conflict that says it is absent.
     assert_eq!(
-        d.cas("k", Some(5), write(b"1", 1, 100)).await.unwrap(),
+        d.cas("k", rev(5, 0), write(b"1", 1, 100)).await.unwrap(),
         CasOutcome::Conflict(None)
     );
     // Create at the initial version.
@@ -371,10 +81,10 @@ async fn cas_put_delete_follow_the_contract() {
     }
     // A stale version: conflict with the current record.
     assert_eq!(
-        d.cas("k", Some(100), write(b"2", 2, 7)).await.unwrap(),
+        d.cas("k", rev(100, 1), write(b"2", 2, 7)).await.unwrap(),
         CasOutcome::Committed(101)
     );
-    match d.cas("k", Some(100), write(b"3", 3, 7)).await.unwrap() {
+    match d.cas("k", rev(100, 1), write(b"3", 3, 7)).await.unwrap() {
         CasOutcome::Conflict(Some(r)) => {
             assert_eq!((r.version, r.data.as_slice()), (101, &b"2"[..]));
             assert_eq!(r.tokens, vec![1, 2]);
@@ -413,7 +123,7 @@ async fn tokens_keep_the_last_sixteen_and_versions_stay_exact() {
     for i in 1..40u64 {
         let w = write(b"x", token(i), 1);
         version = if i % 2 == 0 {
-            match d.cas("k", Some(version), w).await.unwrap() {
+            match d.cas("k", rev(version, token(i - 1)), w).await.unwrap() {
                 CasOutcome::Committed(v) => v,
                 other => panic!("{other:?}"),
             }
@@ -432,7 +142,7 @@ async fn tokens_keep_the_last_sixteen_and_versions_stay_exact() {
     d.put("big", write(b"0", 1, big)).await.unwrap();
     assert_eq!(d.put("big", write(b"0", 2, 1)).await.unwrap(), big + 1);
     assert_eq!(
-        d.cas("big", Some(big + 1), write(b"0", 3, 1))
+        d.cas("big", rev(big + 1, 2), write(b"0", 3, 1))
             .await
             .unwrap(),
         CasOutcome::Committed(big + 2)
@@ -518,7 +228,7 @@ async fn list_walks_many_keys() {
     let Some(url) = server_url() else { return };
     let prefix = private_prefix("many");
     let d = open_driver(&url, &prefix).await;
-    let mut raw = Raw::connect(&url).await;
+    let mut raw = RespClient::connect(&url).await;
     // 2500 keys under the prefix, and keys beside it that only look alike.
     let mut args: Vec<Vec<u8>> = vec![b"MSET".to_vec()];
     for i in 0..2500 {
@@ -550,7 +260,7 @@ async fn corrupt_records_are_named_and_left_untouched() {
     let prefix = private_prefix("corrupt");
     let d = open_driver(&url, &prefix).await;
     let st = open_storage(&url, &prefix).await;
-    let mut raw = Raw::connect(&url).await;
+    let mut raw = RespClient::connect(&url).await;
     let tok = format!("{:016x}", 1);
     let cases: Vec<(&str, Vec<&[u8]>)> = vec![
         ("no-v", vec![b"s", b"0", b"d", b"1", b"t", tok.as_bytes()]),
@@ -606,7 +316,7 @@ async fn corrupt_records_are_named_and_left_untouched() {
             other => panic!("set {name}: {other:?}"),
         }
         // (An update names a version the engine read and checked: a stale one here.)
-        match d.cas(name, Some(4), write(b"2", 2, 1)).await {
+        match d.cas(name, rev(4, 0), write(b"2", 2, 1)).await {
             Err(e) if is_corrupt(&e) => {}
             other => panic!("cas {name}: {other:?}"),
         }
@@ -629,9 +339,9 @@ async fn corrupt_records_are_named_and_left_untouched() {
 #[tokio::test]
 async fn warm_update_is_one_command_and_conflict_adds_one() {
     let Some(url) = server_url() else { return };
-    let proxy = Proxy::start(host_port(&url)).await;
+    let proxy = Proxy::counting_resp(host_port(&url)).await;
     let prefix = private_prefix("count");
-    let st = open_storage(&via(&url, &proxy.addr), &prefix).await;
+    let st = open_storage(&via(&url, proxy.addr()), &prefix).await;
     // The first update loads the script (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA at worst).
     st.scoped("n", |n: &mut u64| *n += 1).await.unwrap();
 
@@ -676,7 +386,7 @@ async fn lost_scripts_are_loaded_again() {
     let prefix = private_prefix("noscript");
     let st = open_storage(&url, &prefix).await;
     st.scoped("n", |n: &mut u64| *n += 1).await.unwrap();
-    let mut raw = Raw::connect(&url).await;
+    let mut raw = RespClient::connect(&url).await;
     assert_eq!(
         raw.cmd(&[b"SCRIPT", b"FLUSH"]).await,
         Resp::Simple("OK".into())
@@ -749,6 +459,17 @@ async fn four_processes_count_exactly() {
     assert!(st.remove("hot").await.unwrap());
 }
 
+/// Two processes × 16 tasks on one scope for 2 s: exact, every count distinct; each process's
+/// share and tail latency are printed (the bench measures them against targets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_hot_scope() {
+    let Some(url) = server_url() else { return };
+    let prefix = mp_storage_tests::unique_prefix("redis-fair");
+    let worker = env!("CARGO_BIN_EXE_mp-worker");
+    let per = mp_storage_tests::fair_processes(worker, &url, &prefix, "hot", 2, 16, 2.0).await;
+    assert!(per.iter().sum::<u64>() > 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failures.
 
@@ -788,13 +509,70 @@ async fn down_server_is_a_connection_error_within_the_bound() {
     drop(silent);
 }
 
+/// A refused connection names the server it could not reach.
+#[tokio::test]
+async fn a_refused_connection_names_the_server() {
+    let Some(_url) = server_url() else { return };
+    match Storage::open("redis://127.0.0.1:1/").await {
+        Err(e) => {
+            assert_eq!(e.backend_kind(), Some(BackendKind::Connection), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("cannot connect to 127.0.0.1:1: connection refused"),
+                "{e}"
+            );
+        }
+        Ok(_) => panic!("opened a server that is not there"),
+    }
+}
+
+/// The `host:port` of a `mysql://[…@]host[:port]/…` URL.
+fn mysql_host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    let hp = authority.rsplit('@').next().unwrap_or(authority);
+    if hp.contains(':') {
+        hp.to_owned()
+    } else {
+        format!("{hp}:3306")
+    }
+}
+
+/// A redis URL pointed at a server of another protocol (the MySQL test server's port) fails at
+/// once, saying so, instead of with a parse error of its greeting. Needs `MP_TEST_MYSQL_URL`.
+#[tokio::test]
+async fn a_mysql_server_is_not_taken_for_redis() {
+    let Some(mysql) = mp_storage_tests::targets::server_url("MP_TEST_MYSQL_URL", "mysql") else {
+        return;
+    };
+    let addr = mysql_host_port(&mysql);
+    let started = Instant::now();
+    match Storage::open(&format!("redis://{addr}/")).await {
+        Err(e) => {
+            assert_eq!(e.backend_kind(), Some(BackendKind::Connection), "{e}");
+            assert!(
+                e.to_string().contains(&format!(
+                    "the server at {addr} does not speak the redis protocol"
+                )),
+                "{e}"
+            );
+        }
+        Ok(_) => panic!("took the MySQL server at {addr} for a Redis server"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn server_going_down_is_a_connection_error_then_recovers() {
     let Some(url) = server_url() else { return };
     let prefix = private_prefix("down");
     let proxy = Proxy::start(host_port(&url)).await;
     let st = open_storage(
-        &with_query(&via(&url, &proxy.addr), "connect_timeout=500ms"),
+        &with_query(&via(&url, proxy.addr()), "connect_timeout=500ms"),
         &prefix,
     )
     .await;
@@ -821,20 +599,7 @@ async fn server_going_down_is_a_connection_error_then_recovers() {
     }
 
     // The same address comes back: the driver reconnects by itself.
-    let back = loop {
-        match TcpListener::bind(&proxy.addr).await {
-            Ok(l) => break l,
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    };
-    let upstream = host_port(&url);
-    let relay = tokio::spawn(async move {
-        while let Ok((client, _)) = back.accept().await {
-            if let Ok(server) = TcpStream::connect(&upstream).await {
-                tokio::spawn(pipe(client, server, Arc::default()));
-            }
-        }
-    });
+    let back = Proxy::restart_on(proxy.addr(), host_port(&url)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match st.scoped("n", |n: &mut u64| *n += 1).await {
@@ -847,7 +612,7 @@ async fn server_going_down_is_a_connection_error_then_recovers() {
     }
     assert_eq!(st.get::<u64>("n").await.unwrap(), Some(2));
     st.remove("n").await.unwrap();
-    relay.abort();
+    drop(back);
 }
 
 #[tokio::test]
@@ -855,7 +620,7 @@ async fn an_idle_handle_reads_after_its_connection_was_cut() {
     let Some(url) = server_url() else { return };
     let prefix = private_prefix("idle");
     let proxy = Proxy::start(host_port(&url)).await;
-    let st = open_storage(&via(&url, &proxy.addr), &prefix).await;
+    let st = open_storage(&via(&url, proxy.addr()), &prefix).await;
     st.set("n", &1u64).await.unwrap();
     for i in 0..3u64 {
         proxy.cut();
@@ -876,7 +641,7 @@ async fn cut_connections_never_lose_or_double_an_update() {
     let Some(url) = server_url() else { return };
     let prefix = private_prefix("cut");
     let proxy = Proxy::start(host_port(&url)).await;
-    let st = open_storage(&via(&url, &proxy.addr), &prefix).await;
+    let st = open_storage(&via(&url, proxy.addr()), &prefix).await;
     let done = Arc::new(AtomicU64::new(0));
     let unknown = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -935,7 +700,7 @@ async fn cut_connections_never_lose_or_double_an_update() {
 #[tokio::test]
 async fn refused_access_is_permission_denied() {
     let Some(url) = server_url() else { return };
-    let mut raw = Raw::connect(&url).await;
+    let mut raw = RespClient::connect(&url).await;
     // A user of this test's own that may touch only keys under `allowed:`.
     let user = format!("mptest{:016x}", rand::random::<u64>());
     let rule = b"~allowed:*".as_slice();
@@ -1002,4 +767,415 @@ async fn bad_urls_are_invalid_url_errors() {
         .await
         .unwrap_err();
     assert!(!format!("{e} {e:?}").contains("hunter2"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Faults: connections killed under load, records corrupted by hand.
+
+/// A Redis user of one test's own, with every right; deleted when dropped (a panicking test
+/// included). Its connections can be killed without touching anyone else's.
+struct AclUser {
+    name: String,
+    admin_url: String,
+}
+
+impl AclUser {
+    async fn new(url: &str) -> AclUser {
+        let name = format!("mptest{:016x}", rand::random::<u64>());
+        let mut raw = RespClient::connect(url).await;
+        let created = raw
+            .cmd(&[
+                b"ACL",
+                b"SETUSER",
+                name.as_bytes(),
+                b"on",
+                b">pw",
+                b"~*",
+                b"+@all",
+            ])
+            .await;
+        assert_eq!(created, Resp::Simple("OK".into()));
+        AclUser {
+            name,
+            admin_url: url.to_owned(),
+        }
+    }
+
+    /// `url` logged in as this user.
+    fn url(&self, url: &str) -> String {
+        let db = without_query(url).rsplit_once('/').map_or("", |(_, db)| db);
+        format!("redis://{}:pw@{}/{db}", self.name, host_port(url))
+    }
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        mp_storage_tests::cleanup_blocking(&format!("the ACL user {name}"), move || async move {
+            let mut raw = RespClient::connect(&url).await;
+            match raw.cmd(&[b"ACL", b"DELUSER", name.as_bytes()]).await {
+                Resp::Int(_) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+}
+
+/// `CLIENT KILL` of every connection of the storage's own user, every 100 ms for 3 s, under
+/// load: nothing lost, nothing applied twice (see `mp_storage_tests::kill`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_client_kill_loses_and_doubles_nothing() {
+    let Some(url) = server_url() else {
+        return;
+    };
+    let user = AclUser::new(&url).await;
+    let killer = Arc::new(tokio::sync::Mutex::new(RespClient::connect(&url).await));
+    mp_storage_tests::kill::kill_under_load(&user.url(&url), "redis-kill", || {
+        let killer = killer.clone();
+        let name = user.name.clone();
+        async move {
+            let reply = killer
+                .lock()
+                .await
+                .cmd(&[
+                    b"CLIENT",
+                    b"KILL",
+                    b"USER",
+                    name.as_bytes(),
+                    b"SKIPME",
+                    b"yes",
+                ])
+                .await;
+            match reply {
+                Resp::Int(n) => u64::try_from(n).expect("a count"),
+                other => panic!("CLIENT KILL: {other:?}"),
+            }
+        }
+    })
+    .await;
+}
+
+/// A Redis record corrupted by hand: data that is not the type's JSON is a decode error and is
+/// not overwritten.
+#[tokio::test]
+async fn redis_record_corrupted_by_hand_is_left_untouched() {
+    let Some(url) = server_url() else {
+        return;
+    };
+    let prefix = mp_storage_tests::unique_prefix("redis-corrupt");
+    // No cache: an edit that keeps the version is invisible to a handle that cached the record
+    // before it; this handle sees the store as another process would.
+    let st = Storage::builder()
+        .key_prefix(&prefix)
+        .cache_capacity(0)
+        .open(&url)
+        .await
+        .expect("open redis");
+    st.set("c", &Counter { count: 5 }).await.expect("set");
+    let mut raw = RespClient::connect(&url).await;
+    let key = format!("mp:{prefix}c");
+    assert!(matches!(
+        raw.cmd(&[b"HSET", key.as_bytes(), b"d", b"[1, 2"]).await,
+        Resp::Int(_)
+    ));
+    let before = raw.hgetall(&key).await;
+    let e = st
+        .scoped("c", |c: &mut Counter| c.count += 1)
+        .await
+        .expect_err("undecodable data");
+    assert!(matches!(e, Error::Decode { .. }), "{e:?}");
+    let after = raw.hgetall(&key).await;
+    assert_eq!(before, after);
+    assert_eq!(raw.cmd(&[b"DEL", key.as_bytes()]).await, Resp::Int(1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes that land late, stores that go back, servers that go down.
+
+/// A compare-and-swap held on its way (the proxy pauses it), whose client side is then cut: the
+/// client gives up, and the held `EVALSHA` reaches the server afterwards (after a pause of 0 to
+/// 300 ms). However the settling reads and the late write interleave, the update is applied at
+/// most once: `Ok(1)` with 1 stored, or a typed `CommitUnknown` with 0 or 1 stored; never 2.
+#[tokio::test]
+async fn a_write_that_lands_after_the_client_gave_up_is_applied_once() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("late");
+    let proxy = Proxy::counting_resp(host_port(&url)).await;
+    let st = open_storage(&via(&url, proxy.addr()), &prefix).await;
+    let direct = open_storage(&url, &prefix).await;
+    let started = Instant::now();
+    let (mut done, mut unknown) = (0, 0);
+    for (round, hold_ms) in [0u64, 20, 100, 300, 0, 50].into_iter().enumerate() {
+        let name = format!("n{round}");
+        st.set(&name, &Counter { count: 0 }).await.unwrap();
+        proxy.pause();
+        let sent = proxy.commands();
+        let task = tokio::spawn({
+            let (st, name) = (st.clone(), name.clone());
+            async move {
+                st.scoped(&name, |c: &mut Counter| {
+                    c.count += 1;
+                    c.count
+                })
+                .await
+            }
+        });
+        let until = Instant::now() + Duration::from_secs(5);
+        while proxy.commands() == sent {
+            assert!(Instant::now() < until, "the update sent nothing");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        proxy.cut_clients();
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        proxy.resume();
+        let r = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the update returns")
+            .expect("join");
+        let stored = direct.get::<Counter>(&name).await.unwrap().unwrap().count;
+        match r {
+            Ok(n) => {
+                assert_eq!((n, stored), (1, 1), "round {round}: applied twice?");
+                done += 1;
+            }
+            Err(Error::CommitUnknown { .. }) => {
+                assert!(stored <= 1, "round {round}: stored {stored}");
+                unknown += 1;
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        direct.remove(&name).await.unwrap();
+    }
+    eprintln!(
+        "late writes: {done} committed, {unknown} unknown, in {:?}",
+        started.elapsed()
+    );
+}
+
+/// The same late write, held in the server instead of the proxy: `CLIENT PAUSE … WRITE` holds
+/// every write for 300 ms while reads go on, so the engine's settling read sees the record
+/// unchanged while the lost `EVALSHA` still waits in the server, and whatever the engine writes
+/// next queues behind it. Taking "unchanged" for "not applied" (and rerunning) would apply the
+/// update twice: `Ok(2)`. It must be `Ok(1)` with 1 stored, or a typed `CommitUnknown` with at
+/// most 1 stored. (The pause holds the writes of every client of the server for 300 ms, three
+/// times.)
+#[tokio::test]
+async fn a_write_held_in_the_server_is_applied_once() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("held");
+    let proxy = Proxy::counting_resp(host_port(&url)).await;
+    let st = open_storage(&via(&url, proxy.addr()), &prefix).await;
+    let direct = open_storage(&url, &prefix).await;
+    let mut raw = RespClient::connect(&url).await;
+    for round in 0..3 {
+        let name = format!("n{round}");
+        st.set(&name, &Counter { count: 0 }).await.unwrap();
+        assert_eq!(
+            raw.cmd(&[b"CLIENT", b"PAUSE", b"300", b"WRITE"]).await,
+            Resp::Simple("OK".into())
+        );
+        let sent = proxy.commands();
+        let task = tokio::spawn({
+            let (st, name) = (st.clone(), name.clone());
+            async move {
+                st.scoped(&name, |c: &mut Counter| {
+                    c.count += 1;
+                    c.count
+                })
+                .await
+            }
+        });
+        let until = Instant::now() + Duration::from_secs(5);
+        while proxy.commands() == sent {
+            assert!(Instant::now() < until, "the update sent nothing");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Let it reach the server, where it waits.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        proxy.cut_clients();
+        let r = tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the update returns")
+            .expect("join");
+        raw.cmd(&[b"CLIENT", b"UNPAUSE"]).await;
+        let stored = direct.get::<Counter>(&name).await.unwrap().unwrap().count;
+        match r {
+            Ok(n) => assert_eq!((n, stored), (1, 1), "round {round}: applied twice"),
+            Err(Error::CommitUnknown { .. }) => {
+                assert!(stored <= 1, "round {round}: stored {stored}")
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+        direct.remove(&name).await.unwrap();
+    }
+}
+
+/// The scope's key restored from an older copy (`DUMP` then `RESTORE … REPLACE`), then written
+/// by another process until its version is back at the number two handles cached: a read-only
+/// update from the cache answers the stored value (not the cached one: "read 50 while the store
+/// held 107"), and an update does not write over the other process's acknowledged writes.
+#[tokio::test]
+async fn a_restored_older_copy_is_not_trusted() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("restore");
+    let key = format!("{prefix}r");
+    let mut raw = RespClient::connect(&url).await;
+    open_storage(&url, &prefix)
+        .await
+        .set("r", &Counter { count: 50 })
+        .await
+        .unwrap();
+    let Resp::Bulk(Some(dump)) = raw.cmd(&[b"DUMP", key.as_bytes()]).await else {
+        panic!("DUMP of {key}");
+    };
+    let (a, reader) = (
+        open_storage(&url, &prefix).await,
+        open_storage(&url, &prefix).await,
+    );
+    for _ in 0..3 {
+        a.scoped("r", |c: &mut Counter| c.count += 1).await.unwrap();
+    }
+    assert_eq!(reader.get::<Counter>("r").await.unwrap().unwrap().count, 53);
+    let cached = RedisDriver::open(&with_query(&url, &prefix_query(&prefix)))
+        .await
+        .unwrap()
+        .load("r")
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+
+    assert_eq!(
+        raw.cmd(&[b"RESTORE", key.as_bytes(), b"0", &dump, b"REPLACE"])
+            .await,
+        Resp::Simple("OK".into())
+    );
+    let other = open_storage(&url, &prefix).await;
+    assert_eq!(other.get::<Counter>("r").await.unwrap().unwrap().count, 50);
+    for _ in 0..3 {
+        other
+            .scoped("r", |c: &mut Counter| c.count += 100)
+            .await
+            .unwrap();
+    }
+    let d = open_driver(&url, &prefix).await;
+    assert_eq!(d.load("r").await.unwrap().unwrap().version, cached);
+
+    let seen = reader.scoped("r", |c: &mut Counter| c.count).await.unwrap();
+    assert_eq!(seen, 350, "a read-only update answered from the cache");
+    let n = a
+        .scoped("r", |c: &mut Counter| {
+            c.count += 1;
+            c.count
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 351, "an update wrote over data it never saw");
+    assert_eq!(other.get::<Counter>("r").await.unwrap().unwrap().count, 351);
+}
+
+/// A handle on a server that goes down: stops the proxy in front of it and, when `learn` says
+/// so, lets one read find out first. Then three updates under a warm cache must each be a
+/// connection error (retryable, nothing written) within the connect timeout and a second, not an
+/// unknown outcome after the engine's settle window; and the handle works again, with the count
+/// exact, once the server is back.
+async fn updates_while_down(url: &str, tag: &str, options: &str, learn: bool) {
+    let prefix = private_prefix(tag);
+    let proxy = Proxy::start(host_port(url)).await;
+    let connect_timeout = Duration::from_millis(500);
+    let st = open_storage(
+        &with_query(
+            &via(url, proxy.addr()),
+            &format!("connect_timeout=500ms{options}"),
+        ),
+        &prefix,
+    )
+    .await;
+    st.scoped("n", |n: &mut u64| *n += 1).await.unwrap();
+    proxy.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    if learn {
+        match st.get::<u64>("n").await {
+            Err(e) => assert_eq!(e.backend_kind(), Some(BackendKind::Connection), "{e}"),
+            Ok(v) => panic!("read {v:?} from a server that is down"),
+        }
+    }
+    for i in 0..3 {
+        let started = Instant::now();
+        let r = st.scoped("n", |n: &mut u64| *n += 1).await;
+        let took = started.elapsed();
+        match &r {
+            Err(e @ Error::Backend { kind, .. }) => {
+                assert_eq!(*kind, BackendKind::Connection, "update {i}: {e}");
+                assert!(e.is_retryable(), "update {i}: {e:?}");
+            }
+            other => {
+                panic!("update {i} after {took:?}: expected a connection error, got {other:?}")
+            }
+        }
+        assert!(
+            took < connect_timeout + Duration::from_secs(1),
+            "update {i} took {took:?}"
+        );
+    }
+    let back = Proxy::restart_on(proxy.addr(), host_port(url)).await;
+    let until = Instant::now() + Duration::from_secs(5);
+    let n = loop {
+        match st
+            .scoped("n", |n: &mut u64| {
+                *n += 1;
+                *n
+            })
+            .await
+        {
+            Ok(n) => break n,
+            Err(e) if e.is_retryable() && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("did not recover: {e}"),
+        }
+    };
+    assert_eq!(
+        n, 2,
+        "an update refused while the server was down was applied"
+    );
+    drop(back);
+}
+
+/// A server that refuses connections, under a warm cache: once the handle knows its connection
+/// is gone (a read found out), every update is a connection error at once. (The connection
+/// manager's failed reconnect is a refusal: nothing was sent.)
+#[tokio::test]
+async fn a_server_refusing_connections_is_a_connection_error() {
+    let Some(url) = server_url() else { return };
+    updates_while_down(&url, "refusing", "", true).await;
+}
+
+/// The first write after the server went down, with RESP3: the connection manager hears of the
+/// closed connection (a disconnect notice) and reconnects at once, so the write meets a refused
+/// connection, not the dead one, and is a connection error at once.
+#[tokio::test]
+async fn the_first_write_after_the_server_went_down_is_a_connection_error_resp3() {
+    let Some(url) = server_url() else { return };
+    updates_while_down(&url, "downresp3", "&protocol=resp3", false).await;
+}
+
+/// The same with the default protocol (RESP3).
+#[tokio::test]
+async fn the_first_write_after_the_server_went_down_is_a_connection_error() {
+    let Some(url) = server_url() else { return };
+    updates_while_down(&url, "downdefault", "", false).await;
+}
+
+/// With RESP2 (`protocol=resp2`, or a server older than Redis 6), the connection manager does not
+/// notice a connection the server closed while it was idle; the first command after that is
+/// handed to the dead connection and fails with "broken pipe", which redis-rs gives alike
+/// whether or not the command had been sent. So the driver reports it as maybe sent, the engine
+/// settles it, its reads are refused, and after the settle window (3.75 s) the answer is
+/// `CommitUnknown`: a limit of RESP2, documented in the driver. Run with `--ignored`.
+#[tokio::test]
+#[ignore = "a limit of RESP2: the first write on a connection closed while idle is a maybe-sent error (see the doc comment)"]
+async fn the_first_write_after_the_server_went_down_is_a_connection_error_resp2() {
+    let Some(url) = server_url() else { return };
+    updates_while_down(&url, "downresp2", "&protocol=resp2", false).await;
 }

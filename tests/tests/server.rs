@@ -34,6 +34,7 @@ use mp_storage::{BackendKind, Storage};
 use mp_storage_examples::counter::{self, cli, Counter};
 use mp_storage_tests::faults::Faulty;
 use mp_storage_tests::targets::{note_skip, server_url, servers_required};
+use mp_storage_tests::url::{encode, with_option};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, Command};
@@ -308,16 +309,21 @@ impl Reply {
 
 /// `METHOD target` on `addr`, with `Accept: application/json` when `json`.
 async fn request(addr: SocketAddr, method: &str, target: &str, json: bool) -> Reply {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     let accept = if json {
         "Accept: application/json\r\n"
     } else {
         ""
     };
+    request_with(addr, method, target, accept).await
+}
+
+/// `METHOD target` on `addr` with `headers` (each line ending in CRLF).
+async fn request_with(addr: SocketAddr, method: &str, target: &str, headers: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     let req =
-        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(req.as_bytes()).await.expect("send");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("receive");
@@ -347,19 +353,6 @@ async fn request(addr: SocketAddr, method: &str, target: &str, json: bool) -> Re
 
 async fn get(addr: SocketAddr, target: &str, json: bool) -> Reply {
     request(addr, "GET", target, json).await
-}
-
-/// Percent-encodes every byte but the unreserved ones.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn user_target(name: &str) -> String {
@@ -457,6 +450,25 @@ async fn serve_here(storage: Storage) -> (SocketAddr, tokio::sync::oneshot::Send
         let _ = stop_rx.await;
     }));
     (addr, stop_tx)
+}
+
+/// A client that retries a request with the same `Idempotency-Key` is counted once and gets
+/// the first answer again; another key counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_request_with_an_idempotency_key_counts_once() {
+    let storage = Storage::open("memory://").await.expect("memory");
+    let (addr, _stop) = serve_here(storage.clone()).await;
+    let with_key = |k: &str| format!("Accept: application/json\r\nIdempotency-Key: {k}\r\n");
+    for _ in 0..3 {
+        let reply = request_with(addr, "GET", "/?user=bob", &with_key("req-1")).await;
+        assert_eq!(reply.json_count("user:bob"), 1);
+    }
+    let reply = request_with(addr, "GET", "/?user=bob", &with_key("req-2")).await;
+    assert_eq!(reply.json_count("user:bob"), 2);
+    let reply = request_with(addr, "GET", "/?user=bob", &with_key(" ")).await;
+    assert_eq!(reply.status, 400);
+    let stored: Option<Counter> = storage.get("user:bob").await.expect("read");
+    assert_eq!(stored, Some(Counter { count: 2 }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -725,12 +737,6 @@ async fn file_processes_share_one_count() {
         std::fs::read_dir(&cwd).expect("cwd").next().is_none(),
         "cwd stays empty"
     );
-}
-
-/// `url` with the query option `key=value` added.
-fn with_option(url: &str, key: &str, value: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{key}={value}")
 }
 
 /// The URL of a server store for this test, or `None` to skip (after the printed note).

@@ -1,7 +1,8 @@
 //! A worker process for the multi-process tests: increments one scope from several tasks and
 //! prints every count it was handed, one per line.
 //!
-//! `mp-worker --url URL --prefix P --scope NAME --tasks N --increments M`
+//! `mp-worker --url URL --prefix P --scope NAME --tasks N --increments M`, or `--secs S` instead
+//! of `--increments` to run for a time; then a last line `# ops p50_us p99_us max_us` follows.
 
 use std::io::Write as _;
 
@@ -14,6 +15,7 @@ struct Args {
     scope: String,
     tasks: usize,
     increments: usize,
+    secs: Option<f64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -23,6 +25,7 @@ fn parse_args() -> Result<Args, String> {
         scope: "hot".to_owned(),
         tasks: 1,
         increments: 1,
+        secs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -34,6 +37,7 @@ fn parse_args() -> Result<Args, String> {
             "--scope" => args.scope = value.clone(),
             "--tasks" => args.tasks = number()?,
             "--increments" => args.increments = number()?,
+            "--secs" => args.secs = Some(value.parse::<f64>().map_err(|e| format!("{flag}: {e}"))?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -63,33 +67,47 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let until = args
+        .secs
+        .map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
     let mut joins = Vec::new();
     for _ in 0..args.tasks {
         let st = st.clone();
         let scope = args.scope.clone();
         let increments = args.increments;
         joins.push(tokio::spawn(async move {
-            let mut got = Vec::with_capacity(increments);
-            for _ in 0..increments {
+            let mut got = Vec::new();
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            loop {
+                match until {
+                    Some(t) if std::time::Instant::now() >= t => break,
+                    None if i >= increments => break,
+                    _ => i += 1,
+                }
+                let started = std::time::Instant::now();
                 let n = st
                     .scoped(&scope, |c: &mut Counter| {
                         c.count += 1;
                         c.count
                     })
                     .await?;
+                latencies.push(started.elapsed().as_micros() as u64);
                 got.push(n);
             }
-            Ok::<_, mp_storage::Error>(got)
+            Ok::<_, mp_storage::Error>((got, latencies))
         }));
     }
     let mut out = std::io::stdout().lock();
     let mut failed = false;
+    let mut latencies = Vec::new();
     for j in joins {
         match j.await {
-            Ok(Ok(got)) => {
+            Ok(Ok((got, lat))) => {
                 for n in got {
                     let _ = writeln!(out, "{n}");
                 }
+                latencies.extend(lat);
             }
             Ok(Err(e)) => {
                 eprintln!("mp-worker: {e}");
@@ -100,6 +118,23 @@ async fn main() {
                 failed = true;
             }
         }
+    }
+    if args.secs.is_some() {
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len().max(1) - 1) as f64 * p).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        let _ = writeln!(
+            out,
+            "# {} {} {} {}",
+            latencies.len(),
+            pct(0.5),
+            pct(0.99),
+            latencies.last().copied().unwrap_or(0)
+        );
     }
     let _ = out.flush();
     if failed {

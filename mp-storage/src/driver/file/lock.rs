@@ -13,10 +13,17 @@
 //! the current file. The remover unlinks as the last step while it holds the lock, so whoever
 //! locks the new file sees the scope as the remover left it. Elsewhere lock files are never
 //! removed.
+//!
+//! A lock file is empty, except while a several-scope commit is under way on its scope: the
+//! commit then writes its id into it (the *marker*, 16 hex digits and a newline) before its
+//! intent record, and empties it once done. Whoever takes the lock reads the marker: one that
+//! names an intent record still present is a commit to finish first (see `journal.rs`). The
+//! marker is read and written only by the holder of the lock, through the locked handle.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use fs4::FileExt;
 
@@ -26,18 +33,48 @@ pub(crate) struct ScopeLock {
     path: PathBuf,
 }
 
+/// What a lock file says about a several-scope commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Marker {
+    /// Nothing: no commit is under way.
+    Empty,
+    /// The commit with this id wrote the scope (or was about to).
+    Commit(u64),
+    /// Anything else (written by hand, or torn by a power loss without fsync).
+    Garbage,
+}
+
+/// The bytes of a marker: 16 hex digits and a newline.
+const MARKER_LEN: usize = 17;
+
 impl ScopeLock {
-    /// Blocks until the lock of `path` is held.
-    pub(crate) fn acquire(path: &Path) -> io::Result<ScopeLock> {
+    /// Takes the lock of `path`, waiting at most `wait`; `None` when it stayed held that long.
+    /// Polls (from 50 µs, doubling to 5 ms), since a blocking lock cannot be given up.
+    pub(crate) fn acquire_within(path: &Path, wait: Duration) -> io::Result<Option<ScopeLock>> {
+        let until = Instant::now() + wait;
+        let mut pause = Duration::from_micros(50);
         loop {
             let file = open(path)?;
-            FileExt::lock(&file)?;
-            if still_current(&file, path)? {
-                return Ok(ScopeLock {
-                    file,
-                    path: path.to_owned(),
-                });
+            match FileExt::try_lock(&file) {
+                Ok(()) => {
+                    if still_current(&file, path)? {
+                        return Ok(Some(ScopeLock {
+                            file,
+                            path: path.to_owned(),
+                        }));
+                    }
+                    // Removed meanwhile: start over on the current file at once.
+                    continue;
+                }
+                Err(fs4::TryLockError::WouldBlock) => {}
+                Err(fs4::TryLockError::Error(e)) => return Err(e),
             }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(None);
+            }
+            std::thread::sleep(pause.min(until - now));
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 
@@ -62,6 +99,32 @@ impl ScopeLock {
         }))
     }
 
+    /// The marker in the lock file.
+    pub(crate) fn marker(&self) -> io::Result<Marker> {
+        let mut buf = Vec::with_capacity(MARKER_LEN + 1);
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(0))?;
+        file.take(64).read_to_end(&mut buf)?;
+        Ok(parse_marker(&buf))
+    }
+
+    /// Writes the marker of commit `id` into the (empty) lock file.
+    pub(crate) fn set_marker(&self, id: u64) -> io::Result<()> {
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(format!("{id:016x}\n").as_bytes())
+    }
+
+    /// Empties the lock file.
+    pub(crate) fn clear_marker(&self) -> io::Result<()> {
+        self.file.set_len(0)
+    }
+
+    /// The path of the lock file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Removes the lock file while still holding it, then releases it: for a scope that no
     /// longer exists. Best effort: a lock file left behind is harmless.
     pub(crate) fn remove(self) {
@@ -73,6 +136,20 @@ impl ScopeLock {
             }
         }
         drop(self.file);
+    }
+}
+
+fn parse_marker(bytes: &[u8]) -> Marker {
+    if bytes.is_empty() {
+        return Marker::Empty;
+    }
+    let id = bytes
+        .strip_suffix(b"\n")
+        .and_then(|hex| std::str::from_utf8(hex).ok())
+        .and_then(super::name::parse_id);
+    match id {
+        Some(id) if bytes.len() == MARKER_LEN => Marker::Commit(id),
+        _ => Marker::Garbage,
     }
 }
 
@@ -110,6 +187,36 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn markers() {
+        let dir = std::env::temp_dir().join(format!("mp-lock-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k.lock");
+        let lock = ScopeLock::acquire_within(&path, std::time::Duration::ZERO)
+            .unwrap()
+            .unwrap();
+        assert_eq!(lock.marker().unwrap(), Marker::Empty);
+        lock.set_marker(0xabc).unwrap();
+        assert_eq!(lock.marker().unwrap(), Marker::Commit(0xabc));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "0000000000000abc\n"
+        );
+        lock.clear_marker().unwrap();
+        assert_eq!(lock.marker().unwrap(), Marker::Empty);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        for junk in [
+            &b"x"[..],
+            b"0000000000000abc",
+            b"0000000000000ABC\n",
+            b"0000000000000abc\n\n",
+        ] {
+            assert_eq!(parse_marker(junk), Marker::Garbage, "{junk:?}");
+        }
+        drop(lock);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn removal_while_others_wait_keeps_mutual_exclusion() {
         let dir = std::env::temp_dir().join(format!("mp-lock-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -120,7 +227,10 @@ mod tests {
                 let (path, inside) = (path.clone(), inside.clone());
                 std::thread::spawn(move || {
                     for n in 0..200 {
-                        let lock = ScopeLock::acquire(&path).unwrap();
+                        let lock =
+                            ScopeLock::acquire_within(&path, std::time::Duration::from_secs(30))
+                                .unwrap()
+                                .unwrap();
                         assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
                         std::thread::yield_now();
                         inside.fetch_sub(1, Ordering::SeqCst);

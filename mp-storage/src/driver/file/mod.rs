@@ -1,5 +1,21 @@
 //! `file:<dir>`: one file per scope in a directory, safe across the processes of one host.
 //!
+//! # URLs
+//!
+//! | URL form | directory |
+//! |---|---|
+//! | `file:./rel`, `file:rel` | relative to the working directory |
+//! | `file:/abs`, `file:///abs`, `file://localhost/abs` | absolute |
+//!
+//! The path is percent-decoded (`%20` for a space, `%3F` for `?`); a host other than
+//! `localhost` is refused. [`FileOptions::from_url`] reads a URL without opening it;
+//! [`FileDriver::open`] takes the directory and [`FileOptions`] built in code.
+//!
+//! | option | default | [`FileOptions`] | meaning |
+//! |---|---|---|---|
+//! | `fsync` | `true` | [`fsync`](FileOptions::fsync) | fsync the record, then the directory, before a write counts as committed |
+//! | `lock_timeout` | `30s` | [`lock_timeout`](FileOptions::lock_timeout) | the longest a write waits for its scopes' locks held by other writers (and a read for a several-scope commit on its scope); then a [`Timeout`](crate::BackendKind::Timeout) error, nothing written |
+//!
 //! # Files
 //!
 //! A key is stored in `<dir>/<stem>.json`, where the stem spells the key in lower-case ASCII:
@@ -22,17 +38,80 @@
 //! Every write holds the scope's OS advisory lock (`flock` on `<stem>.lock`), reads the record,
 //! compares versions, writes a temp file `<stem>.<random>.tmp` in the same directory, fsyncs it,
 //! renames it over the record and fsyncs the directory. A crash at any moment leaves the old
-//! record or the new one, never a torn one. Reads take no lock. `?fsync=false` (or
-//! [`FileOptions::fsync`]) skips both fsyncs: still atomic for other processes and after a
-//! crash of the process, but a power loss may lose recent writes or leave a record that reads as
-//! [`Error::Corrupt`]. Temp files are ignored by reads and `list`; [`FileDriver::open`]
-//! removes those older than a minute (a crashed writer's). All file IO runs on
-//! `tokio::task::spawn_blocking`, never on the runtime's worker threads.
+//! record or the new one, never a torn one. `?fsync=false` (or [`FileOptions::fsync`]) skips
+//! every fsync: still atomic for other processes and after a crash of the process, but a power
+//! loss may lose recent writes, leave a record that reads as [`Error::Corrupt`], or (the
+//! journal below being unsynced too) half a several-scope commit. Temp files are ignored by
+//! reads and `list`; [`FileDriver::open`] removes those older than a minute (a crashed
+//! writer's), each under its scope's lock. All file IO runs on `tokio::task::spawn_blocking`,
+//! never on the runtime's worker threads.
 //!
 //! Lock files are removed with their scope: a deleter removes the lock file while it still holds
 //! the lock, and every locker checks, once granted the lock, that the path still names the file
 //! it locked (else it starts over), so removal never lets two writers in at once. Lock files of
 //! absent scopes that a crash left behind are removed by `open` after a minute.
+//!
+//! ## Several scopes, all or nothing
+//!
+//! [`Driver::commit`] of several keys ([`Storage::scoped_many`](crate::Storage::scoped_many))
+//! takes every key's lock in the order of their file names (the one order of every taker of
+//! several locks, so two commits over the same scopes in other orders never wait for each other
+//! in a circle; a single-scope write takes one lock), each wait bounded by `lock_timeout` in all
+//! (then an unsent [`Timeout`](crate::BackendKind::Timeout) error, nothing written). It reads
+//! every record and checks every revision, a check-only op's too; one miss is a conflict that
+//! names the ops that missed, with their records, and nothing is written. Then, with a journal:
+//!
+//! 1. each new record goes to its temp file `<stem>.<id>.tmp`, synced (`<id>`: the commit's
+//!    random id, 16 hex digits);
+//! 2. the commit's id goes into each written scope's lock file (its *marker*);
+//! 3. the *intent record* `%commit.<id>.intent` is written, then synced with the directory. It
+//!    names the commit, and for each written key its temp file and the revision the commit
+//!    replaces (`null`: absent), as one JSON line:
+//!    ```text
+//!    {"format":1,"commit":"3f09c1d2a4b5e6f7","writes":[{"key":"acct:alice","temp":"acct%3aalice.3f09c1d2a4b5e6f7.tmp","replaces":{"version":8,"token":"00000000000000a1"}},{"key":"acct:bob","temp":"acct%3abob.3f09c1d2a4b5e6f7.tmp","replaces":null}]}
+//!    ```
+//!    From here the commit is decided;
+//! 4. the temp files are renamed over the records, and the directory synced;
+//! 5. the intent record is removed and the lock files emptied.
+//!
+//! A commit of one write (checks aside) is one rename, with no journal. No key's files can
+//! have the intent record's name (a stem never starts with `%co`); `list` and the clean-up
+//! skip it. A failure before the intent record is durable (a full disk is a
+//! [`Full`](crate::BackendKind::Full) error) leaves the old records intact and removes the temp
+//! files, markers and intent record.
+//!
+//! **Recovery.** A process killed between steps 1 and 5 leaves its intent record (or a part of
+//! it) and its markers. [`FileDriver::open`] settles every intent record it finds, and every
+//! operation that takes a scope's lock reads the marker first: one naming an intent record that
+//! is still there makes it let go of its locks, settle that commit and start over. Settling
+//! takes the locks of the commit's scopes (the same order), reads the intent record again (gone:
+//! another process settled it) and rolls it:
+//!
+//! - **forward** when it is whole: every temp file it names that is still there is renamed over
+//!   its record (one that is gone was renamed already); then the directory is synced and the
+//!   intent record and markers removed. Temp files are synced before the intent record is
+//!   written, so a whole intent can always be rolled forward. (A temp file that does not decode,
+//!   or whose record is no longer at the revision the intent names, is dropped with an error in
+//!   the log: only a power loss without fsync, or a hand, does that.);
+//! - **back** when it is torn (no final newline, or unreadable): its process died writing it,
+//!   before any rename, so the intent record, then the temp files are removed.
+//!
+//! A commit holds its locks from step 1 to step 5, so a process that holds one of them knows
+//! the commit is over: done (the intent record is gone) or dead. Several processes settling at
+//! once take turns on the locks: one settles, the others find the intent record gone. A
+//! failure after step 3 is settled by the committer at once, like a recovery; if that fails too
+//! the error is [`Error::CommitUnknown`] (the commit is completed by the next touch).
+//!
+//! **What readers see.** Reads take no lock, except on a scope whose lock file holds a marker: a
+//! several-scope commit is then under way on it or was cut short, and the read first waits for
+//! it (at most `lock_timeout`) or settles it. So once any read has seen a commit's value of one
+//! scope, every later read sees its values of the others: a commit is never seen applied and
+//! then not, even after a crash between two renames. A read of several scopes
+//! ([`Storage::get_many`](crate::Storage::get_many), [`Driver::load_many`]: one blocking call,
+//! one read per key) is not a snapshot: a commit may land between two of its reads. The engine
+//! checks every revision again when it commits, so an update that read half of another's commit
+//! writes nothing and reruns. `list` likewise first settles (or waits for) the commits that
+//! write keys with its prefix.
 //!
 //! # Errors
 //!
@@ -48,50 +127,31 @@
 //! [`BackendKind::PermissionDenied`](crate::BackendKind), anything else
 //! [`BackendKind::Other`](crate::BackendKind); in each case the temp file is removed and the old
 //! record is intact. The one exception is a failed fsync of the directory after the rename: the
-//! new record is then in place but maybe not durable, and the error says so.
+//! new record is then in place but maybe not durable, and the error says so (for a commit of
+//! several scopes, its intent record stays until the next touch, so a crash rolls it forward).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{CasOutcome, Driver, Record, Write};
-use crate::error::redact_url;
+use super::{Action, Capabilities, CasOutcome, CommitOutcome, Driver, Op, Record, Revision, Write};
 use crate::{BackendKind, Error};
 
+mod config;
+mod intent;
+mod journal;
 mod lock;
 mod name;
 mod record;
 mod store;
 
+pub use config::{FileOptions, DEFAULT_LOCK_TIMEOUT};
+use journal::OwnedOp;
 use store::{OwnedWrite, Store};
 
-/// Options of a [`FileDriver`].
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct FileOptions {
-    fsync: bool,
-}
-
-impl Default for FileOptions {
-    fn default() -> Self {
-        FileOptions { fsync: true }
-    }
-}
-
-impl FileOptions {
-    /// The defaults: durable writes.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Whether every write is fsynced (the file, then the directory) before it counts as
-    /// committed. Default `true`; `false` for tests and development.
-    pub fn fsync(mut self, on: bool) -> Self {
-        self.fsync = on;
-        self
-    }
-}
+/// The URL schemes this driver takes.
+pub const SCHEMES: &[&str] = &["file"];
 
 /// The file driver: one file per scope in a directory. See the [module docs](self).
 ///
@@ -119,7 +179,8 @@ impl FileDriver {
     /// crashed writers left there more than a minute ago.
     pub async fn open(dir: impl AsRef<Path>, options: FileOptions) -> Result<FileDriver, Error> {
         let dir = dir.as_ref().to_owned();
-        let store = blocking(move || Store::open(&dir, options.fsync)).await?;
+        let store =
+            blocking(move || Store::open(&dir, options.fsync, options.lock_timeout)).await?;
         Ok(FileDriver {
             store: Arc::new(store),
         })
@@ -189,6 +250,7 @@ fn owned(write: Write<'_>) -> OwnedWrite {
         data: write.data.to_vec(),
         token: write.token,
         initial_version: write.initial_version,
+        meta: write.meta.to_vec(),
     }
 }
 
@@ -198,15 +260,61 @@ impl Driver for FileDriver {
         "file"
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE.with_multi_key_commit()
+    }
+
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
         let (store, key) = (self.store.clone(), key.to_owned());
         blocking(move || store.load(&key)).await
     }
 
+    async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        let store = self.store.clone();
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        blocking(move || store.load_many(&keys)).await
+    }
+
+    async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
+        if let [Op {
+            key,
+            expected,
+            action: Action::Delete,
+        }] = ops
+        {
+            let (store, key, expected) = (self.store.clone(), key.to_string(), *expected);
+            return Ok(
+                match blocking(move || store.delete_at(&key, expected)).await? {
+                    None => CommitOutcome::Committed(vec![None]),
+                    Some(current) => CommitOutcome::Conflict(vec![(0, current)]),
+                },
+            );
+        }
+        if ops.len() > 1 && ops.iter().any(|op| matches!(op.action, Action::Delete)) {
+            return Err(Error::Unsupported {
+                driver: "file",
+                capability: "removals within several-scope commits",
+            });
+        }
+        let store = self.store.clone();
+        let ops: Vec<OwnedOp> = ops
+            .iter()
+            .map(|op| OwnedOp {
+                key: op.key.to_owned(),
+                expected: op.expected,
+                write: match op.action {
+                    Action::Check | Action::Delete => None,
+                    Action::Write(w) => Some(owned(w)),
+                },
+            })
+            .collect();
+        blocking(move || store.commit(&ops)).await
+    }
+
     async fn cas(
         &self,
         key: &str,
-        expected: Option<u64>,
+        expected: Option<Revision>,
         write: Write<'_>,
     ) -> Result<CasOutcome, Error> {
         let (store, key, write) = (self.store.clone(), key.to_owned(), owned(write));
@@ -227,56 +335,6 @@ impl Driver for FileDriver {
         let (store, prefix) = (self.store.clone(), prefix.to_owned());
         blocking(move || store.list(&prefix)).await
     }
-}
-
-/// Opens the driver of a parsed `file:` URL.
-///
-/// Forms: `file:./rel`, `file:rel`, `file:/abs`, `file:///abs`, `file://localhost/abs`; the
-/// path is percent-decoded (`%20` for a space, `%3F` for `?`). Option `fsync` (default `true`).
-pub(crate) async fn open_parsed(
-    url: &str,
-    parsed: &crate::url::Parsed<'_>,
-) -> Result<FileDriver, Error> {
-    parsed.only_options(url, &["fsync"])?;
-    let fsync = match parsed.option("fsync") {
-        Some(v) => crate::url::parse_bool(url, "fsync", v)?,
-        None => true,
-    };
-    let dir = dir_of(url, parsed.body)?;
-    FileDriver::open(dir, FileOptions::new().fsync(fsync)).await
-}
-
-/// The directory a `file:` URL body names.
-fn dir_of(url: &str, body: &str) -> Result<PathBuf, Error> {
-    let invalid = |reason: String| Error::InvalidUrl {
-        url: redact_url(url),
-        reason,
-    };
-    let path = match body.strip_prefix("//") {
-        Some(rest) => {
-            let slash = rest.find('/').unwrap_or(rest.len());
-            let host = &rest[..slash];
-            if !(host.is_empty() || host.eq_ignore_ascii_case("localhost")) {
-                return Err(invalid(format!(
-                    "a file URL cannot name a host ({host:?}): write file:///abs/dir or file:./rel/dir"
-                )));
-            }
-            &rest[slash..]
-        }
-        None => body,
-    };
-    if path.is_empty() {
-        return Err(invalid(
-            "no directory: write file:./mp-data or file:///abs/dir".to_owned(),
-        ));
-    }
-    let decoded = percent_encoding::percent_decode_str(path)
-        .decode_utf8()
-        .map_err(|_| invalid("the path is not UTF-8 once percent-decoded".to_owned()))?;
-    if decoded.contains('\0') {
-        return Err(invalid("the path holds a NUL byte".to_owned()));
-    }
-    Ok(PathBuf::from(decoded.into_owned()))
 }
 
 #[cfg(test)]

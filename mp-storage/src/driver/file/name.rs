@@ -17,6 +17,11 @@
 //!
 //! The longest file name is thus `MAX_PLAIN_STEM + 21` bytes (a temp file), well under the
 //! 255-byte limit of common file systems.
+//!
+//! A several-scope commit writes one more file, its intent record `%commit.<id>.intent` (see
+//! `journal.rs`). No stem starts with `%co` (`%` is always followed by two hex digits, or by
+//! `h` in a hashed stem), and the name ends in none of the extensions of a key's files, so
+//! nothing that looks for a key's files mistakes it for one.
 
 use sha2::{Digest, Sha256};
 
@@ -37,6 +42,12 @@ pub(crate) const LOCK_EXT: &str = ".lock";
 
 /// The extension of temp files.
 pub(crate) const TEMP_EXT: &str = ".tmp";
+
+/// The start of an intent record's file name.
+pub(crate) const INTENT_PREFIX: &str = "%commit.";
+
+/// The extension of intent records.
+pub(crate) const INTENT_EXT: &str = ".intent";
 
 /// Names Windows gives to devices, whatever the extension.
 const WINDOWS_DEVICES: &[&str] = &[
@@ -147,6 +158,41 @@ pub(crate) fn is_stem(stem: &str) -> bool {
     }
 }
 
+/// The name of the temp file of stem `stem` with the random part `id` (a several-scope
+/// commit's id, or a single write's random number): `<stem>.<16 hex>.tmp`.
+pub(crate) fn temp_file_name(stem: &str, id: u64) -> String {
+    format!("{stem}.{id:016x}{TEMP_EXT}")
+}
+
+/// The stem and the random part of a temp file name this driver writes; `None` for any other
+/// name (a user's `notes.tmp`).
+pub(crate) fn temp_parts(file_name: &str) -> Option<(&str, u64)> {
+    let (stem, id) = file_name.strip_suffix(TEMP_EXT)?.rsplit_once('.')?;
+    Some((stem, parse_id(id)?)).filter(|(stem, _)| is_stem(stem))
+}
+
+/// The file name of the intent record of the commit `id`: `%commit.<16 hex>.intent`.
+pub(crate) fn intent_file_name(id: u64) -> String {
+    format!("{INTENT_PREFIX}{id:016x}{INTENT_EXT}")
+}
+
+/// The commit id of an intent record's file name; `None` for any other name.
+pub(crate) fn intent_id(file_name: &str) -> Option<u64> {
+    parse_id(
+        file_name
+            .strip_prefix(INTENT_PREFIX)?
+            .strip_suffix(INTENT_EXT)?,
+    )
+}
+
+/// Exactly 16 lower-case hex digits.
+pub(crate) fn parse_id(hex: &str) -> Option<u64> {
+    if hex.len() != 16 || !hex.bytes().all(|b| hex_digit(b).is_some()) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
 fn hex_digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -224,6 +270,35 @@ mod tests {
         ] {
             assert!(!is_stem(s), "{s}");
         }
+    }
+
+    #[test]
+    fn temp_and_intent_names() {
+        let stem = stem("user:Alice");
+        let temp = temp_file_name(&stem, 0x3f09_c1d2_a4b5_e6f7);
+        assert_eq!(temp, "user%3a%41lice.3f09c1d2a4b5e6f7.tmp");
+        assert_eq!(
+            temp_parts(&temp),
+            Some((stem.as_str(), 0x3f09_c1d2_a4b5_e6f7))
+        );
+        for other in [
+            "notes.tmp",
+            "User.0123456789abcdef.tmp",
+            "k.0123456789ABCDEF.tmp",
+            "k.0123456789abcde.tmp",
+            "k.0123456789abcdef.json",
+        ] {
+            assert_eq!(temp_parts(other), None, "{other}");
+        }
+        let intent = intent_file_name(7);
+        assert_eq!(intent, "%commit.0000000000000007.intent");
+        assert_eq!(intent_id(&intent), Some(7));
+        assert_eq!(intent_id("%commit.7.intent"), None);
+        assert_eq!(intent_id("x%commit.0000000000000007.intent"), None);
+        // No key's files share a name with an intent record.
+        assert!(!is_stem("%commit.0000000000000007"));
+        assert!(!is_stem("%commit"));
+        assert_eq!(key_of_plain("%commit.0000000000000007.intent"), None);
     }
 
     #[test]

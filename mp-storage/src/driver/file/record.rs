@@ -6,7 +6,8 @@
 //! ```
 //!
 //! `len` is the byte length of the data, so a short or padded file is caught. Tokens are hex
-//! strings, since JSON readers often hold numbers as doubles.
+//! strings, since JSON readers often hold numbers as doubles. The engine's notes on the record
+//! ([`Record::meta`]), when there are any, are a `"meta"` string in the header.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,8 @@ struct Header<'a> {
     schema: u32,
     len: usize,
     tokens: Vec<String>,
+    #[serde(default, skip_serializing_if = "str::is_empty", borrow)]
+    meta: std::borrow::Cow<'a, str>,
 }
 
 /// The bytes of a record file for `key`.
@@ -36,7 +39,9 @@ pub(crate) fn encode(
     schema: u32,
     data: &[u8],
     tokens: &[u64],
+    meta: &[u8],
 ) -> Result<Vec<u8>, serde_json::Error> {
+    let meta = std::str::from_utf8(meta).map_err(serde::ser::Error::custom)?;
     let header = Header {
         format: FORMAT,
         key: key.into(),
@@ -44,6 +49,7 @@ pub(crate) fn encode(
         schema,
         len: data.len(),
         tokens: tokens.iter().map(|t| format!("{t:016x}")).collect(),
+        meta: meta.into(),
     };
     let mut out = Vec::with_capacity(data.len() + key.len() + 64 + 20 * tokens.len());
     serde_json::to_writer(&mut out, &header)?;
@@ -107,12 +113,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Record), String> {
     }
     Ok((
         header.key.into_owned(),
-        Record {
-            version: header.version,
-            schema: header.schema,
-            data: data.to_vec(),
-            tokens,
-        },
+        Record::new(header.version, header.schema, data.to_vec(), tokens)
+            .with_meta(header.meta.as_bytes().to_vec()),
     ))
 }
 
@@ -122,7 +124,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_readable() {
-        let bytes = encode("user:\"é\"\n", 7, 2, br#"{"count":3}"#, &[1, u64::MAX]).unwrap();
+        let bytes = encode("user:\"é\"\n", 7, 2, br#"{"count":3}"#, &[1, u64::MAX], b"").unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(
@@ -143,13 +145,13 @@ mod tests {
     #[test]
     fn data_with_newlines() {
         let data = b"{\n  \"a\": 1\n}";
-        let (_, r) = decode(&encode("k", 1, 0, data, &[]).unwrap()).unwrap();
+        let (_, r) = decode(&encode("k", 1, 0, data, &[], b"").unwrap()).unwrap();
         assert_eq!(r.data, data);
     }
 
     #[test]
     fn damage_is_caught() {
-        let good = encode("k", 1, 0, b"[1,2,3]", &[5]).unwrap();
+        let good = encode("k", 1, 0, b"[1,2,3]", &[5], b"{\"r\":1}").unwrap();
         for cut in 0..good.len() {
             assert!(decode(&good[..cut]).is_err(), "cut at {cut} decoded");
         }

@@ -4,16 +4,17 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::lock::ScopeLock;
-use super::name::{self, LOCK_EXT, RECORD_EXT, TEMP_EXT};
+use super::name::{self, LOCK_EXT, RECORD_EXT};
 use super::record;
-use crate::driver::{push_token, CasOutcome, Record};
+use crate::driver::{push_token, CasOutcome, Record, Revision};
 use crate::{BackendKind, Error};
 
 /// How old a temp or orphaned lock file must be before `open` removes it: any write still in
-/// flight is far younger.
+/// flight is far younger (and one that is not, a stopped writer's, holds its scope's lock, which
+/// the removal takes first).
 pub(crate) const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// A write, owned so it can move to a blocking thread.
@@ -22,6 +23,7 @@ pub(crate) struct OwnedWrite {
     pub data: Vec<u8>,
     pub token: u64,
     pub initial_version: u64,
+    pub meta: Vec<u8>,
 }
 
 /// The directory of a file driver.
@@ -31,13 +33,15 @@ pub(crate) struct Store {
     /// An open handle of `dir` to fsync it (present when `fsync` is on, on Unix).
     dir_handle: Option<File>,
     pub fsync: bool,
+    /// The longest wait for a scope lock.
+    lock_timeout: Duration,
 }
 
 /// The paths of one key's files.
-struct Files {
-    stem: String,
-    record: PathBuf,
-    lock: PathBuf,
+pub(super) struct Files {
+    pub(super) stem: String,
+    pub(super) record: PathBuf,
+    pub(super) lock: PathBuf,
 }
 
 /// An IO failure with what was being done and where.
@@ -82,17 +86,24 @@ fn corrupt(key: &str, path: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
-/// Removes a temp file on drop unless it was renamed into place.
-struct TempFile<'a> {
-    path: &'a Path,
-    armed: bool,
+/// Temp files that are removed on drop, unless renamed into place or handed over (`disarm`).
+#[derive(Default)]
+pub(super) struct TempFiles {
+    paths: Vec<PathBuf>,
 }
 
-impl Drop for TempFile<'_> {
+impl TempFiles {
+    /// Keeps the files: they were renamed, or an intent record now owns them.
+    pub(super) fn disarm(&mut self) {
+        self.paths.clear();
+    }
+}
+
+impl Drop for TempFiles {
     fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = fs::remove_file(self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "temp file not removed");
+        for path in &self.paths {
+            if let Err(e) = fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "temp file not removed");
             }
         }
     }
@@ -100,7 +111,7 @@ impl Drop for TempFile<'_> {
 
 impl Store {
     /// Creates `dir` if needed and cleans up what crashed writers left behind.
-    pub(crate) fn open(dir: &Path, fsync: bool) -> Result<Store, Error> {
+    pub(crate) fn open(dir: &Path, fsync: bool, lock_timeout: Duration) -> Result<Store, Error> {
         fs::create_dir_all(dir).map_err(|e| io_error("create directory", dir, e))?;
         // Pin a relative path now, so a later change of the working directory moves nothing.
         let dir = fs::canonicalize(dir).map_err(|e| io_error("resolve directory", dir, e))?;
@@ -121,36 +132,40 @@ impl Store {
             dir,
             dir_handle,
             fsync,
+            lock_timeout,
         };
         store.clean_up(STALE_AFTER)?;
         Ok(store)
     }
 
-    /// Removes temp files older than `age`, and lock files of absent scopes older than `age`.
+    /// The latest time to wait for locks until, for an operation that starts now.
+    pub(super) fn deadline(&self) -> Instant {
+        Instant::now() + self.lock_timeout
+    }
+
+    /// Settles the commits cut short whose intent records are in the directory, and removes
+    /// temp files older than `age` (but those of a pending commit, which recovery owns) and lock
+    /// files of absent scopes older than `age`, each under its scope's lock, if it is free.
     pub(crate) fn clean_up(&self, age: Duration) -> Result<(), Error> {
         let entries = fs::read_dir(&self.dir).map_err(|e| io_error("list", &self.dir, e))?;
         let now = SystemTime::now();
+        let mut intents = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_error("list", &self.dir, e))?;
             let file_name = entry.file_name();
             let Some(file_name) = file_name.to_str() else {
                 continue;
             };
+            if let Some(id) = name::intent_id(file_name) {
+                intents.push(id);
+                continue;
+            }
             // Only files this driver names: a user's `notes.tmp` is left alone.
-            let is_temp = file_name
-                .strip_suffix(TEMP_EXT)
-                .and_then(|n| n.rsplit_once('.'))
-                .is_some_and(|(stem, random)| {
-                    name::is_stem(stem)
-                        && random.len() == 16
-                        && random
-                            .bytes()
-                            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                });
+            let temp = name::temp_parts(file_name);
             let lock_stem = file_name
                 .strip_suffix(LOCK_EXT)
                 .filter(|stem| name::is_stem(stem));
-            if !is_temp && lock_stem.is_none() {
+            if temp.is_none() && lock_stem.is_none() {
                 continue;
             }
             let old = entry
@@ -163,36 +178,61 @@ impl Store {
                 continue;
             }
             let path = entry.path();
-            if is_temp {
-                match fs::remove_file(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "removed a stale temp file"),
-                    Err(e) => {
-                        tracing::debug!(path = %path.display(), error = %e, "stale temp file kept")
-                    }
-                }
+            if let Some((stem, id)) = temp {
+                self.remove_stale_temp(stem, id, &path)?;
             } else if let Some(stem) = lock_stem {
                 if cfg!(unix) {
                     self.remove_orphan_lock(stem, &path);
                 }
             }
         }
+        self.recover_all(intents);
         Ok(())
     }
 
-    fn remove_orphan_lock(&self, stem: &str, lock_path: &Path) {
+    /// Removes the temp file `path` of `stem`, with random part (or commit id) `id`, unless
+    /// its writer still holds the scope's lock or a pending commit owns it. Under the lock, no
+    /// intent record naming it can appear: its commit would hold that lock.
+    pub(super) fn remove_stale_temp(&self, stem: &str, id: u64, path: &Path) -> Result<(), Error> {
+        let lock_path = self.dir.join(format!("{stem}{LOCK_EXT}"));
+        let lock = match ScopeLock::acquire_within(&lock_path, Duration::ZERO) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(path = %lock_path.display(), error = %e, "stale temp file kept");
+                return Ok(());
+            }
+        };
+        // A pending commit's (or one that cannot be told): recovery owns it.
+        if self.intent_exists(id).unwrap_or(true) {
+            return Ok(());
+        }
+        match fs::remove_file(path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed a stale temp file"),
+            Err(e) => tracing::debug!(path = %path.display(), error = %e, "stale temp file kept"),
+        }
+        let record = self.dir.join(format!("{stem}{RECORD_EXT}"));
+        if !record.exists() && cfg!(unix) && !self.names_pending(&lock).unwrap_or(true) {
+            lock.remove();
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove_orphan_lock(&self, stem: &str, lock_path: &Path) {
         let record = self.dir.join(format!("{stem}{RECORD_EXT}"));
         if record.exists() {
             return;
         }
         if let Ok(Some(lock)) = ScopeLock::try_acquire_existing(lock_path) {
-            // Under the lock, nobody creates the record: check again.
-            if !record.exists() {
+            // Under the lock, nobody creates the record: check again. A lock file that names a
+            // pending commit (which creates the scope) stays, marker and all.
+            if !record.exists() && !self.names_pending(&lock).unwrap_or(true) {
                 lock.remove();
             }
         }
     }
 
-    fn files(&self, key: &str) -> Result<Files, Error> {
+    pub(super) fn files(&self, key: &str) -> Result<Files, Error> {
         if key.is_empty() {
             return Err(Error::InvalidName {
                 name: String::new(),
@@ -212,7 +252,7 @@ impl Store {
         self.dir.join(format!("{}{RECORD_EXT}", name::stem(key)))
     }
 
-    fn read(&self, key: &str, path: &Path) -> Result<Option<Record>, Error> {
+    pub(super) fn read(&self, key: &str, path: &Path) -> Result<Option<Record>, Error> {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -232,21 +272,37 @@ impl Store {
         Ok(Some(record))
     }
 
+    /// Reads the record of `key`, without a lock, unless a several-scope commit is under way on
+    /// it or was cut short: the lock file then holds its marker, and the read first waits for
+    /// the commit (or settles it).
     pub(crate) fn load(&self, key: &str) -> Result<Option<Record>, Error> {
         let files = self.files(key)?;
+        let marked = match fs::metadata(&files.lock) {
+            Ok(m) => m.len() > 0,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(io_error("stat", &files.lock, e)),
+        };
+        if marked {
+            drop(self.lock_scope(&files)?);
+        }
         self.read(key, &files.record)
+    }
+
+    /// Reads the records of `keys`, in their order (each as `load` does: not one snapshot).
+    pub(crate) fn load_many(&self, keys: &[String]) -> Result<Vec<Option<Record>>, Error> {
+        keys.iter().map(|k| self.load(k)).collect()
     }
 
     pub(crate) fn cas(
         &self,
         key: &str,
-        expected: Option<u64>,
+        expected: Option<Revision>,
         write: &OwnedWrite,
     ) -> Result<CasOutcome, Error> {
         let files = self.files(key)?;
-        let lock = self.lock(&files)?;
+        let lock = self.lock_scope(&files)?;
         let current = self.read(key, &files.record)?;
-        if current.as_ref().map(|r| r.version) != expected {
+        if current.as_ref().map(|r| r.revision()) != expected {
             if current.is_none() {
                 lock.remove();
             }
@@ -259,7 +315,7 @@ impl Store {
 
     pub(crate) fn put(&self, key: &str, write: &OwnedWrite) -> Result<u64, Error> {
         let files = self.files(key)?;
-        let lock = self.lock(&files)?;
+        let lock = self.lock_scope(&files)?;
         // A corrupt record is an error here too: it is never overwritten.
         let current = self.read(key, &files.record)?;
         let version = self.replace(key, &files, current.as_ref(), write)?;
@@ -269,7 +325,7 @@ impl Store {
 
     pub(crate) fn delete(&self, key: &str) -> Result<bool, Error> {
         let files = self.files(key)?;
-        let lock = self.lock(&files)?;
+        let lock = self.lock_scope(&files)?;
         let existed = match fs::remove_file(&files.record) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
@@ -284,13 +340,81 @@ impl Store {
         Ok(existed)
     }
 
+    /// Deletes `key` only when it is at revision `expected`; `None` when it was not (then the
+    /// current record, or its absence).
+    pub(crate) fn delete_at(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<Option<Option<Record>>, Error> {
+        let files = self.files(key)?;
+        let lock = self.lock_scope(&files)?;
+        let current = self.read(key, &files.record)?;
+        if current.as_ref().map(|r| r.revision()) != expected {
+            if current.is_none() {
+                lock.remove();
+            }
+            return Ok(Some(current));
+        }
+        if current.is_some() {
+            match fs::remove_file(&files.record) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("delete", &files.record, e)),
+            }
+            self.sync_dir(
+                "fsync directory after delete (the record is gone but may return after a crash)",
+            )?;
+        }
+        lock.remove();
+        Ok(None)
+    }
+
+    /// Every key with `prefix`. A commit under way or cut short that writes such a key is waited
+    /// for (or settled) first, so that a scope it creates is listed once it can be read.
     pub(crate) fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        let (keys, intents) = self.list_once(prefix)?;
+        if intents.is_empty() {
+            return Ok(keys);
+        }
+        let deadline = self.deadline();
+        let mut settled = false;
+        for id in intents {
+            // A torn record creates nothing: it is rolled back, or still being written.
+            let Some(intent) = self.read_whole_intent(id)? else {
+                continue;
+            };
+            let touches = intent
+                .writes
+                .iter()
+                .any(|(k, _)| k.as_bytes().starts_with(prefix.as_bytes()));
+            if touches {
+                self.recover(id, deadline)?;
+                settled = true;
+            }
+        }
+        if !settled {
+            return Ok(keys);
+        }
+        Ok(self.list_once(prefix)?.0)
+    }
+
+    /// The keys with `prefix` in the directory, and the ids of the intent records there.
+    fn list_once(&self, prefix: &str) -> Result<(Vec<String>, Vec<u64>), Error> {
         let entries = fs::read_dir(&self.dir).map_err(|e| io_error("list", &self.dir, e))?;
         let mut keys = Vec::new();
+        let mut intents = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_error("list", &self.dir, e))?;
             let file_name = entry.file_name();
-            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(RECORD_EXT)) else {
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if let Some(id) = name::intent_id(file_name) {
+                intents.push(id);
+                continue;
+            }
+            let Some(stem) = file_name.strip_suffix(RECORD_EXT) else {
                 continue;
             };
             let key = if name::is_hashed(stem) {
@@ -309,7 +433,7 @@ impl Store {
             }
         }
         keys.sort_unstable();
-        Ok(keys)
+        Ok((keys, intents))
     }
 
     /// The key a hashed record file holds, read from its header; `None` (with a warning) when
@@ -343,53 +467,100 @@ impl Store {
         }
     }
 
-    fn lock(&self, files: &Files) -> Result<ScopeLock, Error> {
-        ScopeLock::acquire(&files.lock).map_err(|e| io_error("lock", &files.lock, e))
+    /// Takes the scope's lock, once no several-scope commit is pending on it (see
+    /// `Store::lock_scopes`), waiting at most the lock timeout in all.
+    fn lock_scope(&self, files: &Files) -> Result<ScopeLock, Error> {
+        let mut locks = self.lock_scopes(&[files.lock.as_path()], self.deadline())?;
+        locks
+            .pop()
+            .ok_or_else(|| Error::backend_unsent("file", BackendKind::Other, "no lock was taken"))
+    }
+
+    /// Takes the lock at `path`, waiting at most until `deadline`: a writer stopped while
+    /// holding it (SIGSTOP, a debugger) must not hang every other writer. Running out of time
+    /// is a timeout before anything was written.
+    pub(super) fn lock_until(&self, path: &Path, deadline: Instant) -> Result<ScopeLock, Error> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match ScopeLock::acquire_within(path, wait) {
+            Ok(Some(lock)) => Ok(lock),
+            Ok(None) => Err(Error::backend_unsent(
+                "file",
+                BackendKind::Timeout,
+                format!(
+                    "the lock {} stayed held by another writer for {:?} (a stopped process?); \
+                     nothing was written",
+                    path.display(),
+                    self.lock_timeout
+                ),
+            )),
+            Err(e) => Err(io_error("lock", path, e)),
+        }
+    }
+
+    /// The version and the record file bytes that `write` makes on top of `current`.
+    pub(super) fn encode(
+        &self,
+        key: &str,
+        current: Option<&Record>,
+        write: &OwnedWrite,
+    ) -> Result<(u64, Vec<u8>), Error> {
+        let version = match current {
+            Some(r) => r.version.saturating_add(1),
+            None => write.initial_version,
+        };
+        let tokens = push_token(current.map_or(&[][..], |r| &r.tokens), write.token);
+        let bytes = record::encode(
+            key,
+            version,
+            write.schema,
+            &write.data,
+            &tokens,
+            &write.meta,
+        )
+        .map_err(|e| Error::backend("file", BackendKind::Other, e))?;
+        Ok((version, bytes))
+    }
+
+    /// Writes `bytes` to the new temp file `path` (added to `temps` once created) and syncs it.
+    pub(super) fn write_temp(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        temps: &mut TempFiles,
+    ) -> Result<(), Error> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| io_error("create temp file", path, e))?;
+        temps.paths.push(path.to_owned());
+        file.write_all(bytes)
+            .map_err(|e| io_error("write", path, e))?;
+        if self.fsync {
+            file.sync_all().map_err(|e| io_error("fsync", path, e))?;
+        }
+        Ok(())
     }
 
     /// Writes the record that `write` makes on top of `current` to a temp file, syncs it and
     /// renames it over the record. On failure the temp file is removed and the old record is
     /// untouched. Returns the new version. The caller holds the scope lock.
-    fn replace(
+    pub(super) fn replace(
         &self,
         key: &str,
         files: &Files,
         current: Option<&Record>,
         write: &OwnedWrite,
     ) -> Result<u64, Error> {
-        let version = match current {
-            Some(r) => r.version.saturating_add(1),
-            None => write.initial_version,
-        };
-        let tokens = push_token(current.map_or(&[][..], |r| &r.tokens), write.token);
-        let bytes = record::encode(key, version, write.schema, &write.data, &tokens)
-            .map_err(|e| Error::backend("file", BackendKind::Other, e))?;
-
-        let tmp_path = self.dir.join(format!(
-            "{}.{:016x}{TEMP_EXT}",
-            files.stem,
-            rand::random::<u64>()
-        ));
-        let mut tmp = TempFile {
-            path: &tmp_path,
-            armed: false,
-        };
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp_path)
-            .map_err(|e| io_error("create temp file", &tmp_path, e))?;
-        tmp.armed = true;
-        file.write_all(&bytes)
-            .map_err(|e| io_error("write", &tmp_path, e))?;
-        if self.fsync {
-            file.sync_all()
-                .map_err(|e| io_error("fsync", &tmp_path, e))?;
-        }
-        drop(file);
+        let (version, bytes) = self.encode(key, current, write)?;
+        let tmp_path = self
+            .dir
+            .join(name::temp_file_name(&files.stem, rand::random::<u64>()));
+        let mut temps = TempFiles::default();
+        self.write_temp(&tmp_path, &bytes, &mut temps)?;
         fs::rename(&tmp_path, &files.record)
             .map_err(|e| io_error("rename into place", &files.record, e))?;
-        tmp.armed = false;
+        temps.disarm();
         // From here the new record is in place. A failed directory sync leaves it visible but
         // perhaps not durable: that is reported, since the caller asked for durability.
         self.sync_dir(
@@ -398,7 +569,7 @@ impl Store {
         Ok(version)
     }
 
-    fn sync_dir(&self, op: &'static str) -> Result<(), Error> {
+    pub(super) fn sync_dir(&self, op: &'static str) -> Result<(), Error> {
         match &self.dir_handle {
             Some(d) => d.sync_all().map_err(|e| io_error(op, &self.dir, e)),
             None => Ok(()),

@@ -49,6 +49,28 @@ mod app {
         pub items: ::std::vec::Vec<::std::string::String>,
     }
 
+    // The schema-change attributes through the same path, with `bool` shadowed too.
+    struct bool;
+
+    #[derive(Scope, ::serde::Serialize, ::serde::Deserialize, ::std::default::Default)]
+    #[scope(crate = "crate::reexport::storage", version = 1)]
+    pub struct OrderV1 {
+        pub item: ::std::string::String,
+    }
+
+    #[derive(Scope, ::serde::Serialize, ::serde::Deserialize, ::std::default::Default)]
+    #[scope(crate = "crate::reexport::storage", version = 2, migrate_from = OrderV1)]
+    #[scope(lossy, read_newer)]
+    pub struct Order {
+        pub items: ::std::vec::Vec<::std::string::String>,
+    }
+
+    impl ::std::convert::From<OrderV1> for Order {
+        fn from(old: OrderV1) -> Order {
+            Order { items: ::std::vec![old.item] }
+        }
+    }
+
     // Functions named like the parameters of the generated `migrate` must not get in the way.
     fn from() {}
     fn old() {}
@@ -74,4 +96,7 @@ fn main() {
         <app::Cart as Scope>::migrate(0, serde_json::Value::Null).unwrap_err(),
         "through the re-export: too old"
     );
+    assert!(<app::Order as Scope>::LOSSY && <app::Order as Scope>::READ_NEWER);
+    let order = <app::Order as Scope>::migrate(1, serde_json::json!({"item": "fig"})).unwrap();
+    assert_eq!(order.items, ["fig"]);
 }

@@ -1,0 +1,420 @@
+//! The engine: the one retry loop every update form and every driver shares, and the only
+//! writer of the cache.
+//!
+//! [`Engine::update`] runs the loop in named steps (see `update.rs`): *begin* an attempt from
+//! the cache or a load, run the closure, *commit* its change with a compare-and-swap, and *on a
+//! conflict* go again from the record the conflict returned. A write whose reply was lost is
+//! *settled* from the record's commit tokens (`settle.rs`) before anything is retried. The
+//! handle ([`crate::Storage`]) and the builder only adapt the public calls to these.
+
+mod keys;
+mod many;
+mod receipts;
+mod schema;
+mod settle;
+mod slots;
+mod update;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::codec;
+use crate::driver::{Driver, Record};
+use crate::stats::{Counter, Counters, Stats};
+use crate::{Error, RetryPolicy, Scope};
+
+pub(crate) use keys::{Key, Keys};
+pub use keys::{MAX_KEY_LEN, MAX_NAME_LEN};
+pub use receipts::{MAX_IDEMPOTENCY_KEY_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN, RECEIPT_TTL};
+pub(crate) use schema::Rewritten;
+use slots::Slots;
+
+/// The default largest encoded scope, in bytes (16 MiB); a driver may allow less.
+pub const DEFAULT_MAX_DATA_LEN: usize = 16 << 20;
+
+/// The default number of scopes whose last record is cached.
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+
+/// The default bound of the bytes the cache holds (64 MiB).
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// The longest time to live: ten years.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 24 * 60 * 60);
+
+/// What a write of `T` does to its scope's expiry: now + `T::TTL`, or keep it.
+pub(crate) fn expiry_of<T: Scope>() -> crate::driver::Expiry {
+    match T::TTL {
+        Some(ttl) => crate::driver::Expiry::After(ttl),
+        None => crate::driver::Expiry::Keep,
+    }
+}
+
+/// How an engine is set up (the builder fills it in).
+pub(crate) struct Settings {
+    pub policy: RetryPolicy,
+    pub keys: Keys,
+    pub cache_capacity: usize,
+    pub cache_bytes: usize,
+    pub max_data_len: Option<usize>,
+}
+
+/// The engine over one driver.
+pub(crate) struct Engine {
+    driver: Arc<dyn Driver>,
+    policy: RetryPolicy,
+    keys: Keys,
+    max_data_len: usize,
+    slots: Slots,
+    counters: Counters,
+    /// This engine's random id as a writer, for reservations (never 0).
+    claimant: u64,
+    /// Dropped with the engine, which ends its sweeper.
+    _sweeper: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// How often the engine asks a driver to reclaim the space of expired records.
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The most expired records one sweep deletes before it yields.
+const SWEEP_BATCH: usize = 1000;
+
+/// Starts the task that asks `driver` to delete expired records now and then, bounded batches
+/// at a time, until the returned sender is dropped. None without a tokio runtime, or for a
+/// driver without expiry.
+fn start_sweeper(driver: &Arc<dyn Driver>) -> Option<tokio::sync::oneshot::Sender<()>> {
+    if !driver.capabilities().expiry {
+        return None;
+    }
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let driver = driver.clone();
+    handle.spawn(async move {
+        loop {
+            // Spread the processes of one store over the interval.
+            let jitter = rand::random_range(0.5..1.5);
+            tokio::select! {
+                _ = &mut stopped => return,
+                () = tokio::time::sleep(SWEEP_INTERVAL.mul_f64(jitter)) => {}
+            }
+            for _ in 0..100 {
+                match driver.sweep(SWEEP_BATCH).await {
+                    Ok(n) if n >= SWEEP_BATCH => tokio::task::yield_now().await,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "sweeping expired records failed");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Some(stop)
+}
+
+impl Engine {
+    pub(crate) fn new(driver: Arc<dyn Driver>, settings: Settings) -> Engine {
+        let limit = driver.max_data_len();
+        Engine {
+            max_data_len: settings.max_data_len.map_or(limit, |l| l.min(limit)),
+            policy: settings.policy,
+            keys: settings.keys,
+            slots: Slots::new(settings.cache_capacity, settings.cache_bytes),
+            counters: Counters::default(),
+            claimant: rand::random_range(1..=u64::MAX),
+            _sweeper: start_sweeper(&driver),
+            driver,
+        }
+    }
+
+    pub(crate) fn driver(&self) -> &dyn Driver {
+        &*self.driver
+    }
+
+    pub(crate) fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    pub(crate) fn key_prefix(&self) -> &str {
+        self.keys.prefix()
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    fn bump(&self, counter: Counter) {
+        self.counters.bump(counter);
+    }
+
+    /// The driver key of `name` for a type with `namespace`.
+    pub(crate) fn key(&self, namespace: &str, name: &str) -> Result<Key, Error> {
+        self.keys.key(namespace, name)
+    }
+
+    /// Loads and caches the record of `key`.
+    async fn load(&self, key: &Key) -> Result<Option<Arc<Record>>, Error> {
+        self.bump(Counter::Loads);
+        let record = self
+            .driver
+            .load(key.as_str())
+            .await
+            .map_err(|e| e.for_scope(key.scope()))?
+            .map(Arc::new);
+        self.slots.put(key.as_str(), record.clone());
+        Ok(record)
+    }
+
+    /// Runs `f` on scope `name` until its change commits (see `update.rs`).
+    pub(crate) async fn update<T, R, E, F, Fut>(&self, name: &str, f: F) -> Result<R, E>
+    where
+        T: Scope,
+        R: Send,
+        E: From<Error> + Send,
+        F: FnMut(T) -> Fut + Send,
+        Fut: Future<Output = Result<(T, R), E>> + Send,
+    {
+        let key = self.key(T::NAMESPACE, name)?;
+        self.check_expiry::<T>()?;
+        update::run(self, &key, schema::Options::default(), None, f).await
+    }
+
+    /// Like [`Engine::update`], committing at most once per idempotency key (see `receipts.rs`).
+    pub(crate) async fn update_once<T, R, E, F, Fut>(
+        &self,
+        name: &str,
+        idempotency_key: &str,
+        f: F,
+    ) -> Result<R, E>
+    where
+        T: Scope,
+        R: serde::Serialize + serde::de::DeserializeOwned + Send,
+        E: From<Error> + Send,
+        F: FnMut(T) -> Fut + Send,
+        Fut: Future<Output = Result<(T, R), E>> + Send,
+    {
+        let once = receipts::Once {
+            key: idempotency_key,
+            encode: |r: &R| serde_json::to_string(r),
+            decode: |s: &str| serde_json::from_str(s),
+        };
+        once.check()?;
+        let key = self.key(T::NAMESPACE, name)?;
+        self.check_expiry::<T>()?;
+        update::run(self, &key, schema::Options::default(), Some(&once), f).await
+    }
+
+    /// Runs `f` on the scopes `names` until its changes commit together (see `many.rs`).
+    pub(crate) async fn update_many<T, R, E, F>(&self, names: &[&str], mut f: F) -> Result<R, E>
+    where
+        T: Scope,
+        R: Send,
+        E: From<Error> + Send,
+        F: FnMut(&mut [T]) -> Result<R, E> + Send,
+    {
+        let keys = names
+            .iter()
+            .map(|n| self.key(T::NAMESPACE, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.check_expiry::<T>()?;
+        if keys.len() > 1 && !self.driver.capabilities().multi_key_commit {
+            return Err(Error::Unsupported {
+                driver: self.driver.name(),
+                capability: "several-scope commits",
+            }
+            .into());
+        }
+        many::run_many(self, &keys, false, move |values: &mut [Option<T>]| {
+            let mut plain: Vec<T> = values
+                .iter_mut()
+                .map(|v| v.take().unwrap_or_default())
+                .collect();
+            let out = f(&mut plain);
+            for (slot, v) in values.iter_mut().zip(plain) {
+                *slot = Some(v);
+            }
+            out
+        })
+        .await
+    }
+
+    /// Runs `f` on scope `name` as an `Option`: `None` when absent; leaving it `None` removes
+    /// it, at the revision read (see `many.rs`).
+    pub(crate) async fn update_option<T, R, E, F>(&self, name: &str, mut f: F) -> Result<R, E>
+    where
+        T: Scope,
+        R: Send,
+        E: From<Error> + Send,
+        F: FnMut(&mut Option<T>) -> Result<R, E> + Send,
+    {
+        let key = self.key(T::NAMESPACE, name)?;
+        self.check_expiry::<T>()?;
+        many::run_many(
+            self,
+            &[key],
+            true,
+            move |values: &mut [Option<T>]| match values {
+                [v] => f(v),
+                _ => Err(Error::InvalidName {
+                    name: String::new(),
+                    reason: "one scope expected",
+                }
+                .into()),
+            },
+        )
+        .await
+    }
+
+    /// Sets or clears the expiry of the scope of `key`; whether it exists.
+    pub(crate) async fn expire(
+        &self,
+        key: &Key,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<bool, Error> {
+        let expiry = match ttl {
+            None => crate::driver::Expiry::Never,
+            Some(d) if d.is_zero() || d > MAX_TTL => {
+                return Err(Error::InvalidConfig {
+                    setting: "expiry",
+                    reason: format!(
+                        "a time to live must be above zero and at most ten years, not {d:?}"
+                    ),
+                })
+            }
+            Some(d) => crate::driver::Expiry::After(d),
+        };
+        let existed = self
+            .driver
+            .expire(key.as_str(), expiry)
+            .await
+            .map_err(|e| self.lost_write(key, e, "expire"))?;
+        // The cached record's expiry is old news.
+        self.slots.put(key.as_str(), None);
+        Ok(existed)
+    }
+
+    /// Refuses a type with a time to live on a driver without expiry.
+    pub(crate) fn check_expiry<T: Scope>(&self) -> Result<(), Error> {
+        if T::TTL.is_some() && !self.driver.capabilities().expiry {
+            return Err(Error::Unsupported {
+                driver: self.driver.name(),
+                capability: "expiry (the type has a time to live)",
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads the scopes `names` as `T`, in their order.
+    pub(crate) async fn get_many<T: Scope>(&self, names: &[&str]) -> Result<Vec<Option<T>>, Error> {
+        let keys = names
+            .iter()
+            .map(|n| self.key(T::NAMESPACE, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.len() > crate::MAX_COMMIT_KEYS * 16 {
+            return Err(Error::InvalidName {
+                name: format!("{} names", keys.len()),
+                reason: "one get_many reads at most 1024 scopes",
+            });
+        }
+        many::get_many(self, &keys).await
+    }
+
+    /// Reads scope `name` as `T`.
+    pub(crate) async fn get<T: Scope>(&self, name: &str) -> Result<Option<T>, Error> {
+        let key = self.key(T::NAMESPACE, name)?;
+        match self.load(&key).await? {
+            None => Ok(None),
+            Some(r) => match codec::decode(key.scope(), Some(&r)) {
+                Ok(v) => Ok(Some(v)),
+                Err(e) => {
+                    self.slots.put(key.as_str(), None);
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Writes `value` to scope `name` whatever is stored.
+    pub(crate) async fn set<T: Scope>(&self, name: &str, value: &T) -> Result<(), Error> {
+        let key = self.key(T::NAMESPACE, name)?;
+        let data = self.encode::<T>(&key, value)?;
+        let schema = if T::UNTYPED {
+            // An untyped value keeps the schema the record has: read it rather than trust
+            // whatever the cache holds.
+            match self.slots.get(key.as_str()) {
+                Some(r) => r.schema,
+                None => self.load(&key).await?.map_or(0, |r| r.schema),
+            }
+        } else {
+            T::VERSION
+        };
+        self.check_expiry::<T>()?;
+        let write = update::new_write(schema, &data).with_expiry(expiry_of::<T>());
+        let token = write.token;
+        match self.driver.put(key.as_str(), write).await {
+            Ok(version) => {
+                self.bump(Counter::Commits);
+                // The tokens before this write are not known here; the cache does not need them.
+                let record = Record::new(version, schema, data, vec![token]);
+                self.slots.put(key.as_str(), Some(Arc::new(record)));
+                Ok(())
+            }
+            Err(e) => {
+                self.slots.put(key.as_str(), None);
+                Err(self.lost_write(&key, e, "set"))
+            }
+        }
+    }
+
+    /// Deletes the record of `key`; whether it existed.
+    pub(crate) async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.slots.put(key.as_str(), None);
+        let existed = self.driver.delete(key.as_str()).await;
+        self.slots.put(key.as_str(), None);
+        existed.map_err(|e| self.lost_write(key, e, "remove"))
+    }
+
+    /// A write whose reply was lost after it was sent may have happened: say so.
+    fn lost_write(&self, key: &Key, e: Error, what: &str) -> Error {
+        if e.outcome_unknown() {
+            Error::CommitUnknown {
+                scope: crate::error::shorten(key.scope()),
+                reason: format!("the reply to {what} was lost: {e}"),
+            }
+        } else {
+            e.for_scope(key.scope())
+        }
+    }
+
+    /// Every stored scope name that starts with `prefix`, sorted.
+    pub(crate) async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        let full = self.keys.list_prefix(prefix)?;
+        let keys = self.driver.list(&full).await?;
+        let plen = self.keys.prefix().len();
+        let mut names: Vec<String> = keys
+            .into_iter()
+            .filter(|k| k.starts_with(&full))
+            .map(|mut k| k.split_off(plen))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Encodes `value` and checks its size.
+    fn encode<T: Scope>(&self, key: &Key, value: &T) -> Result<Vec<u8>, Error> {
+        let data = codec::encode(key.scope(), value)?;
+        self.check_size(key, &data)?;
+        Ok(data)
+    }
+
+    fn check_size(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+        if data.len() > self.max_data_len {
+            return Err(Error::TooLarge {
+                scope: crate::error::shorten(key.scope()),
+                size: data.len(),
+                limit: self.max_data_len,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,328 @@
+//! One slot per scope the process is working with: the last record seen (the cache, so a warm
+//! update skips the load) and the scope's turn (so the updates of one process take turns instead
+//! of racing each other's compare-and-swaps). One lookup serves both.
+//!
+//! The cache is only ever a guess: an update from it is a compare-and-swap against the cached
+//! revision (a stale entry costs one failed compare-and-swap, which returns the fresh record),
+//! and an answer decided on cached data without a write is confirmed by a load before it
+//! returns.
+//!
+//! Bounded twice: by scopes (least recently used slots go first) and by the bytes of the cached
+//! records. Sharded by key hash, so tasks on different scopes rarely wait for each other's lock.
+
+use std::any::TypeId;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lru::LruCache;
+
+use crate::codec::Lost;
+use crate::driver::Record;
+
+const SHARDS: usize = 16;
+
+/// Slots kept per shard at the least, so turns work with the cache turned off.
+const MIN_SLOTS_PER_SHARD: usize = 64;
+
+/// The turn of one scope within the process.
+pub(crate) type Turn = tokio::sync::Mutex<()>;
+
+/// What the engine knows of one scope.
+pub(crate) struct Slot {
+    cached: Mutex<Cached>,
+    pub(crate) turn: Turn,
+    /// The shard whose map holds this slot.
+    shard: usize,
+}
+
+/// What a record read as one type is, seen from a write of that type.
+#[derive(Clone, Debug)]
+pub(crate) enum Verdict {
+    /// The encoding of the decoded value is the record's data byte for byte.
+    Canonical,
+    /// Not byte for byte, but a write keeps every stored field.
+    Keeps,
+    /// A write would lose these stored fields.
+    Loses(Arc<Lost>),
+}
+
+#[derive(Default)]
+struct Cached {
+    record: Option<Arc<Record>>,
+    /// What is known of the record read as one type, once seen: whether the encoding of its
+    /// decoded value is the record's data byte for byte (an update of that type then compares
+    /// its result with the data as is instead of encoding the value before the closure runs),
+    /// else whether writing over it would lose stored data (checked once per record).
+    memo: Option<(TypeId, Verdict)>,
+    /// Set when the slot left its shard's map: nothing is cached in it any more.
+    detached: bool,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Cached> {
+        // Every operation under this lock is one assignment: a panic elsewhere cannot leave it
+        // inconsistent.
+        self.cached.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached record, if any.
+    pub(crate) fn get(&self) -> Option<Arc<Record>> {
+        self.lock().record.clone()
+    }
+
+    /// Whether `record` (still the cached one) is known to be `T`'s canonical encoding.
+    pub(crate) fn is_canonical(&self, record: &Arc<Record>, t: TypeId) -> bool {
+        matches!(self.verdict(record, t), Some(Verdict::Canonical))
+    }
+
+    /// Notes that `record`, if still the cached one, is `T`'s canonical encoding.
+    pub(crate) fn set_canonical(&self, record: &Arc<Record>, t: TypeId) {
+        self.set_verdict(record, t, Verdict::Canonical);
+    }
+
+    /// What is known of `record` (still the cached one) read as `T`.
+    pub(crate) fn verdict(&self, record: &Arc<Record>, t: TypeId) -> Option<Verdict> {
+        let cached = self.lock();
+        match &cached.memo {
+            Some((of, verdict))
+                if *of == t
+                    && cached
+                        .record
+                        .as_ref()
+                        .is_some_and(|c| Arc::ptr_eq(c, record)) =>
+            {
+                Some(verdict.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Notes what `record`, if still the cached one, is when read as `T`.
+    pub(crate) fn set_verdict(&self, record: &Arc<Record>, t: TypeId, verdict: Verdict) {
+        let mut cached = self.lock();
+        if cached
+            .record
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, record))
+        {
+            cached.memo = Some((t, verdict));
+        }
+    }
+}
+
+/// The slots of one shard, least recently used first out.
+type Shard = Mutex<LruCache<String, Arc<Slot>>>;
+
+pub(crate) struct Slots {
+    shards: Box<[Shard]>,
+    /// Bytes of the records cached in each shard's slots.
+    bytes: Box<[AtomicUsize]>,
+    hasher: lru::DefaultHasher,
+    /// Whether records are cached at all (capacity above 0).
+    caching: bool,
+    slots_per_shard: usize,
+    bytes_per_shard: usize,
+}
+
+/// The bytes a cached record holds.
+fn weight(r: &Record) -> usize {
+    r.data.len() + r.tokens.len() * 8 + std::mem::size_of::<Record>()
+}
+
+impl Slots {
+    /// Slots for about `capacity` cached scopes (0 caches nothing) and at most `byte_budget`
+    /// bytes of cached records.
+    pub(crate) fn new(capacity: usize, byte_budget: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS);
+        Slots {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::unbounded()))
+                .collect(),
+            bytes: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
+            hasher: lru::DefaultHasher::default(),
+            caching: capacity > 0 && byte_budget > 0,
+            slots_per_shard: per_shard.max(MIN_SLOTS_PER_SHARD),
+            bytes_per_shard: byte_budget.div_ceil(SHARDS),
+        }
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    fn lock_shard(&self, i: usize) -> MutexGuard<'_, LruCache<String, Arc<Slot>>> {
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot of `key`, made on first use.
+    pub(crate) fn slot(&self, key: &str) -> Arc<Slot> {
+        let i = self.shard_of(key);
+        let mut map = self.lock_shard(i);
+        if let Some(slot) = map.get(key) {
+            return slot.clone();
+        }
+        let slot = Arc::new(Slot {
+            cached: Mutex::default(),
+            turn: Turn::new(()),
+            shard: i,
+        });
+        map.put(key.to_owned(), slot.clone());
+        self.trim(i, &mut map);
+        slot
+    }
+
+    /// The slot of `key` if there is one, without making one.
+    pub(crate) fn existing(&self, key: &str) -> Option<Arc<Slot>> {
+        self.lock_shard(self.shard_of(key)).get(key).cloned()
+    }
+
+    /// The cached record of `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Record>> {
+        self.existing(key)?.get()
+    }
+
+    /// Remembers `record` (or the scope's absence) in `slot`.
+    pub(crate) fn set(&self, slot: &Slot, record: Option<Arc<Record>>) {
+        let record = if self.caching { record } else { None };
+        let new = record.as_deref().map_or(0, weight);
+        let old = {
+            let mut cached = slot.lock();
+            if cached.detached {
+                return;
+            }
+            cached.memo = None;
+            std::mem::replace(&mut cached.record, record)
+        };
+        let old = old.as_deref().map_or(0, weight);
+        let bytes = &self.bytes[slot.shard];
+        if new > old {
+            let now = bytes.fetch_add(new - old, Ordering::Relaxed) + (new - old);
+            if now > self.bytes_per_shard {
+                let mut map = self.lock_shard(slot.shard);
+                self.trim(slot.shard, &mut map);
+            }
+        } else if old > new {
+            bytes.fetch_sub(old - new, Ordering::Relaxed);
+        }
+    }
+
+    /// Remembers `record` for `key` in its slot, making one if needed.
+    pub(crate) fn put(&self, key: &str, record: Option<Arc<Record>>) {
+        match record {
+            None => {
+                if let Some(slot) = self.existing(key) {
+                    self.set(&slot, None);
+                }
+            }
+            Some(r) => {
+                let slot = self.slot(key);
+                self.set(&slot, Some(r));
+            }
+        }
+    }
+
+    /// Drops the least recently used slots while shard `i` is over either bound. A slot still in
+    /// use by an update stays alive for it, caching nothing; a later update of that scope makes a
+    /// new one.
+    fn trim(&self, i: usize, map: &mut LruCache<String, Arc<Slot>>) {
+        let bytes = &self.bytes[i];
+        while map.len() > self.slots_per_shard
+            || (bytes.load(Ordering::Relaxed) > self.bytes_per_shard && !map.is_empty())
+        {
+            let Some((_, slot)) = map.pop_lru() else {
+                break;
+            };
+            let mut cached = slot.lock();
+            cached.detached = true;
+            if let Some(r) = cached.record.take() {
+                bytes.fetch_sub(weight(&r), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Bytes of the records cached now.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(version: u64, len: usize) -> Option<Arc<Record>> {
+        Some(Arc::new(Record::new(version, 0, vec![b'x'; len], vec![1])))
+    }
+
+    #[test]
+    fn same_key_same_slot() {
+        let s = Slots::new(100, 1 << 20);
+        let a = s.slot("a");
+        let b = s.slot("a");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(s.existing("b").is_none());
+        s.set(&a, rec(2, 3));
+        assert_eq!(s.get("a").map(|r| r.version), Some(2));
+        s.put("a", None);
+        assert!(s.get("a").is_none());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn bounded_by_scopes() {
+        let s = Slots::new(32 * SHARDS, 1 << 30);
+        for i in 0..10_000 {
+            s.put(&format!("k{i}"), rec(i, 1));
+        }
+        let kept = (0..10_000)
+            .filter(|i| s.get(&format!("k{i}")).is_some())
+            .count();
+        assert!(kept <= MIN_SLOTS_PER_SHARD * SHARDS, "{kept}");
+    }
+
+    #[test]
+    fn bounded_by_bytes() {
+        let budget = 1 << 20;
+        let s = Slots::new(1_000_000, budget);
+        for i in 0..1000 {
+            s.put(&format!("k{i}"), rec(i, 64 << 10));
+        }
+        assert!(s.bytes() <= budget + (64 << 10) * SHARDS, "{}", s.bytes());
+        // A record larger than a shard's share is not kept at all.
+        s.put("huge", rec(1, 2 << 20));
+        assert!(s.get("huge").is_none());
+    }
+
+    #[test]
+    fn verdicts_belong_to_one_record_and_type() {
+        let s = Slots::new(100, 1 << 20);
+        let a = s.slot("a");
+        let r = rec(1, 3).unwrap();
+        s.set(&a, Some(r.clone()));
+        let (t, u) = (TypeId::of::<u8>(), TypeId::of::<u16>());
+        assert!(a.verdict(&r, t).is_none());
+        a.set_verdict(&r, t, Verdict::Keeps);
+        assert!(matches!(a.verdict(&r, t), Some(Verdict::Keeps)));
+        assert!(a.verdict(&r, u).is_none() && !a.is_canonical(&r, t));
+        a.set_canonical(&r, t);
+        assert!(a.is_canonical(&r, t));
+        // Another record (even an equal one) knows nothing; a new record clears the memo.
+        let other = rec(1, 3).unwrap();
+        assert!(a.verdict(&other, t).is_none());
+        a.set_verdict(&other, t, Verdict::Keeps);
+        assert!(a.is_canonical(&r, t));
+        s.set(&a, Some(other.clone()));
+        assert!(a.verdict(&other, t).is_none() && a.verdict(&r, t).is_none());
+    }
+
+    #[test]
+    fn off_caches_nothing_but_keeps_turns() {
+        let s = Slots::new(0, 1 << 20);
+        let a = s.slot("a");
+        s.set(&a, rec(1, 1));
+        assert!(s.get("a").is_none());
+        assert!(Arc::ptr_eq(&a, &s.slot("a")));
+    }
+}

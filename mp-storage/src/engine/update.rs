@@ -1,0 +1,570 @@
+//! The retry loop, in named steps.
+//!
+//! ```text
+//! run:   queue behind this process's busy turn on the scope, then loop:
+//!        begin ─▶ decode ─▶ closure ─▶ encode ─┬─ unchanged, or an abort: confirm ─▶ answer
+//!          ▲                                   └─ changed: commit ─┬─ committed ─▶ answer
+//!          │                                                       ├─ conflict ─▶ on_conflict
+//!          │                                                       └─ reply lost ─▶ settle
+//!          └──────────── the start of the next attempt ◀───────────────┘
+//! ```
+//!
+//! Every answer decided on cached data without a write (a no-op, an abort, a decode failure, a
+//! write refused because it would lose stored data: `schema.rs`) is confirmed with a load first:
+//! the cache is a guess, the backend decides.
+
+use std::any::TypeId;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::MutexGuard;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::receipts::{self, Once};
+use super::schema::{self, Options};
+use super::settle::Settled;
+use super::slots::Slot;
+use super::{Engine, Key};
+use crate::codec;
+use crate::driver::{push_token, CasOutcome, Record, Revision, Write};
+use crate::error::shorten;
+use crate::stats::Counter;
+use crate::{Error, Scope};
+
+/// What the next attempt starts from.
+pub(super) enum Start {
+    /// Nothing known: the cache, else a load.
+    Unknown,
+    /// A record (or its absence) fresh from the backend.
+    Fresh(Option<Arc<Record>>),
+}
+
+/// The record one attempt runs on.
+pub(super) struct Base {
+    pub current: Option<Arc<Record>>,
+    /// Whether it came from the cache, unconfirmed, rather than from the backend.
+    pub from_cache: bool,
+}
+
+impl Base {
+    /// The revision a compare-and-swap from this base expects (`None`: absent).
+    pub fn expected(&self) -> Option<Revision> {
+        self.current.as_ref().map(|r| r.revision())
+    }
+}
+
+/// The encoding of the value before the closure ran.
+pub(super) enum Before {
+    /// The stored record's data, which is that encoding.
+    Stored(Arc<Record>),
+    /// The value encoded.
+    Encoded(Vec<u8>),
+}
+
+impl Before {
+    pub(super) fn as_slice(&self) -> &[u8] {
+        match self {
+            Before::Stored(r) => &r.data,
+            Before::Encoded(v) => v,
+        }
+    }
+}
+
+/// After a commit step: done, or go again.
+enum Next {
+    Done,
+    Retry(Start),
+}
+
+/// The state of one update call.
+pub(super) struct Run<'a> {
+    pub engine: &'a Engine,
+    pub key: &'a Key,
+    pub(super) slot: &'a Arc<Slot>,
+    /// This process's turn on the scope, taken by the first attempt that has something to
+    /// write (reads never wait for it).
+    turn: Option<MutexGuard<'a, ()>>,
+    asked_turn: bool,
+    started: Instant,
+    attempts: u32,
+    /// Conflicts that waited before retrying.
+    waits: u32,
+    /// Conflicts retried at once because another writer had made progress.
+    streak: u32,
+}
+
+/// Runs `f` on the scope of `key` until its change commits, it changes nothing, it aborts, or
+/// the retry policy gives up.
+pub(super) async fn run<T, R, E, F, Fut>(
+    engine: &Engine,
+    key: &Key,
+    opts: Options,
+    once: Option<&Once<'_, R>>,
+    mut f: F,
+) -> Result<R, E>
+where
+    T: Scope,
+    R: Send,
+    E: From<Error> + Send,
+    F: FnMut(T) -> Fut + Send,
+    Fut: Future<Output = Result<(T, R), E>> + Send,
+{
+    let slot = engine.slots.slot(key.as_str());
+    let span = tracing::debug_span!(
+        "mp_storage.update",
+        scope = %shorten(key.scope()),
+        driver = engine.driver.name()
+    );
+    let mut run = Run {
+        engine,
+        key,
+        slot: &slot,
+        turn: None,
+        asked_turn: false,
+        started: Instant::now(),
+        attempts: 0,
+        waits: 0,
+        streak: 0,
+    };
+    async move {
+        run.queue_if_busy().await;
+        let mut start = Start::Unknown;
+        loop {
+            let base = run.begin(start).await?;
+            if let Some(once) = once {
+                // The change was made before under this key: the first result, and nothing more.
+                if let Some(first) = receipts::find(key.scope(), base.current.as_deref(), once)? {
+                    engine.bump(Counter::Replayed);
+                    return Ok(first);
+                }
+            }
+            let value: T = match codec::decode(key.scope(), base.current.as_deref()) {
+                Ok(v) => v,
+                Err(e) => match run.confirm(&base).await? {
+                    Some(next) => {
+                        start = next;
+                        continue;
+                    }
+                    None => {
+                        // Do not keep failing on this record once someone repairs it.
+                        engine.slots.set(run.slot, None);
+                        return Err(e.into());
+                    }
+                },
+            };
+            let before = run.before(&base, &value)?;
+            let (value, out) = match f(value).await {
+                Ok(done) => done,
+                Err(e) => match run.confirm(&base).await? {
+                    // An abort decided on stale data: decide again on fresh data.
+                    Some(next) => {
+                        start = next;
+                        continue;
+                    }
+                    None => return Err(e),
+                },
+            };
+            let data = codec::encode(key.scope(), &value)?;
+            drop(value);
+            let schema = codec::schema_for::<T>(base.current.as_deref());
+            if data == before.as_slice()
+                && !schema::must_write(opts, base.current.as_deref(), schema)
+            {
+                match run.confirm(&base).await? {
+                    Some(next) => {
+                        start = next;
+                        continue;
+                    }
+                    None => {
+                        engine.bump(Counter::Noops);
+                        tracing::trace!(attempt = run.attempts, "no change, nothing written");
+                        return Ok(out);
+                    }
+                }
+            }
+            let canonical = matches!(before, Before::Stored(_));
+            if let Err(e) =
+                schema::check_loss::<T>(run.slot, key.scope(), &base, canonical, before.as_slice())
+            {
+                match run.confirm(&base).await? {
+                    Some(next) => {
+                        start = next;
+                        continue;
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+            let meta = match once {
+                Some(once) => Some(receipts::with_receipt(
+                    key.scope(),
+                    base.current.as_deref(),
+                    once,
+                    &out,
+                )?),
+                None => None,
+            };
+            match run
+                .commit(
+                    &base,
+                    schema,
+                    data,
+                    meta,
+                    once.map(|o| o.key),
+                    super::expiry_of::<T>(),
+                )
+                .await?
+            {
+                Next::Done => return Ok(out),
+                Next::Retry(next) => start = next,
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+impl<'a> Run<'a> {
+    /// A busy scope: queue up first, so that the first attempt starts from what the update
+    /// ahead commits instead of being run twice.
+    async fn queue_if_busy(&mut self) {
+        if self.slot.turn.try_lock().is_err() {
+            self.asked_turn = true;
+            self.turn = self.wait_turn().await;
+        }
+    }
+
+    /// Waits for this process's turn on the scope, at most until the retry deadline (30 s when
+    /// there is none); `None` when the wait ran out, and the update goes on without it. Bounded,
+    /// so that a closure that awaits another update of its own scope stalls until the deadline
+    /// instead of forever.
+    async fn wait_turn(&self) -> Option<MutexGuard<'a, ()>> {
+        let slot: &'a Slot = self.slot;
+        if let Ok(turn) = slot.turn.try_lock() {
+            return Some(turn);
+        }
+        let wait = self
+            .engine
+            .policy
+            .deadline_limit()
+            .unwrap_or(Duration::from_secs(30))
+            .saturating_sub(self.started.elapsed());
+        tokio::time::timeout(wait, slot.turn.lock()).await.ok()
+    }
+
+    /// Whether the retry policy's deadline has passed.
+    fn out_of_time(&self) -> bool {
+        self.engine
+            .policy
+            .deadline_limit()
+            .is_some_and(|d| self.started.elapsed() >= d)
+    }
+
+    /// Starts an attempt: from a fresh record, else the cache, else a load.
+    async fn begin(&mut self, start: Start) -> Result<Base, Error> {
+        self.attempts += 1;
+        self.engine.bump(Counter::Attempts);
+        let base = match start {
+            Start::Fresh(current) => Base {
+                current,
+                from_cache: false,
+            },
+            Start::Unknown => match self.slot.get() {
+                Some(r) => {
+                    self.engine.bump(Counter::CacheHits);
+                    Base {
+                        current: Some(r),
+                        from_cache: true,
+                    }
+                }
+                None => Base {
+                    current: self.load().await?,
+                    from_cache: false,
+                },
+            },
+        };
+        tracing::trace!(
+            attempt = self.attempts,
+            version = ?base.expected(),
+            from_cache = base.from_cache,
+            "attempt"
+        );
+        Ok(base)
+    }
+
+    /// Loads the record and caches it (keeping the cached one when it is the same).
+    pub(super) async fn load(&self) -> Result<Option<Arc<Record>>, Error> {
+        load(self.engine, self.key, self.slot).await
+    }
+
+    /// The encoding of the value an attempt starts from, to tell whether the closure changed
+    /// it: the stored data itself when it is known to be `T`'s canonical encoding, else the
+    /// value encoded (and the record noted as canonical when the two agree).
+    fn before<T: Scope>(&self, base: &Base, value: &T) -> Result<Before, Error> {
+        before_of(self.slot, self.key, base, value)
+    }
+
+    /// Confirms an answer decided without a write: `None` when the base was fresh from the
+    /// backend or the cache still holds, else the fresh record to decide again on.
+    async fn confirm(&self, base: &Base) -> Result<Option<Start>, Error> {
+        if !base.from_cache {
+            return Ok(None);
+        }
+        let fresh = self.load().await?;
+        if fresh.as_ref().map(|r| r.revision()) == base.expected() {
+            Ok(None)
+        } else {
+            tracing::trace!(
+                attempt = self.attempts,
+                "the cache was stale: deciding again"
+            );
+            Ok(Some(Start::Fresh(fresh)))
+        }
+    }
+
+    /// Writes the attempt's change with a compare-and-swap on the base's version.
+    /// `meta` replaces the record's notes when given (else they are carried over); `once_key`
+    /// is the idempotency key whose receipt the notes hold.
+    async fn commit(
+        &mut self,
+        base: &Base,
+        schema: u32,
+        data: Vec<u8>,
+        meta: Option<Vec<u8>>,
+        once_key: Option<&str>,
+        expiry: crate::driver::Expiry,
+    ) -> Result<Next, Error> {
+        self.engine.check_size(self.key, &data)?;
+        // Alone on the scope in this process (only the slot map and this update hold the slot):
+        // no turn to take. One that arrives meanwhile at worst races this compare-and-swap.
+        if !self.asked_turn && Arc::strong_count(self.slot) > 2 {
+            self.asked_turn = true;
+            self.turn = self.wait_turn().await;
+            // A turn taken after others committed: rerun on what they wrote, at no cost of a
+            // round trip.
+            if let Some(cached) = self.slot.get() {
+                if Some(cached.revision()) != base.expected() {
+                    tracing::trace!(attempt = self.attempts, "rerun after waiting for the turn");
+                    return Ok(Next::Retry(Start::Unknown));
+                }
+            }
+        }
+        let expected = base.expected();
+        let meta = match &meta {
+            Some(m) => &m[..],
+            None => base.current.as_ref().map_or(&[][..], |r| &r.meta[..]),
+        };
+        let mut write = new_write(schema, &data)
+            .with_meta(meta)
+            .with_claimant(self.engine.claimant)
+            .with_expiry(expiry);
+        let mut held = Duration::from_micros(200);
+        let outcome = loop {
+            let result = self
+                .engine
+                .driver
+                .cas(self.key.as_str(), expected, write)
+                .await;
+            match result {
+                // Refused at the expected revision: another process reserved its turn. Wait
+                // for its write (or the end of its short reservation), then send this again.
+                Ok(CasOutcome::Conflict(Some(r))) if Some(r.revision()) == expected => {
+                    if self.out_of_time() {
+                        break Ok(CasOutcome::Conflict(Some(r)));
+                    }
+                    tokio::time::sleep(held).await;
+                    held = (held * 2).min(Duration::from_millis(5));
+                    write = new_write(schema, &data)
+                        .with_meta(meta)
+                        .with_claimant(self.engine.claimant)
+                        .with_expiry(expiry);
+                }
+                other => break other,
+            }
+        };
+        let token = write.token;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) if e.outcome_unknown() => {
+                let settled = self.settle(base, token, once_key, e).await?;
+                self.engine.bump(Counter::Settled);
+                match settled {
+                    Settled::Committed(record) => {
+                        self.engine.slots.set(self.slot, Some(record));
+                        self.engine.bump(Counter::Commits);
+                        tracing::debug!(attempts = self.attempts, "committed (confirmed by token)");
+                        return Ok(Next::Done);
+                    }
+                    Settled::NotApplied(fresh) => CasOutcome::Conflict(fresh),
+                }
+            }
+            Err(e) => return Err(e.for_scope(self.key.scope())),
+        };
+        match outcome {
+            CasOutcome::Committed(version) => {
+                let tokens = match &base.current {
+                    Some(r) => push_token(&r.tokens, token),
+                    None => vec![token],
+                };
+                let record = Record::new(version, schema, data, tokens).with_meta(meta.to_vec());
+                self.engine.slots.set(self.slot, Some(Arc::new(record)));
+                self.engine.bump(Counter::Commits);
+                tracing::debug!(attempts = self.attempts, version, "committed");
+                Ok(Next::Done)
+            }
+            CasOutcome::Conflict(fresh) => self.on_conflict(base, fresh).await.map(Next::Retry),
+        }
+    }
+
+    /// After a lost compare-and-swap: caches what the conflict returned, gives up when the
+    /// policy says so, else waits (unless only the cache was stale) and says where to go on.
+    async fn on_conflict(&mut self, base: &Base, fresh: Option<Record>) -> Result<Start, Error> {
+        let engine = self.engine;
+        engine.bump(Counter::Conflicts);
+        tracing::debug!(
+            attempt = self.attempts,
+            from_cache = base.from_cache,
+            "conflict"
+        );
+        // Another writer's newer record in the reply: the scope moved on, which is progress,
+        // not a livelock.
+        let progress = fresh
+            .as_ref()
+            .is_some_and(|r| base.current.as_ref().is_none_or(|b| r.version > b.version));
+        let start = match fresh {
+            Some(r) => {
+                let r = Arc::new(r);
+                engine.slots.set(self.slot, Some(r.clone()));
+                Start::Fresh(Some(r))
+            }
+            None => {
+                engine.slots.set(self.slot, None);
+                Start::Unknown
+            }
+        };
+        let elapsed = self.started.elapsed();
+        let deadline = engine.policy.deadline_limit();
+        let out_of_time = deadline.is_some_and(|d| elapsed >= d);
+        if self.attempts >= engine.policy.attempts() || out_of_time {
+            engine.bump(Counter::GaveUp);
+            tracing::warn!(
+                attempts = self.attempts,
+                ?elapsed,
+                "gave up after conflicts"
+            );
+            return Err(Error::Conflict {
+                scope: shorten(self.key.scope()),
+                attempts: self.attempts,
+                elapsed,
+            });
+        }
+        // A stale cache is not contention: retry at once.
+        if base.from_cache {
+            return Ok(start);
+        }
+        // Lost to another process's commit: retry at once on the record it returned. Each
+        // process has at most one attempt in flight on a scope (the turns), so the wasted work is
+        // bounded by the number of processes, and a process that backed off here would keep
+        // arriving one version late while the others commit back to back: it would starve.
+        // Only after many such losses in a row (many processes on one scope) does it back off.
+        if progress && self.streak < engine.policy.immediate_retry_limit() {
+            self.streak += 1;
+            // Lost to another process: it may commit back to back while this one keeps
+            // arriving one revision late. Reserve the next turn so they wait for it.
+            let ttl = engine.policy.reservation_ttl();
+            if self.streak >= 1 && !ttl.is_zero() {
+                match engine
+                    .driver
+                    .reserve(self.key.as_str(), engine.claimant, ttl)
+                    .await
+                {
+                    Ok(true) => engine.bump(Counter::Reservations),
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(error = %e, "reservation failed"),
+                }
+            }
+            return Ok(start);
+        }
+        self.waits += 1;
+        let mut delay = engine.policy.delay_for_retry(self.waits);
+        if let Some(d) = deadline {
+            delay = delay.min(d.saturating_sub(elapsed));
+        }
+        if delay.is_zero() {
+            return Ok(start);
+        }
+        tokio::time::sleep(delay).await;
+        // The record the conflict returned is old news after a wait: start from the cache,
+        // which this process's other tasks keep fresh (a stale entry costs one compare-and-swap
+        // that returns the latest).
+        Ok(Start::Unknown)
+    }
+}
+
+/// Loads the record of `key` and caches it in `slot` (keeping the cached one when it is the
+/// same).
+pub(super) async fn load(
+    engine: &Engine,
+    key: &Key,
+    slot: &Slot,
+) -> Result<Option<Arc<Record>>, Error> {
+    engine.bump(Counter::Loads);
+    let record = engine
+        .driver
+        .load(key.as_str())
+        .await
+        .map_err(|e| e.for_scope(key.scope()))?;
+    Ok(keep_or_cache(engine, slot, record))
+}
+
+/// Caches `record`, freshly read, in `slot`, unless the slot holds the same one already: then
+/// that one (and its memo) is kept and returned.
+pub(super) fn keep_or_cache(
+    engine: &Engine,
+    slot: &Slot,
+    record: Option<Record>,
+) -> Option<Arc<Record>> {
+    if let (Some(r), Some(cached)) = (&record, slot.get()) {
+        if *cached == *r {
+            return Some(cached);
+        }
+    }
+    let record = record.map(Arc::new);
+    engine.slots.set(slot, record.clone());
+    record
+}
+
+/// The encoding of the value an attempt on `key` (cached in `slot`) starts from: see
+/// [`Run::before`].
+pub(super) fn before_of<T: Scope>(
+    slot: &Slot,
+    key: &Key,
+    base: &Base,
+    value: &T,
+) -> Result<Before, Error> {
+    let t = TypeId::of::<T>();
+    if let Some(r) = &base.current {
+        if slot.is_canonical(r, t) {
+            return Ok(Before::Stored(r.clone()));
+        }
+        // Compare while encoding: no buffer for the usual case, where they agree.
+        if codec::encodes_to(value, &r.data) {
+            slot.set_canonical(r, t);
+            return Ok(Before::Stored(r.clone()));
+        }
+    }
+    Ok(Before::Encoded(codec::encode(key.scope(), value)?))
+}
+
+/// A write of `data` at `schema` with a fresh random token (never 0) and initial version.
+pub(crate) fn new_write(schema: u32, data: &[u8]) -> Write<'_> {
+    let mut rng = rand::rng();
+    Write::new(
+        schema,
+        data,
+        rng.random_range(1..=u64::MAX),
+        rng.random_range(1..1u64 << 48),
+    )
+}

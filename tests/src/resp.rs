@@ -1,0 +1,166 @@
+//! A raw RESP client for the Redis tests: to plant records the driver would never write and to
+//! read or change server state (ACL users, scripts, client kills).
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::url::host_port;
+
+/// A RESP2 reply.
+#[derive(Debug, PartialEq)]
+pub enum Resp {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR …`
+    Error(String),
+    /// `:1`
+    Int(i64),
+    /// `$3 abc`, or `$-1` (`None`).
+    Bulk(Option<Vec<u8>>),
+    /// `*2 …`, or `*-1` (`None`).
+    Array(Option<Vec<Resp>>),
+}
+
+/// One connection to a Redis server, speaking RESP2. Every failure panics: it is for tests.
+pub struct RespClient {
+    r: BufReader<TcpStream>,
+}
+
+impl RespClient {
+    /// Connects to the server of `url` (`redis://[…@]host[:port][/db]`) and selects its
+    /// database. The URL's user is not used: the connection is the server's default user.
+    pub async fn connect(url: &str) -> RespClient {
+        let stream = TcpStream::connect(host_port(url)).await.expect("connect");
+        let mut client = RespClient {
+            r: BufReader::new(stream),
+        };
+        let db = url
+            .split_once("://")
+            .and_then(|(_, r)| r.split_once('/'))
+            .map(|(_, p)| p.split('?').next().unwrap_or(""))
+            .unwrap_or("");
+        if !db.is_empty() {
+            client.cmd(&[b"SELECT", db.as_bytes()]).await;
+        }
+        client
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn cmd(&mut self, args: &[&[u8]]) -> Resp {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.r.get_mut().write_all(&out).await.expect("send");
+        self.read().await
+    }
+
+    /// `HGETALL key`.
+    pub async fn hgetall(&mut self, key: &str) -> Resp {
+        self.cmd(&[b"HGETALL", key.as_bytes()]).await
+    }
+
+    async fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.r.read_line(&mut line).await.expect("read");
+        line.trim_end_matches("\r\n").to_owned()
+    }
+
+    fn read(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Resp> + Send + '_>> {
+        Box::pin(async move {
+            let line = self.line().await;
+            let (kind, rest) = line.split_at(1);
+            match kind {
+                "+" => Resp::Simple(rest.to_owned()),
+                "-" => Resp::Error(rest.to_owned()),
+                ":" => Resp::Int(rest.parse().expect("int")),
+                "$" => {
+                    let n: i64 = rest.parse().expect("len");
+                    if n < 0 {
+                        return Resp::Bulk(None);
+                    }
+                    let mut buf = vec![0; n as usize + 2];
+                    self.r.read_exact(&mut buf).await.expect("bulk");
+                    buf.truncate(n as usize);
+                    Resp::Bulk(Some(buf))
+                }
+                "*" => {
+                    let n: i64 = rest.parse().expect("len");
+                    if n < 0 {
+                        return Resp::Array(None);
+                    }
+                    let mut items = Vec::new();
+                    for _ in 0..n {
+                        items.push(self.read().await);
+                    }
+                    Resp::Array(Some(items))
+                }
+                other => panic!("unexpected reply type {other:?}"),
+            }
+        })
+    }
+}
+
+/// Counts the RESP arrays (commands) in a client's byte stream, fed in pieces as they arrive.
+#[derive(Default)]
+pub struct CommandCounter {
+    pending: Vec<u8>,
+    /// Bulk strings still to come in the current command.
+    bulks_left: u64,
+    /// Bytes of a bulk string (with its CRLF) still to skip.
+    skip: usize,
+}
+
+impl CommandCounter {
+    /// Takes the next bytes; returns how many commands started in them.
+    pub fn feed(&mut self, bytes: &[u8]) -> u64 {
+        let mut count = 0;
+        let mut bytes = bytes;
+        loop {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                if self.skip > 0 {
+                    return count;
+                }
+            }
+            let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
+                self.pending.extend_from_slice(bytes);
+                return count;
+            };
+            self.pending.extend_from_slice(&bytes[..=nl]);
+            bytes = &bytes[nl + 1..];
+            let line = std::mem::take(&mut self.pending);
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            if self.bulks_left == 0 {
+                assert!(text.starts_with('*'), "not a command: {text:?}");
+                count += 1;
+                self.bulks_left = text[1..].parse().expect("array length");
+            } else {
+                assert!(text.starts_with('$'), "not a bulk string: {text:?}");
+                let len: usize = text[1..].parse().expect("bulk length");
+                self.skip = len + 2;
+                self.bulks_left -= 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CommandCounter;
+
+    #[test]
+    fn commands_are_counted_across_pieces() {
+        let stream = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\n\r\n\r\n";
+        for split in 0..stream.len() {
+            let mut c = CommandCounter::default();
+            let n = c.feed(&stream[..split]) + c.feed(&stream[split..]);
+            assert_eq!(n, 2, "split at {split}");
+        }
+    }
+}
