@@ -184,6 +184,16 @@ impl Slots {
 
     /// Remembers `record` (or the scope's absence) in `slot`.
     pub(crate) fn set(&self, slot: &Slot, record: Option<Arc<Record>>) {
+        self.set_known(slot, record, None);
+    }
+
+    /// Remembers `record` written by this process from a value of type `t`: its data is `t`'s
+    /// own encoding, so the next update of that type compares against it as is.
+    pub(crate) fn set_own(&self, slot: &Slot, record: Arc<Record>, t: TypeId) {
+        self.set_known(slot, Some(record), Some((t, Verdict::Canonical)));
+    }
+
+    fn set_known(&self, slot: &Slot, record: Option<Arc<Record>>, memo: Option<(TypeId, Verdict)>) {
         let record = if self.caching { record } else { None };
         let new = record.as_deref().map_or(0, weight);
         let old = {
@@ -191,7 +201,7 @@ impl Slots {
             if cached.detached {
                 return;
             }
-            cached.memo = None;
+            cached.memo = if record.is_some() { memo } else { None };
             std::mem::replace(&mut cached.record, record)
         };
         let old = old.as_deref().map_or(0, weight);

@@ -213,7 +213,7 @@ where
                     data,
                     meta,
                     once.map(|o| o.key),
-                    super::expiry_of::<T>(),
+                    Own::of::<T>(),
                 )
                 .await?
             {
@@ -334,8 +334,9 @@ impl<'a> Run<'a> {
         data: Vec<u8>,
         meta: Option<Vec<u8>>,
         once_key: Option<&str>,
-        expiry: crate::driver::Expiry,
+        own: Own,
     ) -> Result<Next, Error> {
+        let Own { expiry, t: own } = own;
         self.engine.check_size(self.key, &data)?;
         // Alone on the scope in this process (only the slot map and this update hold the slot):
         // no turn to take. One that arrives meanwhile at worst races this compare-and-swap.
@@ -409,7 +410,7 @@ impl<'a> Run<'a> {
                     None => vec![token],
                 };
                 let record = Record::new(version, schema, data, tokens).with_meta(meta.to_vec());
-                self.engine.slots.set(self.slot, Some(Arc::new(record)));
+                self.engine.slots.set_own(self.slot, Arc::new(record), own);
                 self.engine.bump(Counter::Commits);
                 tracing::debug!(attempts = self.attempts, version, "committed");
                 Ok(Next::Done)
@@ -558,13 +559,37 @@ pub(super) fn before_of<T: Scope>(
     Ok(Before::Encoded(codec::encode(key.scope(), value)?))
 }
 
+/// What a commit takes from the scope's type: the expiry its writes carry, and the type whose
+/// encoding the written data is.
+struct Own {
+    expiry: crate::driver::Expiry,
+    t: TypeId,
+}
+
+impl Own {
+    fn of<T: Scope>() -> Own {
+        Own {
+            expiry: super::expiry_of::<T>(),
+            t: TypeId::of::<T>(),
+        }
+    }
+}
+
 /// A write of `data` at `schema` with a fresh random token (never 0) and initial version.
 pub(crate) fn new_write(schema: u32, data: &[u8]) -> Write<'_> {
-    let mut rng = rand::rng();
-    Write::new(
-        schema,
-        data,
-        rng.random_range(1..=u64::MAX),
-        rng.random_range(1..1u64 << 48),
-    )
+    let (token, initial) = FAST_RNG.with(|rng| {
+        let mut rng = rng.borrow_mut();
+        (
+            rng.random_range(1..=u64::MAX),
+            rng.random_range(1..1u64 << 48),
+        )
+    });
+    Write::new(schema, data, token, initial)
+}
+
+thread_local! {
+    /// Tokens need to be unpredictable across processes, not secret: a small generator seeded
+    /// from the system's per thread costs a fraction of the cryptographic one per write.
+    static FAST_RNG: std::cell::RefCell<rand::rngs::SmallRng> =
+        std::cell::RefCell::new(rand::SeedableRng::from_rng(&mut rand::rng()));
 }
