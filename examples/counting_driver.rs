@@ -1,7 +1,7 @@
 //! A driver of one's own: [`CountingDriver`] wraps any other driver and counts the calls that
 //! pass through it, the way a metrics or tracing layer would.
 //!
-//! It implements the five calls of [`mp_storage::Driver`] and is handed to
+//! It implements every call of [`mp_storage::Driver`], the optional ones forwarded too, and is handed to
 //! [`Storage::with_driver`](mp_storage::Storage::with_driver); the retry loop, the cache and the
 //! codec stay the engine's. Its test, `examples/tests/counting_driver.rs`, runs the whole
 //! behavior suite on it with `mp_storage::behavior_suite!` (feature `testkit`), as the author of
@@ -29,8 +29,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use mp_storage::driver::{Capabilities, CommitOutcome, Expiry, Op};
 use mp_storage::{CasOutcome, Driver, Error, Record, Revision, Write};
 
 /// How many calls of each kind reached a [`CountingDriver`], failed ones included.
@@ -46,6 +48,12 @@ pub struct Calls {
     pub delete: u64,
     /// `list` calls.
     pub list: u64,
+    /// `load_many` calls.
+    pub load_many: u64,
+    /// `commit` calls (several keys at once, or one checked removal).
+    pub commit: u64,
+    /// `expire`, `sweep` and `reserve` calls together.
+    pub other: u64,
 }
 
 /// Wraps a driver and counts its calls; everything else is the wrapped driver's.
@@ -56,6 +64,9 @@ pub struct CountingDriver {
     put: AtomicU64,
     delete: AtomicU64,
     list: AtomicU64,
+    load_many: AtomicU64,
+    commit: AtomicU64,
+    other: AtomicU64,
 }
 
 impl CountingDriver {
@@ -68,6 +79,9 @@ impl CountingDriver {
             put: AtomicU64::new(0),
             delete: AtomicU64::new(0),
             list: AtomicU64::new(0),
+            load_many: AtomicU64::new(0),
+            commit: AtomicU64::new(0),
+            other: AtomicU64::new(0),
         }
     }
 
@@ -79,6 +93,9 @@ impl CountingDriver {
             put: self.put.load(Ordering::Relaxed),
             delete: self.delete.load(Ordering::Relaxed),
             list: self.list.load(Ordering::Relaxed),
+            load_many: self.load_many.load(Ordering::Relaxed),
+            commit: self.commit.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
         }
     }
 }
@@ -95,6 +112,37 @@ impl Driver for CountingDriver {
 
     fn max_data_len(&self) -> usize {
         self.inner.max_data_len()
+    }
+
+    // A wrapper forwards the optional calls too: their defaults would hide what the wrapped
+    // driver can do (several-key commits, expiry, reservations).
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        count(&self.load_many);
+        self.inner.load_many(keys).await
+    }
+
+    async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
+        count(&self.commit);
+        self.inner.commit(ops).await
+    }
+
+    async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
+        count(&self.other);
+        self.inner.expire(key, expiry).await
+    }
+
+    async fn sweep(&self, limit: usize) -> Result<usize, Error> {
+        count(&self.other);
+        self.inner.sweep(limit).await
+    }
+
+    async fn reserve(&self, key: &str, claimant: u64, ttl: Duration) -> Result<bool, Error> {
+        count(&self.other);
+        self.inner.reserve(key, claimant, ttl).await
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
