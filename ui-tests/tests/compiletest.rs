@@ -1,5 +1,5 @@
 //! The messages of `#[derive(Scope)]`: every compile error is part of the API.
-//! Regenerate the expected output with `TRYBUILD=overwrite cargo test -p mp-storage --test
+//! Regenerate the expected output with `TRYBUILD=overwrite cargo test -p mp-storage-ui-tests --test
 //! compiletest`, then read each `.stderr` before committing it.
 
 #[test]
