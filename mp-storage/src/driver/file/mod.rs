@@ -135,7 +135,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Action, Capabilities, CasOutcome, CommitOutcome, Driver, Op, Record, Revision, Write};
+use super::{
+    Action, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write,
+};
 use crate::{BackendKind, Error};
 
 mod config;
@@ -251,6 +253,7 @@ fn owned(write: Write<'_>) -> OwnedWrite {
         token: write.token,
         initial_version: write.initial_version,
         meta: write.meta.to_vec(),
+        expiry: write.expiry,
     }
 }
 
@@ -261,7 +264,7 @@ impl Driver for FileDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit()
+        Capabilities::NONE.with_multi_key_commit().with_expiry()
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
@@ -334,6 +337,16 @@ impl Driver for FileDriver {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
         let (store, prefix) = (self.store.clone(), prefix.to_owned());
         blocking(move || store.list(&prefix)).await
+    }
+
+    async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
+        let (store, key) = (self.store.clone(), key.to_owned());
+        blocking(move || store.expire(&key, expiry)).await
+    }
+
+    async fn sweep(&self, limit: usize) -> Result<usize, Error> {
+        let store = self.store.clone();
+        blocking(move || store.sweep(limit, false)).await
     }
 }
 

@@ -35,13 +35,20 @@ fn rev(version: u64, token: u64) -> Option<Revision> {
     Some(Revision { version, token })
 }
 
+/// The files of `dir`, but the lock directory.
 fn file_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != name::LOCK_DIR)
         .collect();
     v.sort();
     v
+}
+
+/// The lock file (in the lock directory) of `key`'s stripe.
+fn stripe(key: &str) -> String {
+    name::stripe_file_name(name::stripe_of(&name::stem(key)))
 }
 
 #[tokio::test]
@@ -86,12 +93,8 @@ async fn driver_contract() {
     assert!(!d.delete("k").await.unwrap());
     assert_eq!(d.load("k").await.unwrap(), None);
     assert_eq!(d.list("").await.unwrap(), vec!["new".to_owned()]);
-    // No temp file is left behind.
-    let records: Vec<String> = file_names(d.dir())
-        .into_iter()
-        .filter(|n| !n.ends_with(".lock"))
-        .collect();
-    assert_eq!(records, vec!["new.json"]);
+    // No temp file is left behind, and no lock file beside the records.
+    assert_eq!(file_names(d.dir()), vec!["new.json"]);
 }
 
 #[tokio::test]
@@ -259,10 +262,8 @@ async fn stray_files_are_ignored_and_cleaned() {
     assert_eq!(d.list("").await.unwrap(), vec!["k".to_owned()]);
     assert_eq!(d.load("k").await.unwrap().unwrap().data, b"1");
 
+    // The per-scope lock files of 0.1 go, fresh or not; the user's files stay.
     let d = driver(&dir).await;
-    if !cfg!(unix) {
-        return; // lock files are never removed there
-    }
     assert_eq!(
         file_names(d.dir()),
         vec![
@@ -270,30 +271,82 @@ async fn stray_files_are_ignored_and_cleaned() {
             "Notes.lock",
             "README",
             "Upper.json",
-            "fresh.lock",
             "k.fedcba9876543210.tmp",
             "k.json",
-            "k.lock",
             "notes.tmp",
         ]
     );
     assert_eq!(d.list("").await.unwrap(), vec!["k".to_owned()]);
 }
 
-#[cfg(unix)]
 #[tokio::test]
-async fn lock_files_go_with_their_scope() {
+async fn lock_files_are_a_fixed_set() {
     let dir = TempDir::new();
     let d = driver(&dir).await;
-    d.put("k", w(b"1", 1)).await.unwrap();
-    assert!(dir.0.join("k.lock").exists());
-    assert!(d.delete("k").await.unwrap());
-    assert!(!dir.0.join("k.lock").exists());
+    for i in 0..1000 {
+        d.put(&format!("k{i}"), w(b"1", 1)).await.unwrap();
+    }
+    for i in (0..1000).step_by(2) {
+        assert!(d.delete(&format!("k{i}")).await.unwrap());
+    }
+    // One file per scope, and the stripes.
+    assert_eq!(file_names(d.dir()).len(), 500);
+    assert!(file_names(d.dir()).iter().all(|n| n.ends_with(".json")));
+    let locks = file_names(&dir.0.join(name::LOCK_DIR));
+    assert!(
+        (200..=usize::from(name::STRIPES)).contains(&locks.len()),
+        "{locks:?}"
+    );
+    assert!(locks.iter().all(|n| n.ends_with(".lock") && n.len() == 7));
+    assert!(d.delete("k1").await.unwrap());
     assert_eq!(
-        d.cas("k", rev(1, 0), w(b"1", 1)).await.unwrap(),
+        d.cas("k1", rev(1, 0), w(b"1", 1)).await.unwrap(),
         CasOutcome::Conflict(None)
     );
-    assert_eq!(file_names(d.dir()), Vec::<String>::new());
+    assert!(!dir.0.join("k1.json").exists());
+}
+
+/// Scopes that share a stripe take turns, within a process and across drivers, and a
+/// several-scope commit over two scopes of one stripe takes it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scopes_of_one_stripe_share_it_safely() {
+    let dir = TempDir::new();
+    let mut same = Vec::new();
+    let want = name::stripe_of(&name::stem("s0"));
+    for i in 0.. {
+        let key = format!("s{i}");
+        if name::stripe_of(&name::stem(&key)) == want {
+            same.push(key);
+            if same.len() == 3 {
+                break;
+            }
+        }
+    }
+    let a = Storage::with_driver(Arc::new(driver(&dir).await)).unwrap();
+    let b = Storage::with_driver(Arc::new(driver(&dir).await)).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6usize {
+        let st = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let same = same.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..30 {
+                st.scoped(&same[i % 3], |n: &mut u64| *n += 1)
+                    .await
+                    .unwrap();
+                let pair = [same[i % 3].as_str(), same[(i + 1) % 3].as_str()];
+                st.scoped_many(&pair, |n: &mut [u64]| n[1] += 1)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all: Vec<Option<u64>> = a.get_many(&same).await.unwrap();
+    assert_eq!(all.iter().flatten().sum::<u64>(), 360);
+    assert_eq!(leftovers(&dir.0), Vec::<String>::new());
+    assert_eq!(marked(&dir.0), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -392,20 +445,21 @@ async fn revision(d: &FileDriver, key: &str) -> Option<Revision> {
     d.load(key).await.unwrap().map(|r| r.revision())
 }
 
-/// The files of the directory other than records and lock files: temp files, intent records.
+/// The files of the directory other than records: temp files, intent records.
 fn leftovers(dir: &Path) -> Vec<String> {
     file_names(dir)
         .into_iter()
-        .filter(|n| !n.ends_with(".json") && !n.ends_with(".lock"))
+        .filter(|n| !n.ends_with(".json"))
         .collect()
 }
 
-/// The lock files that are not empty (that hold a commit's marker).
+/// The stripe lock files that are not empty (that hold a commit's marker).
 fn marked(dir: &Path) -> Vec<String> {
-    file_names(dir)
+    let locks = dir.join(name::LOCK_DIR);
+    file_names(&locks)
         .into_iter()
         .filter(|n| n.ends_with(".lock"))
-        .filter(|n| std::fs::metadata(dir.join(n)).unwrap().len() > 0)
+        .filter(|n| std::fs::metadata(locks.join(n)).unwrap().len() > 0)
         .collect()
 }
 
@@ -509,12 +563,9 @@ async fn several_keys_commit_and_leave_no_journal() {
     assert_eq!(d.load("c").await.unwrap().unwrap().data, b"c1");
     assert_eq!(revision(&d, "b").await, rb, "a check writes nothing");
     assert_eq!(d.list("").await.unwrap(), vec!["a", "b", "c"]);
-    // Nothing but records and lock files, all empty, and none for the absent scope.
+    // Nothing but records, and the lock files all empty.
     assert_eq!(leftovers(d.dir()), Vec::<String>::new());
     assert_eq!(marked(d.dir()), Vec::<String>::new());
-    if cfg!(unix) {
-        assert!(!dir.0.join("absent.lock").exists());
-    }
     // A stale op fails the commit: nothing written, the failed ops with their records.
     match d.commit(&ops).await.unwrap() {
         CommitOutcome::Conflict(failed) => {
@@ -712,7 +763,7 @@ async fn a_crash_before_the_intent_leaves_the_old_records() {
         CasOutcome::Committed(v) => assert_eq!(Some(v), before[0].map(|r| r.version + 1)),
         other => panic!("{other:?}"),
     }
-    assert!(!marked(d.dir()).contains(&"a.lock".to_owned()));
+    assert!(!marked(d.dir()).contains(&stripe("a")));
     // Its temp files are a crashed writer's: removed once stale, under their locks.
     assert_eq!(temp_ids(d.dir()).len(), 1);
     d.store.clean_up(Duration::ZERO).unwrap();
@@ -735,9 +786,8 @@ async fn stale_clean_up_spares_a_cut_short_commit() {
         left,
         "a pending commit's files are kept"
     );
-    // The lock file of the scope it creates is kept too, marker and all.
-    d.store.remove_orphan_lock("c", &dir.0.join("c.lock"));
-    assert!(marked(d.dir()).contains(&"c.lock".to_owned()));
+    // The lock file of the scope it creates keeps its marker.
+    assert!(marked(d.dir()).contains(&stripe("c")));
     let reopened = driver(&dir).await;
     assert_rolled_forward(&reopened, before).await;
 }
