@@ -333,11 +333,11 @@ mod tests {
             1_000_000,
             SHARDS * 3 * weight(&rec(0, 100).unwrap()),
         ));
-        let threads: Vec<_> = (0..4)
+        let threads: Vec<_> = (0..8)
             .map(|t| {
                 let s = s.clone();
                 std::thread::spawn(move || {
-                    for i in 0..20_000u64 {
+                    for i in 0..50_000u64 {
                         let key = format!("k{}", (i * 7 + t) % 40);
                         let len = usize::try_from(i % 3).unwrap() * 100;
                         s.put(&key, if i % 5 == 0 { None } else { rec(i, len) });
