@@ -172,7 +172,11 @@ impl Store {
             None
         };
         let locks = dir.join(LOCK_DIR);
-        fs::create_dir_all(&locks).map_err(|e| io_error("create directory", &locks, e))?;
+        // A store that cannot be written (a read-only mount of a 0.1 directory) still reads:
+        // its writes fail on the lock directory, with this error.
+        if let Err(e) = fs::create_dir_all(&locks) {
+            tracing::warn!(path = %locks.display(), error = %e, "no lock directory: writes will fail");
+        }
         let store = Store {
             expiry_used: AtomicBool::new(locks.join(EXPIRY_FLAG).exists()),
             dir,
@@ -720,7 +724,14 @@ impl Store {
     /// is a timeout before anything was written.
     pub(super) fn lock_until(&self, path: &Path, deadline: Instant) -> Result<ScopeLock, Error> {
         let wait = deadline.saturating_duration_since(Instant::now());
-        match ScopeLock::acquire_within(path, wait) {
+        let mut taken = ScopeLock::acquire_within(path, wait);
+        if matches!(&taken, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            // No lock directory: made now (removed by hand, or not writable at open).
+            fs::create_dir_all(&self.locks)
+                .map_err(|e| io_error("create directory", &self.locks, e))?;
+            taken = ScopeLock::acquire_within(path, wait);
+        }
+        match taken {
             Ok(Some(lock)) => Ok(lock),
             Ok(None) => Err(Error::backend_unsent(
                 "file",

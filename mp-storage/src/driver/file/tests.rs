@@ -882,3 +882,230 @@ async fn the_intent_record_is_no_key_file() {
     assert_eq!(v["writes"][2]["key"], "c");
     assert_eq!(v["writes"][2]["replaces"], serde_json::Value::Null);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Expiry
+
+/// A write with `expiry`.
+fn we(data: &[u8], token: u64, expiry: Expiry) -> Write<'_> {
+    w(data, token).with_expiry(expiry)
+}
+
+/// A time `ms` milliseconds from now (before now when negative), in ms since 1970.
+fn at(ms: i64) -> u64 {
+    crate::driver::now_ms().saturating_add_signed(ms)
+}
+
+#[tokio::test]
+async fn expired_records_are_absent_in_every_process() {
+    let dir = TempDir::new();
+    let (a, b) = (driver(&dir).await, driver(&dir).await);
+    assert!(a.capabilities().expiry);
+    a.put("k", we(b"1", 1, Expiry::After(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    let r = b.load("k").await.unwrap().unwrap();
+    let expires_at = r.expires_at.unwrap();
+    assert!(expires_at > at(50_000) && expires_at <= at(60_000));
+    // Keep keeps it; an update changes the revision, `expire` does not.
+    assert_eq!(
+        b.cas("k", Some(r.revision()), we(b"2", 2, Expiry::Keep))
+            .await
+            .unwrap(),
+        CasOutcome::Committed(1001)
+    );
+    let r = a.load("k").await.unwrap().unwrap();
+    assert_eq!(r.expires_at, Some(expires_at));
+    assert!(b.expire("k", Expiry::At(at(-1))).await.unwrap());
+    // Gone for every call of either driver, at once.
+    for d in [&a, &b] {
+        assert_eq!(d.load("k").await.unwrap(), None);
+        assert_eq!(d.load_many(&["k"]).await.unwrap(), vec![None]);
+        assert_eq!(d.list("").await.unwrap(), Vec::<String>::new());
+        assert!(!d.expire("k", Expiry::Never).await.unwrap());
+    }
+    // A compare-and-swap from the old revision finds nothing; one expecting absence creates
+    // the scope anew, at the initial version, with its own tokens and no expiry.
+    assert_eq!(
+        a.cas("k", Some(r.revision()), w(b"3", 3)).await.unwrap(),
+        CasOutcome::Conflict(None)
+    );
+    assert!(dir.0.join("k.json").exists(), "not reclaimed yet");
+    assert_eq!(
+        a.cas("k", None, w(b"3", 3)).await.unwrap(),
+        CasOutcome::Committed(1000)
+    );
+    let r = b.load("k").await.unwrap().unwrap();
+    assert_eq!(
+        (r.version, &r.tokens[..], r.expires_at),
+        (1000, &[3][..], None)
+    );
+    // `put` over an expired record starts afresh too; Never clears, At sets.
+    a.expire("k", Expiry::At(at(-1))).await.unwrap();
+    assert_eq!(a.put("k", w(b"4", 4)).await.unwrap(), 1000);
+    a.put("k", we(b"5", 5, Expiry::At(at(60_000))))
+        .await
+        .unwrap();
+    assert!(a.load("k").await.unwrap().unwrap().expires_at.is_some());
+    let v = a.load("k").await.unwrap().unwrap().revision();
+    assert!(a.expire("k", Expiry::Never).await.unwrap());
+    let r = a.load("k").await.unwrap().unwrap();
+    assert_eq!((r.revision(), r.expires_at), (v, None));
+    // `delete` of an expired record says it was not there, and its file goes.
+    a.expire("k", Expiry::At(at(-1))).await.unwrap();
+    assert!(!b.delete("k").await.unwrap());
+    assert!(!dir.0.join("k.json").exists());
+    // So does a delete at the revision of absence.
+    a.put("k", we(b"6", 6, Expiry::At(at(-1)))).await.unwrap();
+    assert_eq!(
+        a.commit(&[Op {
+            key: "k",
+            expected: None,
+            action: Action::Delete
+        }])
+        .await
+        .unwrap(),
+        CommitOutcome::Committed(vec![None])
+    );
+    assert_eq!(file_names(a.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn several_scope_commits_see_expired_scopes_as_absent() {
+    let dir = TempDir::new();
+    let d = driver(&dir).await;
+    d.put("a", w(b"a0", 1)).await.unwrap();
+    d.put("b", we(b"b0", 2, Expiry::At(at(60_000))))
+        .await
+        .unwrap();
+    let (ra, rb) = (revision(&d, "a").await, revision(&d, "b").await);
+    d.expire("b", Expiry::At(at(-1))).await.unwrap();
+    let op = |key, expected, data| Op {
+        key,
+        expected,
+        action: Action::Write(w(data, 9)),
+    };
+    match d
+        .commit(&[op("a", ra, b"a1"), op("b", rb, b"b1")])
+        .await
+        .unwrap()
+    {
+        CommitOutcome::Conflict(failed) => assert_eq!(failed, vec![(1, None)]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        d.commit(&[op("a", ra, b"a1"), op("b", None, b"b1")])
+            .await
+            .unwrap(),
+        CommitOutcome::Committed(vec![ra.map(|r| r.version + 1), Some(1000)])
+    );
+    let b = d.load("b").await.unwrap().unwrap();
+    assert_eq!(
+        (b.version, &b.tokens[..], b.expires_at),
+        (1000, &[9][..], None)
+    );
+}
+
+#[tokio::test]
+async fn a_cut_short_commit_over_an_expired_scope_rolls_forward() {
+    let dir = TempDir::new();
+    let d = driver(&dir).await;
+    d.put("a", w(b"a0", 1)).await.unwrap();
+    d.put("b", we(b"b0", 2, Expiry::At(at(-1)))).await.unwrap();
+    let ra = revision(&d, "a").await;
+    let ops = [wop("a", ra, b"a1", 11), wop("b", None, b"b1", 12)];
+    d.store.commit_until(&ops, Until::Intent).unwrap();
+    // The sweep takes the lock of `b`, so it settles the commit before it looks at `b`.
+    assert_eq!(d.store.sweep(100, true).unwrap(), 0);
+    let b = d.load("b").await.unwrap().unwrap();
+    assert_eq!((b.data.as_slice(), b.version), (&b"b1"[..], 1000));
+    assert_eq!(d.load("a").await.unwrap().unwrap().data, b"a1");
+    assert_eq!(leftovers(d.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn sweeps_reclaim_expired_records_only() {
+    let dir = TempDir::new();
+    let d = driver(&dir).await;
+    // Nothing ever expired: no sweep reads anything.
+    d.put("live", w(b"1", 1)).await.unwrap();
+    assert_eq!(d.store.sweep(100, true).unwrap(), 0);
+    for i in 0..10 {
+        d.put(&format!("old{i}"), we(b"1", 1, Expiry::At(at(-1))))
+            .await
+            .unwrap();
+    }
+    d.put("later", we(b"1", 1, Expiry::At(at(60_000))))
+        .await
+        .unwrap();
+    let long = "l".repeat(300);
+    d.put(&long, we(b"1", 1, Expiry::At(at(-1)))).await.unwrap();
+    assert_eq!(file_names(d.dir()).len(), 13);
+    // A limit stops it, and leaves the next sweep due at once.
+    assert_eq!(d.sweep(4).await.unwrap(), 4);
+    assert_eq!(d.sweep(100).await.unwrap(), 7);
+    // The last sweep was whole: the next is not due for a while.
+    d.put("old0", we(b"1", 1, Expiry::At(at(-1))))
+        .await
+        .unwrap();
+    assert_eq!(d.sweep(100).await.unwrap(), 0);
+    assert_eq!(d.store.sweep(100, true).unwrap(), 1);
+    assert_eq!(file_names(d.dir()), vec!["later.json", "live.json"]);
+    // A new process sweeps on open when a sweep is due.
+    d.put("old1", we(b"1", 1, Expiry::At(at(-1))))
+        .await
+        .unwrap();
+    std::fs::write(dir.0.join(name::LOCK_DIR).join("sweep.lock"), b"0").unwrap();
+    let reopened = driver(&dir).await;
+    assert_eq!(file_names(reopened.dir()), vec!["later.json", "live.json"]);
+}
+
+#[test]
+fn a_sweep_spares_a_scope_written_again_after_it_expired() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = TempDir::new();
+    let d = rt.block_on(driver(&dir));
+    rt.block_on(d.put("k", we(b"old", 1, Expiry::At(at(-1)))))
+        .unwrap();
+    // Hold the scope's lock, as a writer does, while the sweep finds the record expired.
+    let files = d.store.files("k").unwrap();
+    let lock = d.store.lock_until(&files.lock, d.store.deadline()).unwrap();
+    let store = d.store.clone();
+    let sweep = std::thread::spawn(move || store.sweep(100, true).unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    // The writer writes the scope anew (it was absent: expired), then lets go.
+    let fresh = owned(w(b"new", 2));
+    d.store.replace("k", &files, None, &fresh).unwrap();
+    drop(lock);
+    assert_eq!(sweep.join().unwrap(), 0);
+    let r = rt.block_on(d.load("k")).unwrap().unwrap();
+    assert_eq!((r.data.as_slice(), r.expires_at), (&b"new"[..], None));
+}
+
+#[tokio::test]
+async fn old_records_without_expiry_still_read() {
+    let dir = TempDir::new();
+    let d = driver(&dir).await;
+    // As 0.1 wrote it, beside its per-scope lock file.
+    std::fs::write(
+        dir.0.join("k.json"),
+        "{\"format\":1,\"key\":\"k\",\"version\":8,\"schema\":0,\"len\":1,\"tokens\":[\"00000000000000a1\"]}\n7\n",
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("k.lock"), b"").unwrap();
+    let d2 = driver(&dir).await;
+    for d in [&d, &d2] {
+        let r = d.load("k").await.unwrap().unwrap();
+        assert_eq!(
+            (r.version, r.data.as_slice(), r.expires_at),
+            (8, &b"7"[..], None)
+        );
+        assert_eq!(d.list("").await.unwrap(), vec!["k"]);
+    }
+    assert_eq!(file_names(d.dir()), vec!["k.json"]);
+    assert!(d
+        .expire("k", Expiry::After(Duration::from_secs(60)))
+        .await
+        .unwrap());
+    assert_eq!(d.list("").await.unwrap(), vec!["k"]);
+}
