@@ -38,10 +38,12 @@
 //!
 //! Beside the records, the subdirectory `%locks` holds the lock files: at most 256 of them,
 //! `00.lock` to `ff.lock`, whatever the number of scopes (see *Writes*), and two small files of
-//! the expiry sweep. **Disk cost**: one file (one inode) per scope, of about 120 bytes plus the
-//! data and the key (a one-counter scope: 157 bytes, one 4 KiB block on ext4), plus the
-//! directory entry; and, for the whole store, the `%locks` directory and its 258 empty or
-//! near-empty files.
+//! the expiry sweep. **Disk cost**: one file (one inode) per scope: a header of about 90 bytes
+//! plus the key, 19 bytes per commit token kept (up to 16) and the data; for a one-counter scope
+//! named `counter:N`, 123 bytes, which take one 4 KiB block on ext4, plus its directory entry.
+//! The whole store adds the `%locks` directory and its at most 258 empty or near-empty files.
+//! (100,000 such scopes: 100,258 inodes and 410 MB allocated, against 200,001 inodes for 0.1,
+//! which kept an empty lock file beside each record.)
 //!
 //! # Writes
 //!

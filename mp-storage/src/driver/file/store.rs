@@ -222,10 +222,7 @@ impl Store {
                 continue;
             }
             // Only files this driver names: a user's `notes.tmp` is left alone.
-            if file_name
-                .strip_suffix(LOCK_EXT)
-                .is_some_and(|stem| name::is_stem(stem))
-            {
+            if file_name.strip_suffix(LOCK_EXT).is_some_and(name::is_stem) {
                 legacy_locks.push(entry.path());
                 continue;
             }

@@ -369,7 +369,7 @@ async fn concurrent_increments_with_deletes_elsewhere() {
                     .await
                     .unwrap(),
                 );
-                // Churn on another scope exercises lock file removal.
+                // Churn on another scope: creates and removals beside the counted updates.
                 st.scoped("churn", |n: &mut u64| *n += 1).await.unwrap();
                 st.remove("churn").await.unwrap();
             }
