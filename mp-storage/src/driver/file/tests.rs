@@ -1109,3 +1109,25 @@ async fn old_records_without_expiry_still_read() {
         .unwrap());
     assert_eq!(d.list("").await.unwrap(), vec!["k"]);
 }
+
+/// A 0.1 directory whose commit was cut short: its markers are in per-scope lock files beside
+/// the records. `open` rolls the commit forward and removes those files.
+#[tokio::test]
+async fn a_cut_short_commit_of_0_1_is_settled_on_open() {
+    let dir = TempDir::new();
+    let (d, before) = crashed(&dir, Until::Renames(1)).await;
+    let id = temp_ids(d.dir())[0];
+    // Move the markers to where 0.1 kept them.
+    for key in ["a", "b", "c"] {
+        std::fs::write(dir.0.join(format!("{key}.lock")), format!("{id:016x}\n")).unwrap();
+        std::fs::write(dir.0.join(name::LOCK_DIR).join(stripe(key)), b"").unwrap();
+    }
+    std::fs::write(dir.0.join("other.lock"), b"").unwrap();
+    drop(d);
+    let reopened = driver(&dir).await;
+    assert_rolled_forward(&reopened, before).await;
+    assert_eq!(
+        file_names(reopened.dir()),
+        vec!["a.json", "b.json", "c.json"]
+    );
+}
