@@ -82,11 +82,8 @@ async fn processes_count_exactly(options: &str, increments: usize) {
         "4 processes x 4 tasks x {increments} increments ({url}): {:?}",
         started.elapsed()
     );
-    // Nothing but the record and its lock is left.
-    assert_eq!(
-        file_names(dir.path()),
-        vec!["mp%2fhot.json", "mp%2fhot.lock"]
-    );
+    // Nothing but the record and the lock directory is left.
+    assert_eq!(file_names(dir.path()), vec!["%locks", "mp%2fhot.json"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -567,11 +564,10 @@ fn a_stopped_lock_holder_times_out_writers() {
     });
     rx.recv_timeout(Duration::from_secs(20))
         .expect("the writer acknowledged nothing");
-    let stem = record_file_name("killed");
-    let lock = dir.path().join(format!(
-        "{}.lock",
-        stem.strip_suffix(".json").expect("a record file name")
-    ));
+    let lock = rt
+        .block_on(FileDriver::open(dir.path(), FileOptions::new()))
+        .expect("open")
+        .lock_path("killed");
 
     // Stop it, and look whether it stopped inside the lock; else let it go on a little.
     let mut held = false;
@@ -787,11 +783,14 @@ fn any_key_is_stored_and_listed_exactly() {
     want.dedup();
     let all = rt.block_on(st.list("")).expect("list");
     assert_eq!(all, want);
-    // Every file is directly inside the directory.
+    // Every file is directly inside the directory, but the lock files in theirs.
     for entry in std::fs::read_dir(dir.path()).expect("read_dir") {
         let entry = entry.expect("entry");
-        assert!(entry.file_type().expect("type").is_file());
+        let is_file = entry.file_type().expect("type").is_file();
+        assert!(is_file || entry.file_name() == "%locks", "{entry:?}");
     }
+    let locks = std::fs::read_dir(dir.path().join("%locks")).expect("read_dir");
+    assert!(locks.count() <= 256);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -974,8 +973,13 @@ async fn full_disk_keeps_several_scopes_whole() {
                 .any(|n| n.ends_with(".tmp") || n.ends_with(".intent")),
             "left: {names:?}"
         );
-        for n in names.iter().filter(|n| n.ends_with(".lock")) {
-            let len = std::fs::metadata(disk.path().join(n)).expect("stat").len();
+        for n in file_names(&disk.path().join("%locks"))
+            .iter()
+            .filter(|n| n.ends_with(".lock"))
+        {
+            let len = std::fs::metadata(disk.path().join("%locks").join(n))
+                .expect("stat")
+                .len();
             assert_eq!(len, 0, "{n} holds a commit marker");
         }
     };
@@ -1094,4 +1098,69 @@ fn bare_commit(d: &Path, dir_handle: &std::fs::File, i: usize) {
     drop(f);
     std::fs::rename(&tmp, d.join("counter.json")).expect("rename");
     dir_handle.sync_all().expect("dir fsync");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk cost
+
+/// Files and bytes on disk of one-counter scopes: `cargo test -p mp-storage-tests --test file
+/// -- --ignored --nocapture disk_cost` (`MP_FILE_TEST_SCOPES`, default 100,000). One file per
+/// scope, and the lock directory (at most 258 files) for the whole store.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: 100,000 scopes take a while"]
+async fn disk_cost() {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &Path, totals: &mut [u64; 4]) {
+        for e in std::fs::read_dir(p).expect("read_dir") {
+            let e = e.expect("entry");
+            let m = std::fs::symlink_metadata(e.path()).expect("stat");
+            totals[2] += m.len();
+            totals[3] += m.blocks() * 512;
+            if m.is_dir() {
+                totals[1] += 1;
+                walk(&e.path(), totals);
+            } else {
+                totals[0] += 1;
+            }
+        }
+    }
+    let n: u64 = std::env::var("MP_FILE_TEST_SCOPES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let st = Storage::open(&format!("file:{}?fsync=false", dir.path().display()))
+        .await
+        .expect("open");
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let st = st.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < n {
+                st.scoped(&format!("counter:{i}"), |c: &mut Counter| c.count += 1)
+                    .await
+                    .expect("update");
+                i += 8;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    // Files, subdirectories, bytes (apparent), bytes (allocated).
+    let mut totals = [0u64; 4];
+    walk(dir.path(), &mut totals);
+    let [files, dirs, len, alloc] = totals;
+    let top = std::fs::metadata(dir.path()).expect("stat").len();
+    eprintln!(
+        "{n} scopes: {files} files and {dirs} subdirectories ({} inodes with the store's \
+         directory), {len} bytes ({:.1} a scope), {alloc} bytes allocated ({:.0} a scope), the \
+         directory itself {top} bytes",
+        files + dirs + 1,
+        len as f64 / n as f64,
+        alloc as f64 / n as f64,
+    );
+    assert!(files <= n + 258, "{files} files for {n} scopes");
 }

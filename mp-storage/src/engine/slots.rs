@@ -196,24 +196,33 @@ impl Slots {
     fn set_known(&self, slot: &Slot, record: Option<Arc<Record>>, memo: Option<(TypeId, Verdict)>) {
         let record = if self.caching { record } else { None };
         let new = record.as_deref().map_or(0, weight);
-        let old = {
+        let bytes = &self.bytes[slot.shard];
+        // The count changes under the slot's lock, like the slot's record, so that it never
+        // drops below what the shard's slots hold: `trim` takes a detached slot's weight off
+        // under that lock too, and a change counted after it (the record swapped before, the
+        // count after) would first take off what was never added.
+        let over = {
             let mut cached = slot.lock();
             if cached.detached {
                 return;
             }
             cached.memo = if record.is_some() { memo } else { None };
-            std::mem::replace(&mut cached.record, record)
-        };
-        let old = old.as_deref().map_or(0, weight);
-        let bytes = &self.bytes[slot.shard];
-        if new > old {
-            let now = bytes.fetch_add(new - old, Ordering::Relaxed) + (new - old);
-            if now > self.bytes_per_shard {
-                let mut map = self.lock_shard(slot.shard);
-                self.trim(slot.shard, &mut map);
+            let old = std::mem::replace(&mut cached.record, record);
+            let old = old.as_deref().map_or(0, weight);
+            if new > old {
+                let now = bytes
+                    .fetch_add(new - old, Ordering::Relaxed)
+                    .saturating_add(new - old);
+                now > self.bytes_per_shard
+            } else {
+                bytes.fetch_sub(old - new, Ordering::Relaxed);
+                false
             }
-        } else if old > new {
-            bytes.fetch_sub(old - new, Ordering::Relaxed);
+        };
+        // Outside the slot's lock: `trim` takes the shard's lock, then slots' locks.
+        if over {
+            let mut map = self.lock_shard(slot.shard);
+            self.trim(slot.shard, &mut map);
         }
     }
 
@@ -325,6 +334,35 @@ mod tests {
         assert!(a.is_canonical(&r, t));
         s.set(&a, Some(other.clone()));
         assert!(a.verdict(&other, t).is_none() && a.verdict(&r, t).is_none());
+    }
+
+    #[test]
+    fn byte_count_stays_exact_while_trims_race_with_sets() {
+        // A budget of a few records per shard, so that sets and trims meet all the time.
+        let s = Arc::new(Slots::new(
+            1_000_000,
+            SHARDS * 3 * weight(&rec(0, 100).unwrap()),
+        ));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50_000u64 {
+                        let key = format!("k{}", (i * 7 + t) % 40);
+                        let len = usize::try_from(i % 3).unwrap() * 100;
+                        s.put(&key, if i % 5 == 0 { None } else { rec(i, len) });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let held: usize = (0..40)
+            .filter_map(|k| s.get(&format!("k{k}")))
+            .map(|r| weight(&r))
+            .sum();
+        assert_eq!(s.bytes(), held);
     }
 
     #[test]

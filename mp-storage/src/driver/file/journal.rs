@@ -2,22 +2,28 @@
 //! and the recovery of a commit whose process died half-way (see the module docs of the driver,
 //! section *Writes*).
 //!
-//! A commit of several writes, holding every scope's lock:
+//! A commit of several writes, holding the locks of every scope (their stripes, in ascending
+//! order, each once):
 //!
 //! 1. writes each new record to its temp file `<stem>.<id>.tmp` (synced);
-//! 2. writes the marker `<id>` into each written scope's lock file;
+//! 2. writes the marker `<id>` into the lock file of each written scope's stripe;
 //! 3. writes the intent record `%commit.<id>.intent` and syncs it and the directory: from here
 //!    the commit is decided, and whoever finds the intent rolls it forward;
 //! 4. renames the temp files over the records and syncs the directory;
 //! 5. removes the intent record and empties the lock files.
 //!
-//! Recovery of commit `id` takes the locks of its scopes in stem order, reads the intent again
+//! Recovery of commit `id` takes the locks of its scopes in stripe order, reads the intent again
 //! and, when it is still there: a whole intent is rolled *forward* (every temp file still there
 //! is renamed over its record; one that is gone was renamed already); a torn one (its writer
 //! died while writing it, before any rename) is rolled *back* (the intent, then the temp files
 //! are removed). A commit holds its locks from step 1 to step 5, so an intent whose locks
 //! another process holds is no longer being written: its commit died, or finished and removed
 //! it.
+//!
+//! Expiry: the checks see an expired record as absent (the commit creates the scope anew over
+//! it), while the intent names the revision of the file the commit replaces, expired or not,
+//! since that is what recovery finds there (a sweep takes the lock, so it settles the commit
+//! before it can delete that file).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
@@ -26,10 +32,10 @@ use std::time::Instant;
 
 use super::intent::{self, Intent};
 use super::lock::{Marker, ScopeLock};
-use super::name::{self, LOCK_EXT};
+use super::name;
 use super::record;
-use super::store::{io_error, Files, OwnedWrite, Store, TempFiles};
-use crate::driver::{CommitOutcome, Record, Revision, MAX_COMMIT_KEYS};
+use super::store::{io_error, live, Files, OwnedWrite, Store, TempFiles};
+use crate::driver::{now_ms, CommitOutcome, Record, Revision, MAX_COMMIT_KEYS};
 use crate::error::shorten;
 use crate::{BackendKind, Error};
 
@@ -82,10 +88,9 @@ impl Store {
             .iter()
             .map(|op| self.files(&op.key))
             .collect::<Result<Vec<Files>, Error>>()?;
-        // Every lock in stem order, the one order of every taker of several locks.
-        let mut order: Vec<usize> = (0..ops.len()).collect();
-        order.sort_by(|&a, &b| files[a].stem.cmp(&files[b].stem));
-        if let Some(w) = order
+        let mut by_stem: Vec<usize> = (0..ops.len()).collect();
+        by_stem.sort_by(|&a, &b| files[a].stem.cmp(&files[b].stem));
+        if let Some(w) = by_stem
             .windows(2)
             .find(|w| files[w[0]].stem == files[w[1]].stem)
         {
@@ -94,18 +99,24 @@ impl Store {
                 reason: "the name appears twice in one commit",
             });
         }
-        let paths: Vec<&Path> = order.iter().map(|&i| files[i].lock.as_path()).collect();
-        let held = self.lock_scopes(&paths, self.deadline())?;
-        let mut locks: Vec<Option<ScopeLock>> = ops.iter().map(|_| None).collect();
-        for (&i, lock) in order.iter().zip(held) {
-            locks[i] = Some(lock);
-        }
+        // Every stripe once, in ascending order: the one order of every taker of several locks.
+        let mut paths: Vec<&Path> = files.iter().map(|f| f.lock.as_path()).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        let locks = self.lock_scopes(&paths, self.deadline())?;
+        // The lock each op's scope is under.
+        let lock_of: Vec<usize> = files
+            .iter()
+            .map(|f| paths.binary_search(&f.lock.as_path()).unwrap_or(0))
+            .collect();
 
-        // Every check, under every lock, before any write.
-        let mut current = Vec::with_capacity(ops.len());
+        // Every check, under every lock, before any write; an expired record is absent.
+        let now = now_ms();
+        let mut raw = Vec::with_capacity(ops.len());
         for (op, f) in ops.iter().zip(&files) {
-            current.push(self.read(&op.key, &f.record)?);
+            raw.push(self.read(&op.key, &f.record)?);
         }
+        let current: Vec<Option<Record>> = raw.iter().map(|r| live(r.clone(), now)).collect();
         let failed: Vec<(usize, Option<Record>)> = ops
             .iter()
             .zip(&current)
@@ -114,7 +125,6 @@ impl Store {
             .map(|(i, (_, cur))| (i, cur.clone()))
             .collect();
         if !failed.is_empty() {
-            release(locks, &current, |_| true);
             return Ok(CommitOutcome::Conflict(failed));
         }
 
@@ -129,21 +139,32 @@ impl Store {
                         Some(self.replace(&ops[i].key, &files[i], current[i].as_ref(), w)?);
                 }
             }
-            _ => self.journaled(ops, &files, &current, &locks, &writes, &mut versions, until)?,
+            _ => {
+                // The stripes of the written scopes, each once.
+                let mut marked: Vec<usize> = writes.iter().map(|&i| lock_of[i]).collect();
+                marked.sort_unstable();
+                marked.dedup();
+                let marked: Vec<&ScopeLock> = marked.iter().filter_map(|&l| locks.get(l)).collect();
+                let state = Current {
+                    live: &current,
+                    raw: &raw,
+                };
+                self.journaled(ops, &files, &state, &marked, &writes, &mut versions, until)?;
+            }
         }
-        // Lock files of the scopes checked absent, which stay absent.
-        release(locks, &current, |i| ops[i].write.is_none());
+        drop(locks);
         Ok(CommitOutcome::Committed(versions))
     }
 
-    /// Steps 1 to 5 of the module docs for the ops `writes` (at least two), every lock held.
+    /// Steps 1 to 5 of the module docs for the ops `writes` (at least two), every lock held;
+    /// `written` are the locks of their stripes, each once.
     #[allow(clippy::too_many_arguments)]
     fn journaled(
         &self,
         ops: &[OwnedOp],
         files: &[Files],
-        current: &[Option<Record>],
-        locks: &[Option<ScopeLock>],
+        current: &Current<'_>,
+        written: &[&ScopeLock],
         writes: &[usize],
         versions: &mut [Option<u64>],
         until: Until,
@@ -153,17 +174,16 @@ impl Store {
         let mut temps = TempFiles::default();
         for &i in writes {
             let Some(w) = &ops[i].write else { continue };
-            let (version, bytes) = self.encode(&ops[i].key, current[i].as_ref(), w)?;
+            let (version, bytes) = self.encode(&ops[i].key, current.live[i].as_ref(), w)?;
             let path = self.dir.join(name::temp_file_name(&files[i].stem, id));
             self.write_temp(&path, &bytes, &mut temps)?;
             versions[i] = Some(version);
         }
         // 2. The markers; emptied again on an early return.
-        let written: Vec<&ScopeLock> = writes.iter().filter_map(|&i| locks[i].as_ref()).collect();
         let mut markers = Markers {
             locks: Vec::with_capacity(written.len()),
         };
-        for lock in &written {
+        for lock in written {
             // Pushed first: a marker written in part is emptied too.
             markers.locks.push(lock);
             lock.set_marker(id)
@@ -173,7 +193,8 @@ impl Store {
             crash(temps, markers);
             return Ok(());
         }
-        // 3. The intent record: once it is durable, the commit is decided.
+        // 3. The intent record: once it is durable, the commit is decided. It names what is in
+        // the files now, an expired record too: recovery compares with that.
         let intent = Intent {
             id,
             writes: writes
@@ -181,7 +202,7 @@ impl Store {
                 .map(|&i| {
                     (
                         ops[i].key.clone(),
-                        current[i].as_ref().map(Record::revision),
+                        current.raw[i].as_ref().map(Record::revision),
                     )
                 })
                 .collect(),
@@ -200,7 +221,7 @@ impl Store {
             let temp = self.dir.join(name::temp_file_name(&files[i].stem, id));
             if let Err(e) = fs::rename(&temp, &files[i].record) {
                 let first = io_error("rename into place", &files[i].record, e);
-                return self.finish_decided(&intent, &written, first);
+                return self.finish_decided(&intent, written, first);
             }
         }
         // A failed sync leaves the new records in place but maybe not durable, and the intent
@@ -294,7 +315,7 @@ impl Store {
     }
 
     /// The bytes of the intent record at `path`, `None` when it is gone.
-    fn read_intent(&self, path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    pub(super) fn read_intent(&self, path: &Path) -> Result<Option<Vec<u8>>, Error> {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -307,7 +328,8 @@ impl Store {
         Ok(Some(bytes))
     }
 
-    /// Takes the locks at `paths` (in stem order), each in its turn, until `deadline`. A lock
+    /// Takes the locks at `paths` (in stripe order, each once), each in its turn, until
+    /// `deadline`. A lock
     /// whose file names a commit that is still pending lets everything go, settles that commit
     /// and starts over, so that no caller acts on a scope a cut-short commit has not finished.
     pub(super) fn lock_scopes(
@@ -370,7 +392,7 @@ impl Store {
     }
 
     /// Settles commit `id` if its intent record is still there: forward when whole, back when
-    /// torn (see the module docs), holding the locks of its scopes in stem order, waiting for
+    /// torn (see the module docs), holding the locks of its scopes in stripe order, waiting for
     /// them until `deadline`. Several processes may call it at once: one settles, the others
     /// then find the intent gone.
     pub(super) fn recover(&self, id: u64, deadline: Instant) -> Result<(), Error> {
@@ -400,10 +422,13 @@ impl Store {
                     }
                 }
             }
-            let mut locks = Vec::with_capacity(stems.len());
-            for stem in &stems {
-                let lock_path = self.dir.join(format!("{stem}{LOCK_EXT}"));
-                locks.push(self.lock_until(&lock_path, deadline)?);
+            let mut lock_paths: Vec<std::path::PathBuf> =
+                stems.iter().map(|stem| self.lock_path(stem)).collect();
+            lock_paths.sort_unstable();
+            lock_paths.dedup();
+            let mut locks = Vec::with_capacity(lock_paths.len());
+            for lock_path in &lock_paths {
+                locks.push(self.lock_until(lock_path, deadline)?);
             }
             // Under the locks: its commit is over, one way or the other.
             let Some(bytes) = self.read_intent(&path)? else {
@@ -450,13 +475,6 @@ impl Store {
                 tracing::warn!(commit = %format!("{id:016x}"), error = %e, "a cut-short commit is left for later");
             }
         }
-    }
-
-    /// The intent record of commit `id` when it is whole; `None` when gone or torn.
-    pub(super) fn read_whole_intent(&self, id: u64) -> Result<Option<Intent>, Error> {
-        Ok(self
-            .read_intent(&self.intent_path(id))?
-            .and_then(|bytes| intent::decode(&bytes, id).ok()))
     }
 
     /// The stems of the temp files of commit `id`.
@@ -585,20 +603,11 @@ fn clear_markers(locks: &[&ScopeLock], id: u64) {
     }
 }
 
-/// Releases the locks, removing the lock files of the scopes `i` that are absent and for
-/// which `absent_gone(i)` holds (as a conflicting compare-and-swap does).
-fn release(
-    locks: Vec<Option<ScopeLock>>,
-    current: &[Option<Record>],
-    absent_gone: impl Fn(usize) -> bool,
-) {
-    for (i, lock) in locks.into_iter().enumerate() {
-        if let Some(lock) = lock {
-            if current.get(i).is_some_and(Option::is_none) && absent_gone(i) {
-                lock.remove();
-            }
-        }
-    }
+/// The records of a commit's scopes as it read them, by op: `raw` as the files hold them,
+/// `live` with the expired ones absent.
+struct Current<'a> {
+    live: &'a [Option<Record>],
+    raw: &'a [Option<Record>],
 }
 
 /// Markers written by a commit that has not reached its intent record: emptied on drop.

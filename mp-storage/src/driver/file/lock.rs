@@ -1,24 +1,25 @@
-//! The per-scope lock: an OS advisory lock (`flock` on Unix, `LockFileEx` on Windows) on a
-//! `<stem>.lock` file beside the record.
+//! The scope locks: OS advisory locks (`flock` on Unix, `LockFileEx` on Windows) on a fixed set
+//! of [`STRIPES`](super::name::STRIPES) lock files, `%locks/00.lock` to `%locks/ff.lock`. A
+//! scope's lock is the stripe its stem hashes to ([`stripe_of`](super::name::stripe_of)): scopes
+//! that share a stripe take turns, and a directory holds 256 lock files however many scopes it
+//! has, none of which is ever removed.
 //!
 //! The lock is on a file of its own because the record file is replaced by a rename on every
 //! write: a lock on the old record would not stop a process that opens the new one.
 //!
-//! Lock files are removed once their scope is gone (after a delete, or when a locked operation
-//! finds no record), so a workload that creates and deletes many scopes does not pile them up.
-//! Removing a file that others may be waiting on is safe only with a check, and on Unix every
-//! acquirer makes it: after the lock is granted, the path must still name the very file that is
-//! locked (same device and inode). A waiter that was granted the lock of a file unlinked
-//! meanwhile sees that the path is gone or names a new file, drops its lock and starts over on
-//! the current file. The remover unlinks as the last step while it holds the lock, so whoever
-//! locks the new file sees the scope as the remover left it. Elsewhere lock files are never
-//! removed.
+//! Whoever takes several stripes (a several-scope commit, the settling of one) takes them in
+//! ascending stripe order, each once, so two takers never wait for each other in a circle.
 //!
-//! A lock file is empty, except while a several-scope commit is under way on its scope: the
-//! commit then writes its id into it (the *marker*, 16 hex digits and a newline) before its
-//! intent record, and empties it once done. Whoever takes the lock reads the marker: one that
-//! names an intent record still present is a commit to finish first (see `journal.rs`). The
-//! marker is read and written only by the holder of the lock, through the locked handle.
+//! A lock file is empty, except while a several-scope commit is under way on one of its
+//! scopes: the commit then writes its id into it (the *marker*, 16 hex digits and a newline)
+//! before its intent record, and empties it once done. Whoever takes the lock reads the marker:
+//! one that names an intent record still present is a commit to finish first (see
+//! `journal.rs`). The marker is read and written only by the holder of the lock, through the
+//! locked handle.
+//!
+//! Directories written by 0.1 hold a lock file per scope, `<stem>.lock` beside the record:
+//! [`Store::open`](super::store::Store::open) removes them (all processes on a directory must
+//! run one version: a 0.1 process and this one do not lock each other out).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
@@ -125,17 +126,32 @@ impl ScopeLock {
         &self.path
     }
 
-    /// Removes the lock file while still holding it, then releases it: for a scope that no
-    /// longer exists. Best effort: a lock file left behind is harmless.
+    /// Removes the lock file while still holding it, then releases it: for the per-scope lock
+    /// files of 0.1. Best effort: a lock file left behind is harmless.
     pub(crate) fn remove(self) {
-        if cfg!(unix) {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::debug!(path = %self.path.display(), error = %e, "lock file not removed");
-                }
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::debug!(path = %self.path.display(), error = %e, "lock file not removed");
             }
         }
         drop(self.file);
+    }
+
+    /// The bytes of the lock file (for the sweep's time stamp, see `Store::sweep`).
+    pub(crate) fn contents(&self) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(0))?;
+        file.take(64).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Replaces the bytes of the lock file with `bytes`.
+    pub(crate) fn set_contents(&self, bytes: &[u8]) -> io::Result<()> {
+        self.file.set_len(0)?;
+        let mut file = &self.file;
+        file.seek(SeekFrom::Start(0))?;
+        file.write_all(bytes)
     }
 }
 
@@ -162,7 +178,8 @@ fn open(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Whether `path` still names the open `file`.
+/// Whether `path` still names the open `file`: lock files are not removed while in use, but a
+/// hand (or a 0.1 clean-up of `<stem>.lock` files) may remove one.
 #[cfg(unix)]
 fn still_current(file: &File, path: &Path) -> io::Result<bool> {
     use std::os::unix::fs::MetadataExt;
@@ -174,7 +191,7 @@ fn still_current(file: &File, path: &Path) -> io::Result<bool> {
     }
 }
 
-/// Lock files are never removed here, so the path always names the file.
+/// A lock file in use cannot be removed there, so the path always names the file.
 #[cfg(not(unix))]
 fn still_current(_file: &File, _path: &Path) -> io::Result<bool> {
     Ok(true)

@@ -33,11 +33,24 @@
 //! {"count":3}
 //! ```
 //!
+//! A record with an expiry has `"expires_at"` (ms since 1970) in its header; files without it
+//! (every file of 0.1) never expire.
+//!
+//! Beside the records, the subdirectory `%locks` holds the lock files: at most 256 of them,
+//! `00.lock` to `ff.lock`, whatever the number of scopes (see *Writes*), and two small files of
+//! the expiry sweep. **Disk cost**: one file (one inode) per scope: a header of about 90 bytes
+//! plus the key, 19 bytes per commit token kept (up to 16) and the data; for a one-counter scope
+//! named `counter:N`, 123 bytes, which take one 4 KiB block on ext4, plus its directory entry.
+//! The whole store adds the `%locks` directory and its at most 258 empty or near-empty files.
+//! (100,000 such scopes: 100,258 inodes and 410 MB allocated, against 200,001 inodes for 0.1,
+//! which kept an empty lock file beside each record.)
+//!
 //! # Writes
 //!
-//! Every write holds the scope's OS advisory lock (`flock` on `<stem>.lock`), reads the record,
-//! compares versions, writes a temp file `<stem>.<random>.tmp` in the same directory, fsyncs it,
-//! renames it over the record and fsyncs the directory. A crash at any moment leaves the old
+//! Every write holds the scope's OS advisory lock (`flock` on the lock file of its *stripe*:
+//! `%locks/<nn>.lock`, `<nn>` being the FNV-1a hash of the stem modulo 256 in two hex digits),
+//! reads the record, compares versions, writes a temp file `<stem>.<random>.tmp` in the same
+//! directory, fsyncs it, renames it over the record and fsyncs the directory. A crash at any moment leaves the old
 //! record or the new one, never a torn one. `?fsync=false` (or [`FileOptions::fsync`]) skips
 //! every fsync: still atomic for other processes and after a crash of the process, but a power
 //! loss may lose recent writes, leave a record that reads as [`Error::Corrupt`], or (the
@@ -46,24 +59,28 @@
 //! writer's), each under its scope's lock. All file IO runs on `tokio::task::spawn_blocking`,
 //! never on the runtime's worker threads.
 //!
-//! Lock files are removed with their scope: a deleter removes the lock file while it still holds
-//! the lock, and every locker checks, once granted the lock, that the path still names the file
-//! it locked (else it starts over), so removal never lets two writers in at once. Lock files of
-//! absent scopes that a crash left behind are removed by `open` after a minute.
+//! Scopes of one stripe take turns on its lock (with 256 stripes, two writers of different
+//! scopes meet on one about once in 256), and so does a writer stopped inside a lock: it holds
+//! back the scopes of its stripe, not only its own, until `lock_timeout`. The lock files are
+//! never removed, so no locker can lock a file that another just unlinked. A directory written
+//! by 0.1 holds a lock file per scope beside the records (`<stem>.lock`): `open` settles the
+//! commits they name and removes them. Every process on a directory must run one version: a
+//! 0.1 process locks other files than this one.
 //!
 //! ## Several scopes, all or nothing
 //!
 //! [`Driver::commit`] of several keys ([`Storage::scoped_many`](crate::Storage::scoped_many))
-//! takes every key's lock in the order of their file names (the one order of every taker of
-//! several locks, so two commits over the same scopes in other orders never wait for each other
-//! in a circle; a single-scope write takes one lock), each wait bounded by `lock_timeout` in all
+//! takes the locks of its keys' stripes in ascending order, each stripe once however many of
+//! its keys share it (the one order of every taker of several locks, so two commits over the
+//! same scopes in other orders never wait for each other in a circle; a single-scope write takes
+//! one lock), each wait bounded by `lock_timeout` in all
 //! (then an unsent [`Timeout`](crate::BackendKind::Timeout) error, nothing written). It reads
 //! every record and checks every revision, a check-only op's too; one miss is a conflict that
 //! names the ops that missed, with their records, and nothing is written. Then, with a journal:
 //!
 //! 1. each new record goes to its temp file `<stem>.<id>.tmp`, synced (`<id>`: the commit's
 //!    random id, 16 hex digits);
-//! 2. the commit's id goes into each written scope's lock file (its *marker*);
+//! 2. the commit's id goes into the lock file of each written scope's stripe (its *marker*);
 //! 3. the *intent record* `%commit.<id>.intent` is written, then synced with the directory. It
 //!    names the commit, and for each written key its temp file and the revision the commit
 //!    replaces (`null`: absent), as one JSON line:
@@ -102,9 +119,9 @@
 //! failure after step 3 is settled by the committer at once, like a recovery; if that fails too
 //! the error is [`Error::CommitUnknown`] (the commit is completed by the next touch).
 //!
-//! **What readers see.** Reads take no lock, except on a scope whose lock file holds a marker: a
-//! several-scope commit is then under way on it or was cut short, and the read first waits for
-//! it (at most `lock_timeout`) or settles it. So once any read has seen a commit's value of one
+//! **What readers see.** Reads take no lock, except on a scope whose stripe's lock file holds a
+//! marker: a several-scope commit is then under way on that stripe or was cut short, and the
+//! read first waits for it (at most `lock_timeout`) or settles it. So once any read has seen a commit's value of one
 //! scope, every later read sees its values of the others: a commit is never seen applied and
 //! then not, even after a crash between two renames. A read of several scopes
 //! ([`Storage::get_many`](crate::Storage::get_many), [`Driver::load_many`]: one blocking call,
@@ -112,6 +129,25 @@
 //! checks every revision again when it commits, so an update that read half of another's commit
 //! writes nothing and reruns. `list` likewise first settles (or waits for) the commits that
 //! write keys with its prefix.
+//!
+//! # Expiry
+//!
+//! By the local clock: a record whose `expires_at` has passed is absent for every call of every
+//! process at once (`load`, `load_many`, `list`, `delete` and `expire` say it is not there; a
+//! compare-and-swap expecting it conflicts, one expecting absence creates the scope anew, at the
+//! write's initial version, over the expired file), though its file stays until it is swept.
+//! Several-scope commits check it the same way. A write sets the expiry as
+//! [`Write::expiry`](crate::Write) says; [`Driver::expire`] rewrites the record with the new
+//! expiry at the same revision.
+//!
+//! The first write of a directory that sets an expiry makes the file `%locks/expiry`: until then
+//! `list` reads no record and a sweep does nothing; after it, `list` reads the header of each
+//! record it returns. [`Driver::sweep`] (run by the engine now and then, and by `open`) lists
+//! the directory, and deletes each record whose header says it expired, under its scope's lock,
+//! after reading it again there: a scope written again after it expired is never swept. One
+//! process sweeps at a time (the holder of `%locks/sweep.lock`, which keeps the time of the
+//! last whole sweep), and a directory at most every 30 s; a scope whose lock stays held for a
+//! second is left to the next sweep.
 //!
 //! # Errors
 //!
@@ -135,7 +171,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Action, Capabilities, CasOutcome, CommitOutcome, Driver, Op, Record, Revision, Write};
+use super::{
+    Action, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write,
+};
 use crate::{BackendKind, Error};
 
 mod config;
@@ -200,6 +238,12 @@ impl FileDriver {
     pub fn record_path(&self, key: &str) -> PathBuf {
         self.store.record_path(key)
     }
+
+    /// The lock file of `key`: the lock file of its stripe, in `<dir>/%locks`, which other
+    /// scopes share (see the [module docs](self)).
+    pub fn lock_path(&self, key: &str) -> PathBuf {
+        self.store.lock_path(&name::stem(key))
+    }
 }
 
 /// The name of the file that holds the record of `key` (`<stem>.json`): a single file name of
@@ -251,6 +295,7 @@ fn owned(write: Write<'_>) -> OwnedWrite {
         token: write.token,
         initial_version: write.initial_version,
         meta: write.meta.to_vec(),
+        expiry: write.expiry,
     }
 }
 
@@ -261,7 +306,7 @@ impl Driver for FileDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit()
+        Capabilities::NONE.with_multi_key_commit().with_expiry()
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
@@ -334,6 +379,16 @@ impl Driver for FileDriver {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
         let (store, prefix) = (self.store.clone(), prefix.to_owned());
         blocking(move || store.list(&prefix)).await
+    }
+
+    async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
+        let (store, key) = (self.store.clone(), key.to_owned());
+        blocking(move || store.expire(&key, expiry)).await
+    }
+
+    async fn sweep(&self, limit: usize) -> Result<usize, Error> {
+        let store = self.store.clone();
+        blocking(move || store.sweep(limit, false)).await
     }
 }
 

@@ -1,7 +1,8 @@
 //! Scope keys to file names and back.
 //!
-//! A key becomes the *stem* of its files (`<stem>.json` for the record, `<stem>.lock` for its
-//! lock, `<stem>.<random>.tmp` while a write is in flight):
+//! A key becomes the *stem* of its files (`<stem>.json` for the record, `<stem>.<random>.tmp`
+//! while a write is in flight; its lock is one of the [`STRIPES`] lock files in [`LOCK_DIR`],
+//! picked by a hash of the stem, see [`stripe_of`]):
 //!
 //! - The bytes `a`–`z`, `0`–`9`, `-`, `_` and `.` stand for themselves; every other byte of the
 //!   key's UTF-8 is written `%` and two lower-case hex digits (`A` is `%41`, `/` is `%2f`, `%` is
@@ -37,8 +38,35 @@ const HASH_MARK: &str = "%h";
 /// The extension of record files.
 pub(crate) const RECORD_EXT: &str = ".json";
 
-/// The extension of lock files.
+/// The extension of lock files: the stripes, and the per-scope lock files `<stem>.lock` of
+/// 0.1 directories.
 pub(crate) const LOCK_EXT: &str = ".lock";
+
+/// The subdirectory of the lock files. No stem starts with `%l`, so no key's files share its
+/// name.
+pub(crate) const LOCK_DIR: &str = "%locks";
+
+/// How many lock files the scopes share. Fixed: every process on a directory must map a scope
+/// to the same lock file.
+pub(crate) const STRIPES: u16 = 256;
+
+/// The lock stripe of `stem`: FNV-1a (64 bits) of its bytes, modulo [`STRIPES`]. Fixed for the
+/// same reason as `STRIPES`; taken from the stem (not the key) so that a temp file's name
+/// names its lock too.
+pub(crate) fn stripe_of(stem: &str) -> u16 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in stem.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // The remainder is below STRIPES, so it fits.
+    u16::try_from(h % u64::from(STRIPES)).unwrap_or(0)
+}
+
+/// The file name (in [`LOCK_DIR`]) of stripe `n`: `00.lock` to `ff.lock`.
+pub(crate) fn stripe_file_name(n: u16) -> String {
+    format!("{n:02x}{LOCK_EXT}")
+}
 
 /// The extension of temp files.
 pub(crate) const TEMP_EXT: &str = ".tmp";
@@ -299,6 +327,29 @@ mod tests {
         assert!(!is_stem("%commit.0000000000000007"));
         assert!(!is_stem("%commit"));
         assert_eq!(key_of_plain("%commit.0000000000000007.intent"), None);
+    }
+
+    #[test]
+    fn stripes_are_fixed_and_spread() {
+        // The mapping is part of the on-disk format: these must never change.
+        assert_eq!(stripe_of(""), (0xcbf2_9ce4_8422_2325_u64 % 256) as u16);
+        assert_eq!(stripe_of("global"), stripe_of(&stem("global")));
+        let pinned: Vec<u16> = ["a", "global", "user%3aalice"]
+            .iter()
+            .map(|s| stripe_of(s))
+            .collect();
+        assert_eq!(pinned, vec![0x8c, 0xce, 0xd3]);
+        assert_eq!(stripe_file_name(0), "00.lock");
+        assert_eq!(stripe_file_name(255), "ff.lock");
+        let mut counts = vec![0u32; usize::from(STRIPES)];
+        for i in 0..25_600 {
+            counts[usize::from(stripe_of(&stem(&format!("user:{i}"))))] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (50..=150).contains(&c)),
+            "{counts:?}"
+        );
+        assert!(!is_stem(LOCK_DIR));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!
 //! `len` is the byte length of the data, so a short or padded file is caught. Tokens are hex
 //! strings, since JSON readers often hold numbers as doubles. The engine's notes on the record
-//! ([`Record::meta`]), when there are any, are a `"meta"` string in the header.
+//! ([`Record::meta`]), when there are any, are a `"meta"` string in the header, and its expiry
+//! ([`Record::expires_at`]), when it has one, an `"expires_at"` number (milliseconds since 1970).
+//! Both are left out when empty, so a file written before expiry existed reads as a record that
+//! never expires.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +33,8 @@ struct Header<'a> {
     tokens: Vec<String>,
     #[serde(default, skip_serializing_if = "str::is_empty", borrow)]
     meta: std::borrow::Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
 }
 
 /// The bytes of a record file for `key`.
@@ -40,6 +45,7 @@ pub(crate) fn encode(
     data: &[u8],
     tokens: &[u64],
     meta: &[u8],
+    expires_at: Option<u64>,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let meta = std::str::from_utf8(meta).map_err(serde::ser::Error::custom)?;
     let header = Header {
@@ -50,6 +56,7 @@ pub(crate) fn encode(
         len: data.len(),
         tokens: tokens.iter().map(|t| format!("{t:016x}")).collect(),
         meta: meta.into(),
+        expires_at,
     };
     let mut out = Vec::with_capacity(data.len() + key.len() + 64 + 20 * tokens.len());
     serde_json::to_writer(&mut out, &header)?;
@@ -59,13 +66,14 @@ pub(crate) fn encode(
     Ok(out)
 }
 
-/// Reads the key from the first line of a record file (for `list`).
-pub(crate) fn key_of_header(first_line: &[u8]) -> Result<String, String> {
+/// Reads the key and the expiry from the first line of a record file (for `list` and the
+/// sweep).
+pub(crate) fn key_of_header(first_line: &[u8]) -> Result<(String, Option<u64>), String> {
     let line = first_line.strip_suffix(b"\n").unwrap_or(first_line);
     let header: Header<'_> =
         serde_json::from_slice(line).map_err(|e| format!("unreadable header: {e}"))?;
     check_format(&header)?;
-    Ok(header.key.into_owned())
+    Ok((header.key.into_owned(), header.expires_at))
 }
 
 fn check_format(header: &Header<'_>) -> Result<(), String> {
@@ -114,7 +122,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Record), String> {
     Ok((
         header.key.into_owned(),
         Record::new(header.version, header.schema, data.to_vec(), tokens)
-            .with_meta(header.meta.as_bytes().to_vec()),
+            .with_meta(header.meta.as_bytes().to_vec())
+            .with_expiry(header.expires_at),
     ))
 }
 
@@ -124,7 +133,16 @@ mod tests {
 
     #[test]
     fn round_trip_and_readable() {
-        let bytes = encode("user:\"é\"\n", 7, 2, br#"{"count":3}"#, &[1, u64::MAX], b"").unwrap();
+        let bytes = encode(
+            "user:\"é\"\n",
+            7,
+            2,
+            br#"{"count":3}"#,
+            &[1, u64::MAX],
+            b"",
+            None,
+        )
+        .unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(
@@ -139,19 +157,43 @@ mod tests {
         assert_eq!(r.data, br#"{"count":3}"#);
         assert_eq!(r.tokens, vec![1, u64::MAX]);
         let first = &bytes[..=bytes.iter().position(|&b| b == b'\n').unwrap()];
-        assert_eq!(key_of_header(first).unwrap(), "user:\"é\"\n");
+        assert_eq!(
+            key_of_header(first).unwrap(),
+            ("user:\"é\"\n".to_owned(), None)
+        );
+        assert_eq!(r.expires_at, None);
+        assert!(!text.contains("expires_at"), "{text}");
+    }
+
+    #[test]
+    fn expiry_is_kept_and_old_files_read() {
+        let bytes = encode("k", 3, 0, b"1", &[], b"", Some(1_700_000_000_123)).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""expires_at":1700000000123"#), "{text}");
+        let (_, r) = decode(&bytes).unwrap();
+        assert_eq!(r.expires_at, Some(1_700_000_000_123));
+        let first = &bytes[..=bytes.iter().position(|&b| b == b'\n').unwrap()];
+        assert_eq!(
+            key_of_header(first).unwrap(),
+            ("k".to_owned(), Some(1_700_000_000_123))
+        );
+        // A file of 0.1, before expiry: never expires.
+        let old = br#"{"format":1,"key":"k","version":1,"schema":0,"len":2,"tokens":[]}
+[]
+"#;
+        assert_eq!(decode(old).unwrap().1.expires_at, None);
     }
 
     #[test]
     fn data_with_newlines() {
         let data = b"{\n  \"a\": 1\n}";
-        let (_, r) = decode(&encode("k", 1, 0, data, &[], b"").unwrap()).unwrap();
+        let (_, r) = decode(&encode("k", 1, 0, data, &[], b"", None).unwrap()).unwrap();
         assert_eq!(r.data, data);
     }
 
     #[test]
     fn damage_is_caught() {
-        let good = encode("k", 1, 0, b"[1,2,3]", &[5], b"{\"r\":1}").unwrap();
+        let good = encode("k", 1, 0, b"[1,2,3]", &[5], b"{\"r\":1}", Some(9)).unwrap();
         for cut in 0..good.len() {
             assert!(decode(&good[..cut]).is_err(), "cut at {cut} decoded");
         }

@@ -4,18 +4,45 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::lock::ScopeLock;
-use super::name::{self, LOCK_EXT, RECORD_EXT};
+use super::name::{self, LOCK_DIR, LOCK_EXT, RECORD_EXT};
 use super::record;
-use crate::driver::{push_token, CasOutcome, Record, Revision};
+use crate::driver::{now_ms, push_token, CasOutcome, Expiry, Record, Revision};
 use crate::{BackendKind, Error};
 
-/// How old a temp or orphaned lock file must be before `open` removes it: any write still in
-/// flight is far younger (and one that is not, a stopped writer's, holds its scope's lock, which
-/// the removal takes first).
+/// How old a temp file must be before `open` removes it: any write still in flight is far
+/// younger (and one that is not, a stopped writer's, holds its scope's lock, which the removal
+/// takes first).
 pub(crate) const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// How often the processes of one directory sweep it for expired records, in all: a sweep
+/// that finds the last one younger than this does nothing.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The longest a sweep waits for a scope's lock before it leaves that scope to a later sweep.
+const SWEEP_LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// The file (in the lock directory) that exists once any write has set an expiry: until then,
+/// `list` and the sweep need not read a single record.
+const EXPIRY_FLAG: &str = "expiry";
+
+/// The lock file (in the lock directory) of the sweep; it holds the time the last whole sweep
+/// ended, in ms since 1970.
+const SWEEP_LOCK: &str = "sweep.lock";
+
+/// Whether a record expiring at `expires_at` has expired at `now` (ms since 1970).
+pub(crate) fn expired(expires_at: Option<u64>, now: u64) -> bool {
+    expires_at.is_some_and(|t| t <= now)
+}
+
+/// `record` unless it has expired at `now`: what every call but the sweep and the journal's
+/// recovery sees.
+pub(crate) fn live(record: Option<Record>, now: u64) -> Option<Record> {
+    record.filter(|r| !expired(r.expires_at, now))
+}
 
 /// A write, owned so it can move to a blocking thread.
 pub(crate) struct OwnedWrite {
@@ -24,14 +51,19 @@ pub(crate) struct OwnedWrite {
     pub token: u64,
     pub initial_version: u64,
     pub meta: Vec<u8>,
+    pub expiry: Expiry,
 }
 
 /// The directory of a file driver.
 #[derive(Debug)]
 pub(crate) struct Store {
     pub dir: PathBuf,
+    /// The lock directory, `<dir>/%locks`.
+    pub locks: PathBuf,
     /// An open handle of `dir` to fsync it (present when `fsync` is on, on Unix).
     dir_handle: Option<File>,
+    /// Whether the expiry flag is known to exist.
+    expiry_used: AtomicBool,
     pub fsync: bool,
     /// The longest wait for a scope lock.
     lock_timeout: Duration,
@@ -41,6 +73,7 @@ pub(crate) struct Store {
 pub(super) struct Files {
     pub(super) stem: String,
     pub(super) record: PathBuf,
+    /// The lock file of the scope's stripe.
     pub(super) lock: PathBuf,
 }
 
@@ -86,6 +119,16 @@ fn corrupt(key: &str, path: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
+/// What the header of a record file says.
+enum Header {
+    /// The file is gone.
+    Gone,
+    /// It cannot tell (see `Store::header_of`).
+    Unreadable,
+    /// Its key and expiry.
+    Read(String, Option<u64>),
+}
+
 /// Temp files that are removed on drop, unless renamed into place or handed over (`disarm`).
 #[derive(Default)]
 pub(super) struct TempFiles {
@@ -128,14 +171,31 @@ impl Store {
         } else {
             None
         };
+        let locks = dir.join(LOCK_DIR);
+        // A store that cannot be written (a read-only mount of a 0.1 directory) still reads:
+        // its writes fail on the lock directory, with this error.
+        if let Err(e) = fs::create_dir_all(&locks) {
+            tracing::warn!(path = %locks.display(), error = %e, "no lock directory: writes will fail");
+        }
         let store = Store {
+            expiry_used: AtomicBool::new(locks.join(EXPIRY_FLAG).exists()),
             dir,
+            locks,
             dir_handle,
             fsync,
             lock_timeout,
         };
         store.clean_up(STALE_AFTER)?;
+        if let Err(e) = store.sweep(usize::MAX, false) {
+            tracing::warn!(error = %e, "sweeping expired records on open failed");
+        }
         Ok(store)
+    }
+
+    /// The lock file of the stripe of `stem`.
+    pub(super) fn lock_path(&self, stem: &str) -> PathBuf {
+        self.locks
+            .join(name::stripe_file_name(name::stripe_of(stem)))
     }
 
     /// The latest time to wait for locks until, for an operation that starts now.
@@ -143,13 +203,14 @@ impl Store {
         Instant::now() + self.lock_timeout
     }
 
-    /// Settles the commits cut short whose intent records are in the directory, and removes
-    /// temp files older than `age` (but those of a pending commit, which recovery owns) and lock
-    /// files of absent scopes older than `age`, each under its scope's lock, if it is free.
+    /// Settles the commits cut short whose intent records are in the directory, removes temp
+    /// files older than `age` (but those of a pending commit, which recovery owns), each under
+    /// its scope's lock, if it is free, and then the per-scope lock files of 0.1.
     pub(crate) fn clean_up(&self, age: Duration) -> Result<(), Error> {
         let entries = fs::read_dir(&self.dir).map_err(|e| io_error("list", &self.dir, e))?;
         let now = SystemTime::now();
         let mut intents = Vec::new();
+        let mut legacy_locks = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_error("list", &self.dir, e))?;
             let file_name = entry.file_name();
@@ -161,13 +222,13 @@ impl Store {
                 continue;
             }
             // Only files this driver names: a user's `notes.tmp` is left alone.
-            let temp = name::temp_parts(file_name);
-            let lock_stem = file_name
-                .strip_suffix(LOCK_EXT)
-                .filter(|stem| name::is_stem(stem));
-            if temp.is_none() && lock_stem.is_none() {
+            if file_name.strip_suffix(LOCK_EXT).is_some_and(name::is_stem) {
+                legacy_locks.push(entry.path());
                 continue;
             }
+            let Some((stem, id)) = name::temp_parts(file_name) else {
+                continue;
+            };
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -177,16 +238,13 @@ impl Store {
             if !old {
                 continue;
             }
-            let path = entry.path();
-            if let Some((stem, id)) = temp {
-                self.remove_stale_temp(stem, id, &path)?;
-            } else if let Some(stem) = lock_stem {
-                if cfg!(unix) {
-                    self.remove_orphan_lock(stem, &path);
-                }
-            }
+            self.remove_stale_temp(stem, id, &entry.path())?;
         }
+        // The commits first: a 0.1 commit cut short left its markers in those lock files.
         self.recover_all(intents);
+        for path in legacy_locks {
+            self.remove_legacy_lock(&path);
+        }
         Ok(())
     }
 
@@ -194,7 +252,7 @@ impl Store {
     /// its writer still holds the scope's lock or a pending commit owns it. Under the lock, no
     /// intent record naming it can appear: its commit would hold that lock.
     pub(super) fn remove_stale_temp(&self, stem: &str, id: u64, path: &Path) -> Result<(), Error> {
-        let lock_path = self.dir.join(format!("{stem}{LOCK_EXT}"));
+        let lock_path = self.lock_path(stem);
         let lock = match ScopeLock::acquire_within(&lock_path, Duration::ZERO) {
             Ok(Some(lock)) => lock,
             Ok(None) => return Ok(()),
@@ -211,22 +269,15 @@ impl Store {
             Ok(()) => tracing::info!(path = %path.display(), "removed a stale temp file"),
             Err(e) => tracing::debug!(path = %path.display(), error = %e, "stale temp file kept"),
         }
-        let record = self.dir.join(format!("{stem}{RECORD_EXT}"));
-        if !record.exists() && cfg!(unix) && !self.names_pending(&lock).unwrap_or(true) {
-            lock.remove();
-        }
+        drop(lock);
         Ok(())
     }
 
-    pub(super) fn remove_orphan_lock(&self, stem: &str, lock_path: &Path) {
-        let record = self.dir.join(format!("{stem}{RECORD_EXT}"));
-        if record.exists() {
-            return;
-        }
-        if let Ok(Some(lock)) = ScopeLock::try_acquire_existing(lock_path) {
-            // Under the lock, nobody creates the record: check again. A lock file that names a
-            // pending commit (which creates the scope) stays, marker and all.
-            if !record.exists() && !self.names_pending(&lock).unwrap_or(true) {
+    /// Removes the per-scope lock file `path` that 0.1 kept beside a record, unless it is held
+    /// or names a commit still pending (the next open settles it, then removes the file).
+    pub(super) fn remove_legacy_lock(&self, path: &Path) {
+        if let Ok(Some(lock)) = ScopeLock::try_acquire_existing(path) {
+            if !self.names_pending(&lock).unwrap_or(true) {
                 lock.remove();
             }
         }
@@ -242,7 +293,7 @@ impl Store {
         let stem = name::stem(key);
         Ok(Files {
             record: self.dir.join(format!("{stem}{RECORD_EXT}")),
-            lock: self.dir.join(format!("{stem}{LOCK_EXT}")),
+            lock: self.lock_path(&stem),
             stem,
         })
     }
@@ -273,8 +324,8 @@ impl Store {
     }
 
     /// Reads the record of `key`, without a lock, unless a several-scope commit is under way on
-    /// it or was cut short: the lock file then holds its marker, and the read first waits for
-    /// the commit (or settles it).
+    /// its stripe or was cut short: the lock file then holds its marker, and the read first
+    /// waits for the commit (or settles it). An expired record reads as absent.
     pub(crate) fn load(&self, key: &str) -> Result<Option<Record>, Error> {
         let files = self.files(key)?;
         let marked = match fs::metadata(&files.lock) {
@@ -285,7 +336,7 @@ impl Store {
         if marked {
             drop(self.lock_scope(&files)?);
         }
-        self.read(key, &files.record)
+        Ok(live(self.read(key, &files.record)?, now_ms()))
     }
 
     /// Reads the records of `keys`, in their order (each as `load` does: not one snapshot).
@@ -301,11 +352,10 @@ impl Store {
     ) -> Result<CasOutcome, Error> {
         let files = self.files(key)?;
         let lock = self.lock_scope(&files)?;
-        let current = self.read(key, &files.record)?;
+        // An expired record is absent: a compare-and-swap expecting it conflicts, one expecting
+        // absence creates the scope anew over it.
+        let current = live(self.read(key, &files.record)?, now_ms());
         if current.as_ref().map(|r| r.revision()) != expected {
-            if current.is_none() {
-                lock.remove();
-            }
             return Ok(CasOutcome::Conflict(current));
         }
         let version = self.replace(key, &files, current.as_ref(), write)?;
@@ -317,27 +367,34 @@ impl Store {
         let files = self.files(key)?;
         let lock = self.lock_scope(&files)?;
         // A corrupt record is an error here too: it is never overwritten.
-        let current = self.read(key, &files.record)?;
+        let current = live(self.read(key, &files.record)?, now_ms());
         let version = self.replace(key, &files, current.as_ref(), write)?;
         drop(lock);
         Ok(version)
     }
 
+    /// Deletes `key`; returns whether it existed (an expired record did not, but its file goes
+    /// all the same; a corrupt one did).
     pub(crate) fn delete(&self, key: &str) -> Result<bool, Error> {
         let files = self.files(key)?;
         let lock = self.lock_scope(&files)?;
-        let existed = match fs::remove_file(&files.record) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(e) => return Err(io_error("delete", &files.record, e)),
+        let existed = match self.read(key, &files.record) {
+            Ok(r) => r.map(|r| !expired(r.expires_at, now_ms())),
+            Err(Error::Corrupt { .. }) => Some(true),
+            Err(e) => return Err(e),
         };
-        if existed {
+        if existed.is_some() {
+            match fs::remove_file(&files.record) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("delete", &files.record, e)),
+            }
             self.sync_dir(
                 "fsync directory after delete (the record is gone but may return after a crash)",
             )?;
         }
-        lock.remove();
-        Ok(existed)
+        drop(lock);
+        Ok(existed.unwrap_or(false))
     }
 
     /// Deletes `key` only when it is at revision `expected`; `None` when it was not (then the
@@ -349,14 +406,13 @@ impl Store {
     ) -> Result<Option<Option<Record>>, Error> {
         let files = self.files(key)?;
         let lock = self.lock_scope(&files)?;
-        let current = self.read(key, &files.record)?;
+        let raw = self.read(key, &files.record)?;
+        let current = live(raw.clone(), now_ms());
         if current.as_ref().map(|r| r.revision()) != expected {
-            if current.is_none() {
-                lock.remove();
-            }
             return Ok(Some(current));
         }
-        if current.is_some() {
+        // Expected absent and expired: its file goes too.
+        if raw.is_some() {
             match fs::remove_file(&files.record) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -366,8 +422,27 @@ impl Store {
                 "fsync directory after delete (the record is gone but may return after a crash)",
             )?;
         }
-        lock.remove();
+        drop(lock);
         Ok(None)
+    }
+
+    /// Sets the expiry of the live record `key` without changing its revision; `false` when
+    /// there is none.
+    pub(crate) fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
+        let files = self.files(key)?;
+        let lock = self.lock_scope(&files)?;
+        let now = now_ms();
+        let Some(mut record) = live(self.read(key, &files.record)?, now) else {
+            return Ok(false);
+        };
+        let expires_at = expiry.resolve(record.expires_at, || now);
+        if expires_at != record.expires_at {
+            record.expires_at = expires_at;
+            let bytes = self.encode_record(key, &record)?;
+            self.install(&files, &bytes)?;
+        }
+        drop(lock);
+        Ok(true)
     }
 
     /// Every key with `prefix`. A commit under way or cut short that writes such a key is waited
@@ -380,8 +455,13 @@ impl Store {
         let deadline = self.deadline();
         let mut settled = false;
         for id in intents {
+            // Gone: settled since the listing, which may predate its renames: list again.
+            let Some(bytes) = self.read_intent(&self.intent_path(id))? else {
+                settled = true;
+                continue;
+            };
             // A torn record creates nothing: it is rolled back, or still being written.
-            let Some(intent) = self.read_whole_intent(id)? else {
+            let Ok(intent) = super::intent::decode(&bytes, id) else {
                 continue;
             };
             let touches = intent
@@ -399,10 +479,11 @@ impl Store {
         Ok(self.list_once(prefix)?.0)
     }
 
-    /// The keys with `prefix` in the directory, and the ids of the intent records there.
+    /// The live keys with `prefix` in the directory, and the ids of the intent records there.
     fn list_once(&self, prefix: &str) -> Result<(Vec<String>, Vec<u64>), Error> {
         let entries = fs::read_dir(&self.dir).map_err(|e| io_error("list", &self.dir, e))?;
-        let mut keys = Vec::new();
+        // Each record file, and its key when its name tells it.
+        let mut found: Vec<(Option<String>, PathBuf)> = Vec::new();
         let mut intents = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| io_error("list", &self.dir, e))?;
@@ -417,16 +498,38 @@ impl Store {
             let Some(stem) = file_name.strip_suffix(RECORD_EXT) else {
                 continue;
             };
-            let key = if name::is_hashed(stem) {
-                match self.key_of_hashed(stem, &entry.path()) {
-                    Some(k) => k,
-                    None => continue,
+            if name::is_hashed(stem) {
+                found.push((None, entry.path()));
+            } else if let Some(key) = name::key_of_plain(stem) {
+                if key.as_bytes().starts_with(prefix.as_bytes()) {
+                    found.push((Some(key), entry.path()));
                 }
-            } else {
-                match name::key_of_plain(stem) {
-                    Some(k) => k,
-                    None => continue,
-                }
+            }
+        }
+        // The flag is made before the first record with an expiry is renamed into place: absent
+        // now, no record listed above has one.
+        let expiry_used = self.expiry_used();
+        let now = now_ms();
+        let mut keys = Vec::with_capacity(found.len());
+        for (key, path) in found {
+            let key = match (key, path) {
+                (Some(key), _) if !expiry_used => key,
+                (key, path) => match self.header_of(&path, key.is_some()) {
+                    Header::Gone => continue,
+                    Header::Unreadable => match key {
+                        Some(key) => key,
+                        None => continue,
+                    },
+                    Header::Read(k, expires_at) => {
+                        if expired(expires_at, now) {
+                            continue;
+                        }
+                        match key {
+                            Some(key) => key,
+                            None => k,
+                        }
+                    }
+                },
             };
             if key.as_bytes().starts_with(prefix.as_bytes()) {
                 keys.push(key);
@@ -436,35 +539,172 @@ impl Store {
         Ok((keys, intents))
     }
 
-    /// The key a hashed record file holds, read from its header; `None` (with a warning) when
-    /// the file cannot tell, or is not the file of the key it names.
-    fn key_of_hashed(&self, stem: &str, path: &Path) -> Option<String> {
+    /// The key and expiry in the header of the record file `path`. A hashed name's file must
+    /// hold the key its name says (else it is unreadable, with a warning); a plain name's
+    /// (`plain`) key is its name's, and a header it cannot read is left to `load` to report.
+    fn header_of(&self, path: &Path, plain: bool) -> Header {
         let file = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Header::Gone,
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "record not listed: unreadable");
-                return None;
+                if !plain {
+                    tracing::warn!(path = %path.display(), error = %e, "record not listed: unreadable");
+                }
+                return Header::Unreadable;
             }
         };
         let mut line = Vec::new();
         let read = io::BufReader::new(file)
             .take(record::MAX_HEADER as u64)
             .read_until(b'\n', &mut line);
-        let key = read
+        let header = read
             .map_err(|e| e.to_string())
             .and_then(|_| record::key_of_header(&line));
-        match key {
-            Ok(k) if name::stem(&k) == stem => Some(k),
-            Ok(k) => {
-                tracing::warn!(path = %path.display(), key = %crate::error::shorten(&k), "record not listed: it holds another scope");
-                None
+        let stem = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(RECORD_EXT))
+            .unwrap_or("");
+        match header {
+            Ok((k, expires_at)) if name::stem(&k) == stem => Header::Read(k, expires_at),
+            Ok((k, _)) => {
+                if !plain {
+                    tracing::warn!(path = %path.display(), key = %crate::error::shorten(&k), "record not listed: it holds another scope");
+                }
+                Header::Unreadable
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "record not listed: corrupt header");
-                None
+                if !plain {
+                    tracing::warn!(path = %path.display(), error = %e, "record not listed: corrupt header");
+                }
+                Header::Unreadable
             }
         }
+    }
+
+    /// Whether any write in this directory ever set an expiry (the flag exists).
+    fn expiry_used(&self) -> bool {
+        if self.expiry_used.load(Ordering::Relaxed) {
+            return true;
+        }
+        let used = self.locks.join(EXPIRY_FLAG).exists();
+        if used {
+            self.expiry_used.store(true, Ordering::Relaxed);
+        }
+        used
+    }
+
+    /// Makes the expiry flag, before the first record with an expiry goes into place.
+    fn mark_expiry_used(&self) -> Result<(), Error> {
+        if self.expiry_used.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let path = self.locks.join(EXPIRY_FLAG);
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_error("create", &path, e))?;
+        if self.fsync && cfg!(unix) {
+            File::open(&self.locks)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error("fsync directory", &self.locks, e))?;
+        }
+        self.expiry_used.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes up to `limit` expired records, each under its scope's lock and only when it is
+    /// still expired there (a scope written again after it expired is not touched); returns
+    /// how many. One process sweeps at a time (the holder of the sweep lock), and a directory
+    /// at most once per [`SWEEP_EVERY`] (unless `force`); a sweep cut short by `limit` leaves
+    /// the next one due at once.
+    pub(crate) fn sweep(&self, limit: usize, force: bool) -> Result<usize, Error> {
+        if limit == 0 || !self.expiry_used() {
+            return Ok(0);
+        }
+        let stamp_path = self.locks.join(SWEEP_LOCK);
+        let stamp = match ScopeLock::acquire_within(&stamp_path, Duration::ZERO) {
+            Ok(Some(lock)) => lock,
+            // Another process sweeps now.
+            Ok(None) => return Ok(0),
+            Err(e) => return Err(io_error("lock", &stamp_path, e)),
+        };
+        let last = stamp
+            .contents()
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let every = u64::try_from(SWEEP_EVERY.as_millis()).unwrap_or(u64::MAX);
+        if !force && now_ms().saturating_sub(last) < every {
+            return Ok(0);
+        }
+        let entries = fs::read_dir(&self.dir).map_err(|e| io_error("list", &self.dir, e))?;
+        let mut busy = std::collections::HashSet::new();
+        let mut deleted = 0;
+        for entry in entries {
+            if deleted >= limit {
+                break;
+            }
+            let entry = entry.map_err(|e| io_error("list", &self.dir, e))?;
+            let file_name = entry.file_name();
+            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(RECORD_EXT)) else {
+                continue;
+            };
+            if !name::is_stem(stem) {
+                continue;
+            }
+            let path = entry.path();
+            let Header::Read(key, expires_at) = self.header_of(&path, true) else {
+                continue;
+            };
+            if !expired(expires_at, now_ms()) {
+                continue;
+            }
+            let files = self.files(&key)?;
+            if busy.contains(&files.lock) {
+                continue;
+            }
+            let deadline = Instant::now() + SWEEP_LOCK_WAIT.min(self.lock_timeout);
+            let lock = match self.lock_scopes(&[files.lock.as_path()], deadline) {
+                Ok(mut held) => held.pop(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "an expired record is left to a later sweep");
+                    None
+                }
+            };
+            let Some(lock) = lock else {
+                busy.insert(files.lock);
+                continue;
+            };
+            // Under the lock: only a record that is still expired goes.
+            let still = match self.read(&key, &files.record) {
+                Ok(Some(r)) => expired(r.expires_at, now_ms()),
+                Ok(None) | Err(Error::Corrupt { .. }) => false,
+                Err(e) => return Err(e),
+            };
+            if still {
+                match fs::remove_file(&files.record) {
+                    Ok(()) => deleted += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error("delete", &files.record, e)),
+                }
+            }
+            drop(lock);
+        }
+        if deleted > 0 {
+            // An expired record that comes back after a crash is still expired: one sync for
+            // the whole sweep.
+            self.sync_dir("fsync directory after a sweep")?;
+        }
+        if deleted < limit {
+            if let Err(e) = stamp.set_contents(now_ms().to_string().as_bytes()) {
+                tracing::debug!(path = %stamp_path.display(), error = %e, "sweep time not kept");
+            }
+        }
+        Ok(deleted)
     }
 
     /// Takes the scope's lock, once no several-scope commit is pending on it (see
@@ -481,7 +721,14 @@ impl Store {
     /// is a timeout before anything was written.
     pub(super) fn lock_until(&self, path: &Path, deadline: Instant) -> Result<ScopeLock, Error> {
         let wait = deadline.saturating_duration_since(Instant::now());
-        match ScopeLock::acquire_within(path, wait) {
+        let mut taken = ScopeLock::acquire_within(path, wait);
+        if matches!(&taken, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            // No lock directory: made now (removed by hand, or not writable at open).
+            fs::create_dir_all(&self.locks)
+                .map_err(|e| io_error("create directory", &self.locks, e))?;
+            taken = ScopeLock::acquire_within(path, wait);
+        }
+        match taken {
             Ok(Some(lock)) => Ok(lock),
             Ok(None) => Err(Error::backend_unsent(
                 "file",
@@ -497,7 +744,8 @@ impl Store {
         }
     }
 
-    /// The version and the record file bytes that `write` makes on top of `current`.
+    /// The version and the record file bytes that `write` makes on top of `current` (the live
+    /// record: `None` when absent or expired).
     pub(super) fn encode(
         &self,
         key: &str,
@@ -509,16 +757,30 @@ impl Store {
             None => write.initial_version,
         };
         let tokens = push_token(current.map_or(&[][..], |r| &r.tokens), write.token);
-        let bytes = record::encode(
+        let expires_at = write
+            .expiry
+            .resolve(current.and_then(|r| r.expires_at), now_ms);
+        let record = Record::new(version, write.schema, write.data.clone(), tokens)
+            .with_meta(write.meta.clone())
+            .with_expiry(expires_at);
+        Ok((version, self.encode_record(key, &record)?))
+    }
+
+    /// The record file bytes of `record`; makes the expiry flag first when it has an expiry.
+    pub(super) fn encode_record(&self, key: &str, record: &Record) -> Result<Vec<u8>, Error> {
+        if record.expires_at.is_some() {
+            self.mark_expiry_used()?;
+        }
+        record::encode(
             key,
-            version,
-            write.schema,
-            &write.data,
-            &tokens,
-            &write.meta,
+            record.version,
+            record.schema,
+            &record.data,
+            &record.tokens,
+            &record.meta,
+            record.expires_at,
         )
-        .map_err(|e| Error::backend("file", BackendKind::Other, e))?;
-        Ok((version, bytes))
+        .map_err(|e| Error::backend("file", BackendKind::Other, e))
     }
 
     /// Writes `bytes` to the new temp file `path` (added to `temps` once created) and syncs it.
@@ -553,11 +815,19 @@ impl Store {
         write: &OwnedWrite,
     ) -> Result<u64, Error> {
         let (version, bytes) = self.encode(key, current, write)?;
+        self.install(files, &bytes)?;
+        Ok(version)
+    }
+
+    /// Writes `bytes` to a temp file, syncs it and renames it over the record of `files`. On
+    /// failure the temp file is removed and the old record is untouched. The caller holds the
+    /// scope lock.
+    fn install(&self, files: &Files, bytes: &[u8]) -> Result<(), Error> {
         let tmp_path = self
             .dir
             .join(name::temp_file_name(&files.stem, rand::random::<u64>()));
         let mut temps = TempFiles::default();
-        self.write_temp(&tmp_path, &bytes, &mut temps)?;
+        self.write_temp(&tmp_path, bytes, &mut temps)?;
         fs::rename(&tmp_path, &files.record)
             .map_err(|e| io_error("rename into place", &files.record, e))?;
         temps.disarm();
@@ -565,8 +835,7 @@ impl Store {
         // perhaps not durable: that is reported, since the caller asked for durability.
         self.sync_dir(
             "fsync directory after rename (the new record is in place but may not survive a crash)",
-        )?;
-        Ok(version)
+        )
     }
 
     pub(super) fn sync_dir(&self, op: &'static str) -> Result<(), Error> {

@@ -35,13 +35,20 @@ fn rev(version: u64, token: u64) -> Option<Revision> {
     Some(Revision { version, token })
 }
 
+/// The files of `dir`, but the lock directory.
 fn file_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != name::LOCK_DIR)
         .collect();
     v.sort();
     v
+}
+
+/// The lock file (in the lock directory) of `key`'s stripe.
+fn stripe(key: &str) -> String {
+    name::stripe_file_name(name::stripe_of(&name::stem(key)))
 }
 
 #[tokio::test]
@@ -86,12 +93,8 @@ async fn driver_contract() {
     assert!(!d.delete("k").await.unwrap());
     assert_eq!(d.load("k").await.unwrap(), None);
     assert_eq!(d.list("").await.unwrap(), vec!["new".to_owned()]);
-    // No temp file is left behind.
-    let records: Vec<String> = file_names(d.dir())
-        .into_iter()
-        .filter(|n| !n.ends_with(".lock"))
-        .collect();
-    assert_eq!(records, vec!["new.json"]);
+    // No temp file is left behind, and no lock file beside the records.
+    assert_eq!(file_names(d.dir()), vec!["new.json"]);
 }
 
 #[tokio::test]
@@ -259,10 +262,8 @@ async fn stray_files_are_ignored_and_cleaned() {
     assert_eq!(d.list("").await.unwrap(), vec!["k".to_owned()]);
     assert_eq!(d.load("k").await.unwrap().unwrap().data, b"1");
 
+    // The per-scope lock files of 0.1 go, fresh or not; the user's files stay.
     let d = driver(&dir).await;
-    if !cfg!(unix) {
-        return; // lock files are never removed there
-    }
     assert_eq!(
         file_names(d.dir()),
         vec![
@@ -270,30 +271,82 @@ async fn stray_files_are_ignored_and_cleaned() {
             "Notes.lock",
             "README",
             "Upper.json",
-            "fresh.lock",
             "k.fedcba9876543210.tmp",
             "k.json",
-            "k.lock",
             "notes.tmp",
         ]
     );
     assert_eq!(d.list("").await.unwrap(), vec!["k".to_owned()]);
 }
 
-#[cfg(unix)]
 #[tokio::test]
-async fn lock_files_go_with_their_scope() {
+async fn lock_files_are_a_fixed_set() {
     let dir = TempDir::new();
     let d = driver(&dir).await;
-    d.put("k", w(b"1", 1)).await.unwrap();
-    assert!(dir.0.join("k.lock").exists());
-    assert!(d.delete("k").await.unwrap());
-    assert!(!dir.0.join("k.lock").exists());
+    for i in 0..1000 {
+        d.put(&format!("k{i}"), w(b"1", 1)).await.unwrap();
+    }
+    for i in (0..1000).step_by(2) {
+        assert!(d.delete(&format!("k{i}")).await.unwrap());
+    }
+    // One file per scope, and the stripes.
+    assert_eq!(file_names(d.dir()).len(), 500);
+    assert!(file_names(d.dir()).iter().all(|n| n.ends_with(".json")));
+    let locks = file_names(&dir.0.join(name::LOCK_DIR));
+    assert!(
+        (200..=usize::from(name::STRIPES)).contains(&locks.len()),
+        "{locks:?}"
+    );
+    assert!(locks.iter().all(|n| n.ends_with(".lock") && n.len() == 7));
+    assert!(d.delete("k1").await.unwrap());
     assert_eq!(
-        d.cas("k", rev(1, 0), w(b"1", 1)).await.unwrap(),
+        d.cas("k1", rev(1, 0), w(b"1", 1)).await.unwrap(),
         CasOutcome::Conflict(None)
     );
-    assert_eq!(file_names(d.dir()), Vec::<String>::new());
+    assert!(!dir.0.join("k1.json").exists());
+}
+
+/// Scopes that share a stripe take turns, within a process and across drivers, and a
+/// several-scope commit over two scopes of one stripe takes it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scopes_of_one_stripe_share_it_safely() {
+    let dir = TempDir::new();
+    let mut same = Vec::new();
+    let want = name::stripe_of(&name::stem("s0"));
+    for i in 0.. {
+        let key = format!("s{i}");
+        if name::stripe_of(&name::stem(&key)) == want {
+            same.push(key);
+            if same.len() == 3 {
+                break;
+            }
+        }
+    }
+    let a = Storage::with_driver(Arc::new(driver(&dir).await)).unwrap();
+    let b = Storage::with_driver(Arc::new(driver(&dir).await)).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..6usize {
+        let st = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let same = same.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..30 {
+                st.scoped(&same[i % 3], |n: &mut u64| *n += 1)
+                    .await
+                    .unwrap();
+                let pair = [same[i % 3].as_str(), same[(i + 1) % 3].as_str()];
+                st.scoped_many(&pair, |n: &mut [u64]| n[1] += 1)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all: Vec<Option<u64>> = a.get_many(&same).await.unwrap();
+    assert_eq!(all.iter().flatten().sum::<u64>(), 360);
+    assert_eq!(leftovers(&dir.0), Vec::<String>::new());
+    assert_eq!(marked(&dir.0), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -316,7 +369,7 @@ async fn concurrent_increments_with_deletes_elsewhere() {
                     .await
                     .unwrap(),
                 );
-                // Churn on another scope exercises lock file removal.
+                // Churn on another scope: creates and removals beside the counted updates.
                 st.scoped("churn", |n: &mut u64| *n += 1).await.unwrap();
                 st.remove("churn").await.unwrap();
             }
@@ -392,20 +445,21 @@ async fn revision(d: &FileDriver, key: &str) -> Option<Revision> {
     d.load(key).await.unwrap().map(|r| r.revision())
 }
 
-/// The files of the directory other than records and lock files: temp files, intent records.
+/// The files of the directory other than records: temp files, intent records.
 fn leftovers(dir: &Path) -> Vec<String> {
     file_names(dir)
         .into_iter()
-        .filter(|n| !n.ends_with(".json") && !n.ends_with(".lock"))
+        .filter(|n| !n.ends_with(".json"))
         .collect()
 }
 
-/// The lock files that are not empty (that hold a commit's marker).
+/// The stripe lock files that are not empty (that hold a commit's marker).
 fn marked(dir: &Path) -> Vec<String> {
-    file_names(dir)
+    let locks = dir.join(name::LOCK_DIR);
+    file_names(&locks)
         .into_iter()
         .filter(|n| n.ends_with(".lock"))
-        .filter(|n| std::fs::metadata(dir.join(n)).unwrap().len() > 0)
+        .filter(|n| std::fs::metadata(locks.join(n)).unwrap().len() > 0)
         .collect()
 }
 
@@ -509,12 +563,9 @@ async fn several_keys_commit_and_leave_no_journal() {
     assert_eq!(d.load("c").await.unwrap().unwrap().data, b"c1");
     assert_eq!(revision(&d, "b").await, rb, "a check writes nothing");
     assert_eq!(d.list("").await.unwrap(), vec!["a", "b", "c"]);
-    // Nothing but records and lock files, all empty, and none for the absent scope.
+    // Nothing but records, and the lock files all empty.
     assert_eq!(leftovers(d.dir()), Vec::<String>::new());
     assert_eq!(marked(d.dir()), Vec::<String>::new());
-    if cfg!(unix) {
-        assert!(!dir.0.join("absent.lock").exists());
-    }
     // A stale op fails the commit: nothing written, the failed ops with their records.
     match d.commit(&ops).await.unwrap() {
         CommitOutcome::Conflict(failed) => {
@@ -712,7 +763,7 @@ async fn a_crash_before_the_intent_leaves_the_old_records() {
         CasOutcome::Committed(v) => assert_eq!(Some(v), before[0].map(|r| r.version + 1)),
         other => panic!("{other:?}"),
     }
-    assert!(!marked(d.dir()).contains(&"a.lock".to_owned()));
+    assert!(!marked(d.dir()).contains(&stripe("a")));
     // Its temp files are a crashed writer's: removed once stale, under their locks.
     assert_eq!(temp_ids(d.dir()).len(), 1);
     d.store.clean_up(Duration::ZERO).unwrap();
@@ -735,9 +786,8 @@ async fn stale_clean_up_spares_a_cut_short_commit() {
         left,
         "a pending commit's files are kept"
     );
-    // The lock file of the scope it creates is kept too, marker and all.
-    d.store.remove_orphan_lock("c", &dir.0.join("c.lock"));
-    assert!(marked(d.dir()).contains(&"c.lock".to_owned()));
+    // The lock file of the scope it creates keeps its marker.
+    assert!(marked(d.dir()).contains(&stripe("c")));
     let reopened = driver(&dir).await;
     assert_rolled_forward(&reopened, before).await;
 }
@@ -831,4 +881,253 @@ async fn the_intent_record_is_no_key_file() {
     let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
     assert_eq!(v["writes"][2]["key"], "c");
     assert_eq!(v["writes"][2]["replaces"], serde_json::Value::Null);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry
+
+/// A write with `expiry`.
+fn we(data: &[u8], token: u64, expiry: Expiry) -> Write<'_> {
+    w(data, token).with_expiry(expiry)
+}
+
+/// A time `ms` milliseconds from now (before now when negative), in ms since 1970.
+fn at(ms: i64) -> u64 {
+    crate::driver::now_ms().saturating_add_signed(ms)
+}
+
+#[tokio::test]
+async fn expired_records_are_absent_in_every_process() {
+    let dir = TempDir::new();
+    let (a, b) = (driver(&dir).await, driver(&dir).await);
+    assert!(a.capabilities().expiry);
+    a.put("k", we(b"1", 1, Expiry::After(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    let r = b.load("k").await.unwrap().unwrap();
+    let expires_at = r.expires_at.unwrap();
+    assert!(expires_at > at(50_000) && expires_at <= at(60_000));
+    // Keep keeps it; an update changes the revision, `expire` does not.
+    assert_eq!(
+        b.cas("k", Some(r.revision()), we(b"2", 2, Expiry::Keep))
+            .await
+            .unwrap(),
+        CasOutcome::Committed(1001)
+    );
+    let r = a.load("k").await.unwrap().unwrap();
+    assert_eq!(r.expires_at, Some(expires_at));
+    assert!(b.expire("k", Expiry::At(at(-1))).await.unwrap());
+    // Gone for every call of either driver, at once.
+    for d in [&a, &b] {
+        assert_eq!(d.load("k").await.unwrap(), None);
+        assert_eq!(d.load_many(&["k"]).await.unwrap(), vec![None]);
+        assert_eq!(d.list("").await.unwrap(), Vec::<String>::new());
+        assert!(!d.expire("k", Expiry::Never).await.unwrap());
+    }
+    // A compare-and-swap from the old revision finds nothing; one expecting absence creates
+    // the scope anew, at the initial version, with its own tokens and no expiry.
+    assert_eq!(
+        a.cas("k", Some(r.revision()), w(b"3", 3)).await.unwrap(),
+        CasOutcome::Conflict(None)
+    );
+    assert!(dir.0.join("k.json").exists(), "not reclaimed yet");
+    assert_eq!(
+        a.cas("k", None, w(b"3", 3)).await.unwrap(),
+        CasOutcome::Committed(1000)
+    );
+    let r = b.load("k").await.unwrap().unwrap();
+    assert_eq!(
+        (r.version, &r.tokens[..], r.expires_at),
+        (1000, &[3][..], None)
+    );
+    // `put` over an expired record starts afresh too; Never clears, At sets.
+    a.expire("k", Expiry::At(at(-1))).await.unwrap();
+    assert_eq!(a.put("k", w(b"4", 4)).await.unwrap(), 1000);
+    a.put("k", we(b"5", 5, Expiry::At(at(60_000))))
+        .await
+        .unwrap();
+    assert!(a.load("k").await.unwrap().unwrap().expires_at.is_some());
+    let v = a.load("k").await.unwrap().unwrap().revision();
+    assert!(a.expire("k", Expiry::Never).await.unwrap());
+    let r = a.load("k").await.unwrap().unwrap();
+    assert_eq!((r.revision(), r.expires_at), (v, None));
+    // `delete` of an expired record says it was not there, and its file goes.
+    a.expire("k", Expiry::At(at(-1))).await.unwrap();
+    assert!(!b.delete("k").await.unwrap());
+    assert!(!dir.0.join("k.json").exists());
+    // So does a delete at the revision of absence.
+    a.put("k", we(b"6", 6, Expiry::At(at(-1)))).await.unwrap();
+    assert_eq!(
+        a.commit(&[Op {
+            key: "k",
+            expected: None,
+            action: Action::Delete
+        }])
+        .await
+        .unwrap(),
+        CommitOutcome::Committed(vec![None])
+    );
+    assert_eq!(file_names(a.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn several_scope_commits_see_expired_scopes_as_absent() {
+    let dir = TempDir::new();
+    let d = driver(&dir).await;
+    d.put("a", w(b"a0", 1)).await.unwrap();
+    d.put("b", we(b"b0", 2, Expiry::At(at(60_000))))
+        .await
+        .unwrap();
+    let (ra, rb) = (revision(&d, "a").await, revision(&d, "b").await);
+    d.expire("b", Expiry::At(at(-1))).await.unwrap();
+    let op = |key, expected, data| Op {
+        key,
+        expected,
+        action: Action::Write(w(data, 9)),
+    };
+    match d
+        .commit(&[op("a", ra, b"a1"), op("b", rb, b"b1")])
+        .await
+        .unwrap()
+    {
+        CommitOutcome::Conflict(failed) => assert_eq!(failed, vec![(1, None)]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        d.commit(&[op("a", ra, b"a1"), op("b", None, b"b1")])
+            .await
+            .unwrap(),
+        CommitOutcome::Committed(vec![ra.map(|r| r.version + 1), Some(1000)])
+    );
+    let b = d.load("b").await.unwrap().unwrap();
+    assert_eq!(
+        (b.version, &b.tokens[..], b.expires_at),
+        (1000, &[9][..], None)
+    );
+}
+
+#[tokio::test]
+async fn a_cut_short_commit_over_an_expired_scope_rolls_forward() {
+    let dir = TempDir::new();
+    let d = driver(&dir).await;
+    d.put("a", w(b"a0", 1)).await.unwrap();
+    d.put("b", we(b"b0", 2, Expiry::At(at(-1)))).await.unwrap();
+    let ra = revision(&d, "a").await;
+    let ops = [wop("a", ra, b"a1", 11), wop("b", None, b"b1", 12)];
+    d.store.commit_until(&ops, Until::Intent).unwrap();
+    // The sweep takes the lock of `b`, so it settles the commit before it looks at `b`.
+    assert_eq!(d.store.sweep(100, true).unwrap(), 0);
+    let b = d.load("b").await.unwrap().unwrap();
+    assert_eq!((b.data.as_slice(), b.version), (&b"b1"[..], 1000));
+    assert_eq!(d.load("a").await.unwrap().unwrap().data, b"a1");
+    assert_eq!(leftovers(d.dir()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn sweeps_reclaim_expired_records_only() {
+    let dir = TempDir::new();
+    let d = driver(&dir).await;
+    // Nothing ever expired: no sweep reads anything.
+    d.put("live", w(b"1", 1)).await.unwrap();
+    assert_eq!(d.store.sweep(100, true).unwrap(), 0);
+    for i in 0..10 {
+        d.put(&format!("old{i}"), we(b"1", 1, Expiry::At(at(-1))))
+            .await
+            .unwrap();
+    }
+    d.put("later", we(b"1", 1, Expiry::At(at(60_000))))
+        .await
+        .unwrap();
+    let long = "l".repeat(300);
+    d.put(&long, we(b"1", 1, Expiry::At(at(-1)))).await.unwrap();
+    assert_eq!(file_names(d.dir()).len(), 13);
+    // A limit stops it, and leaves the next sweep due at once.
+    assert_eq!(d.sweep(4).await.unwrap(), 4);
+    assert_eq!(d.sweep(100).await.unwrap(), 7);
+    // The last sweep was whole: the next is not due for a while.
+    d.put("old0", we(b"1", 1, Expiry::At(at(-1))))
+        .await
+        .unwrap();
+    assert_eq!(d.sweep(100).await.unwrap(), 0);
+    assert_eq!(d.store.sweep(100, true).unwrap(), 1);
+    assert_eq!(file_names(d.dir()), vec!["later.json", "live.json"]);
+    // A new process sweeps on open when a sweep is due.
+    d.put("old1", we(b"1", 1, Expiry::At(at(-1))))
+        .await
+        .unwrap();
+    std::fs::write(dir.0.join(name::LOCK_DIR).join("sweep.lock"), b"0").unwrap();
+    let reopened = driver(&dir).await;
+    assert_eq!(file_names(reopened.dir()), vec!["later.json", "live.json"]);
+}
+
+#[test]
+fn a_sweep_spares_a_scope_written_again_after_it_expired() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = TempDir::new();
+    let d = rt.block_on(driver(&dir));
+    rt.block_on(d.put("k", we(b"old", 1, Expiry::At(at(-1)))))
+        .unwrap();
+    // Hold the scope's lock, as a writer does, while the sweep finds the record expired.
+    let files = d.store.files("k").unwrap();
+    let lock = d.store.lock_until(&files.lock, d.store.deadline()).unwrap();
+    let store = d.store.clone();
+    let sweep = std::thread::spawn(move || store.sweep(100, true).unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    // The writer writes the scope anew (it was absent: expired), then lets go.
+    let fresh = owned(w(b"new", 2));
+    d.store.replace("k", &files, None, &fresh).unwrap();
+    drop(lock);
+    assert_eq!(sweep.join().unwrap(), 0);
+    let r = rt.block_on(d.load("k")).unwrap().unwrap();
+    assert_eq!((r.data.as_slice(), r.expires_at), (&b"new"[..], None));
+}
+
+#[tokio::test]
+async fn old_records_without_expiry_still_read() {
+    let dir = TempDir::new();
+    let d = driver(&dir).await;
+    // As 0.1 wrote it, beside its per-scope lock file.
+    std::fs::write(
+        dir.0.join("k.json"),
+        "{\"format\":1,\"key\":\"k\",\"version\":8,\"schema\":0,\"len\":1,\"tokens\":[\"00000000000000a1\"]}\n7\n",
+    )
+    .unwrap();
+    std::fs::write(dir.0.join("k.lock"), b"").unwrap();
+    let d2 = driver(&dir).await;
+    for d in [&d, &d2] {
+        let r = d.load("k").await.unwrap().unwrap();
+        assert_eq!(
+            (r.version, r.data.as_slice(), r.expires_at),
+            (8, &b"7"[..], None)
+        );
+        assert_eq!(d.list("").await.unwrap(), vec!["k"]);
+    }
+    assert_eq!(file_names(d.dir()), vec!["k.json"]);
+    assert!(d
+        .expire("k", Expiry::After(Duration::from_secs(60)))
+        .await
+        .unwrap());
+    assert_eq!(d.list("").await.unwrap(), vec!["k"]);
+}
+
+/// A 0.1 directory whose commit was cut short: its markers are in per-scope lock files beside
+/// the records. `open` rolls the commit forward and removes those files.
+#[tokio::test]
+async fn a_cut_short_commit_of_0_1_is_settled_on_open() {
+    let dir = TempDir::new();
+    let (d, before) = crashed(&dir, Until::Renames(1)).await;
+    let id = temp_ids(d.dir())[0];
+    // Move the markers to where 0.1 kept them.
+    for key in ["a", "b", "c"] {
+        std::fs::write(dir.0.join(format!("{key}.lock")), format!("{id:016x}\n")).unwrap();
+        std::fs::write(dir.0.join(name::LOCK_DIR).join(stripe(key)), b"").unwrap();
+    }
+    std::fs::write(dir.0.join("other.lock"), b"").unwrap();
+    drop(d);
+    let reopened = driver(&dir).await;
+    assert_rolled_forward(&reopened, before).await;
+    assert_eq!(
+        file_names(reopened.dir()),
+        vec!["a.json", "b.json", "c.json"]
+    );
 }
