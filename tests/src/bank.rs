@@ -262,7 +262,7 @@ where
                 if matches!(o, Outcome::Unknown | Outcome::Failed) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                if seq % 16 == 0 {
+                if seq.is_multiple_of(16) {
                     tokio::task::yield_now().await;
                 }
             }
@@ -577,23 +577,45 @@ pub async fn in_process(
     s
 }
 
-/// The bank in `procs` `mp-worker` processes of `tasks` tasks each, over `n_accounts` accounts
-/// for `secs` on `url` under a fresh prefix, then [`check`]. With `kill`, it runs every 100 ms
-/// meanwhile (returning how many connections it killed), and at least one kill must land.
+/// The shape of a run across processes.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// Accounts.
+    pub accounts: usize,
+    /// `mp-worker` processes.
+    pub procs: usize,
+    /// Tasks per process.
+    pub tasks: usize,
+    /// Seconds of transfers.
+    pub secs: f64,
+}
+
+/// The bank in `mp-worker` processes (`worker`, the binary's path) shaped by `shape`, on `url`
+/// under a fresh prefix, then [`check`]. With `kill`, it runs every 100 ms meanwhile (returning
+/// how many connections it killed), and at least one kill must land. A driver joins with one
+/// call in its test file:
+///
+/// ```ignore
+/// let shape = Shape { accounts: 16, procs: 3, tasks: 4, secs: 2.0 };
+/// bank::across_processes(env!("CARGO_BIN_EXE_mp-worker"), &url, "pg-bank", shape, None::<bank::NoKill>).await;
+/// ```
 pub async fn across_processes<K, Fut>(
     worker: &str,
     url: &str,
     tag: &str,
-    n_accounts: usize,
-    procs: usize,
-    tasks: usize,
-    secs: f64,
+    shape: Shape,
     mut kill: Option<K>,
 ) -> Summary
 where
     K: FnMut() -> Fut,
     Fut: std::future::Future<Output = u64>,
 {
+    let Shape {
+        accounts: n_accounts,
+        procs,
+        tasks,
+        secs,
+    } = shape;
     let prefix = crate::unique_prefix(tag);
     let st = open(url, &prefix).await;
     open_accounts(&st, n_accounts).await;

@@ -99,10 +99,12 @@ async fn bank_across_processes() {
         env!("CARGO_BIN_EXE_mp-worker"),
         &url,
         "file-bank",
-        8,
-        3,
-        4,
-        2.0,
+        mp_storage_tests::bank::Shape {
+            accounts: 8,
+            procs: 3,
+            tasks: 4,
+            secs: 2.0,
+        },
         None::<mp_storage_tests::bank::NoKill>,
     )
     .await;

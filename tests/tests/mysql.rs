@@ -707,10 +707,12 @@ async fn bank_across_processes() {
         env!("CARGO_BIN_EXE_mp-worker"),
         &table.url,
         "mysql-bank",
-        16,
-        3,
-        4,
-        2.0,
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 3,
+            tasks: 4,
+            secs: 2.0,
+        },
         None::<mp_storage_tests::bank::NoKill>,
     )
     .await;
@@ -738,10 +740,12 @@ async fn bank_with_connections_killed() {
         env!("CARGO_BIN_EXE_mp-worker"),
         &db.url,
         "mysql-bank-kill",
-        16,
-        3,
-        4,
-        3.0,
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 3,
+            tasks: 4,
+            secs: 3.0,
+        },
         Some(kill),
     )
     .await;

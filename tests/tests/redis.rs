@@ -863,10 +863,12 @@ async fn bank_across_processes() {
         env!("CARGO_BIN_EXE_mp-worker"),
         &url,
         "redis-bank",
-        16,
-        4,
-        4,
-        2.0,
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 4,
+            tasks: 4,
+            secs: 2.0,
+        },
         None::<mp_storage_tests::bank::NoKill>,
     )
     .await;
@@ -905,10 +907,12 @@ async fn bank_with_connections_killed() {
         env!("CARGO_BIN_EXE_mp-worker"),
         &user.url(&url),
         "redis-bank-kill",
-        16,
-        3,
-        4,
-        3.0,
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 3,
+            tasks: 4,
+            secs: 3.0,
+        },
         Some(kill),
     )
     .await;
