@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -541,20 +541,47 @@ pub async fn check(st: &Storage, n_accounts: usize, report: &Report, killed: boo
     s
 }
 
-/// Opens `url` (a [`Storage`] under `prefix`) with a retry deadline fit for faults.
+/// Opens `url` (a [`Storage`] under `prefix`) with a retry deadline fit for faults. A failure
+/// that calling again may cure (a connection killed while opening) is retried for up to 15 s,
+/// as a client under connection kills would.
 pub async fn open(url: &str, prefix: &str) -> Storage {
-    Storage::builder()
-        .key_prefix(prefix)
-        .retry(mp_storage::RetryPolicy::default().deadline(Some(Duration::from_secs(30))))
-        .open(url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", mp_storage::redact_url(url)))
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let opened = Storage::builder()
+            .key_prefix(prefix)
+            .retry(mp_storage::RetryPolicy::default().deadline(Some(Duration::from_secs(30))))
+            .open(url)
+            .await;
+        match opened {
+            Ok(st) => return st,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot open {}: {e}", mp_storage::redact_url(url)),
+        }
+    }
 }
 
-/// Removes the accounts (the end of a test on a shared server).
+/// Removes the accounts (the end of a test on a shared server), retrying a connection killed
+/// just before for up to 10 s; what cannot be removed is reported, not raised.
 pub async fn close_accounts(st: &Storage, n_accounts: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
     for name in accounts(n_accounts) {
-        st.remove(&name).await.expect("remove an account");
+        loop {
+            match st.remove(&name).await {
+                Ok(_) => break,
+                Err(e)
+                    if Instant::now() < deadline
+                        && !e.category().eq(&mp_storage::ErrorCategory::BadInput) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    eprintln!("cannot remove {name}: {e}");
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -620,27 +647,19 @@ where
     let st = open(url, &prefix).await;
     open_accounts(&st, n_accounts).await;
     let workers = Workers::start(worker, url, &prefix, n_accounts, procs, tasks, secs);
-    let done = Arc::new(AtomicBool::new(false));
-    let killed = Arc::new(AtomicU64::new(0));
-    let joined = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let r = workers.join().await;
-            done.store(true, Ordering::SeqCst);
-            r
-        })
-    };
+    // Finished also when it panics (a worker failed): the kills stop either way.
+    let joined = tokio::spawn(workers.join());
+    let mut killed = 0;
     if let Some(kill) = kill.as_mut() {
-        while !done.load(Ordering::SeqCst) {
+        while !joined.is_finished() {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if !done.load(Ordering::SeqCst) {
-                killed.fetch_add(kill().await, Ordering::SeqCst);
+            if !joined.is_finished() {
+                killed += kill().await;
             }
         }
     }
     let report = joined.await.expect("the workers");
     let s = check(&st, n_accounts, &report, false).await;
-    let killed = killed.load(Ordering::SeqCst);
     eprintln!(
         "{tag}: {procs} processes x {tasks} tasks over {n_accounts} accounts for {secs} s, \
          {killed} connections killed: {s:?}"
