@@ -572,7 +572,7 @@ pub async fn close_accounts(st: &Storage, n_accounts: usize) {
                 Ok(_) => break,
                 Err(e)
                     if Instant::now() < deadline
-                        && !e.category().eq(&mp_storage::ErrorCategory::BadInput) =>
+                        && e.category() != mp_storage::ErrorCategory::BadInput =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
