@@ -318,7 +318,9 @@ mod mysql_lock {
                     mysql_async::PoolOpts::default()
                         .with_reset_connection(false)
                         .with_constraints(
-                            mysql_async::PoolConstraints::new(0, TASKS).ok_or("pool bounds")?,
+                            // Every task keeps its connection: a pool above its minimum closes
+                            // the connections handed back (with their prepared statements).
+                            mysql_async::PoolConstraints::new(TASKS, TASKS).ok_or("pool bounds")?,
                         ),
                 );
             let pool = mysql_async::Pool::new(opts);
