@@ -121,7 +121,7 @@ pub fn line(t: &Transfer, o: Outcome) -> String {
     format!("{} {} {} {} {}", o.tag(), t.id, t.from, t.to, t.amount)
 }
 
-/// Parses a line of [`line`]; `None` for anything else.
+/// Parses a line of [`line()`]; `None` for anything else.
 pub fn parse_line(s: &str) -> Option<(Transfer, Outcome)> {
     let mut it = s.split_whitespace();
     let o = Outcome::from_tag(it.next()?)?;
@@ -276,7 +276,7 @@ where
     all
 }
 
-/// The entry of `mp-worker --bank`: runs [`run`] and prints each outcome as one [`line`],
+/// The entry of `mp-worker --bank`: runs [`run`] and prints each outcome as one [`line()`],
 /// flushed at once, then `# done`.
 pub async fn worker_main(st: &Storage, n_accounts: usize, tasks: usize, secs: f64, id_base: u64) {
     let out = Arc::new(Mutex::new(std::io::stdout()));
