@@ -1,7 +1,8 @@
 //! A driver of one's own: [`CountingDriver`] wraps any other driver and counts the calls that
 //! pass through it, the way a metrics or tracing layer would.
 //!
-//! It implements the five calls of [`mp_storage::Driver`] and is handed to
+//! It implements the five calls of [`mp_storage::Driver`], passes the optional ones through
+//! (several-scope commits, batched loads, expiry, reservations) and is handed to
 //! [`Storage::with_driver`](mp_storage::Storage::with_driver); the retry loop, the cache and the
 //! codec stay the engine's. Its test, `examples/tests/counting_driver.rs`, runs the whole
 //! behavior suite on it with `mp_storage::behavior_suite!` (feature `testkit`), as the author of
@@ -31,7 +32,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mp_storage::{CasOutcome, Driver, Error, Record, Revision, Write};
+use std::time::Duration;
+
+use mp_storage::driver::Capabilities;
+use mp_storage::{
+    Action, CasOutcome, CommitOutcome, Driver, Error, Expiry, Op, Record, Revision, Write,
+};
 
 /// How many calls of each kind reached a [`CountingDriver`], failed ones included.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,6 +52,8 @@ pub struct Calls {
     pub delete: u64,
     /// `list` calls.
     pub list: u64,
+    /// `commit` calls of anything but one write (one write is counted as a `cas`).
+    pub commit: u64,
 }
 
 /// Wraps a driver and counts its calls; everything else is the wrapped driver's.
@@ -56,6 +64,7 @@ pub struct CountingDriver {
     put: AtomicU64,
     delete: AtomicU64,
     list: AtomicU64,
+    commit: AtomicU64,
 }
 
 impl CountingDriver {
@@ -68,6 +77,7 @@ impl CountingDriver {
             put: AtomicU64::new(0),
             delete: AtomicU64::new(0),
             list: AtomicU64::new(0),
+            commit: AtomicU64::new(0),
         }
     }
 
@@ -79,6 +89,7 @@ impl CountingDriver {
             put: self.put.load(Ordering::Relaxed),
             delete: self.delete.load(Ordering::Relaxed),
             list: self.list.load(Ordering::Relaxed),
+            commit: self.commit.load(Ordering::Relaxed),
         }
     }
 }
@@ -95,6 +106,43 @@ impl Driver for CountingDriver {
 
     fn max_data_len(&self) -> usize {
         self.inner.max_data_len()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        count(&self.load);
+        self.inner.load_many(keys).await
+    }
+
+    async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
+        if let [Op {
+            key,
+            expected,
+            action: Action::Write(write),
+        }] = ops
+        {
+            return Ok(match self.cas(key, *expected, *write).await? {
+                CasOutcome::Committed(v) => CommitOutcome::Committed(vec![Some(v)]),
+                CasOutcome::Conflict(r) => CommitOutcome::Conflict(vec![(0, r)]),
+            });
+        }
+        count(&self.commit);
+        self.inner.commit(ops).await
+    }
+
+    async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
+        self.inner.expire(key, expiry).await
+    }
+
+    async fn sweep(&self, limit: usize) -> Result<usize, Error> {
+        self.inner.sweep(limit).await
+    }
+
+    async fn reserve(&self, key: &str, claimant: u64, ttl: Duration) -> Result<bool, Error> {
+        self.inner.reserve(key, claimant, ttl).await
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {

@@ -45,6 +45,7 @@ async fn calls_are_counted() {
             put: 1,
             delete: 1,
             list: 1,
+            commit: 0,
         }
     );
 }
