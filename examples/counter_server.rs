@@ -13,6 +13,10 @@
 //! There has been 1 request.
 //! $ curl -H 'Accept: application/json' 'localhost:8080/?user=alice'
 //! {"scope":"user:alice","count":2}
+//! $ curl -X POST 'localhost:8080/deposit?user=alice&amount=100'
+//! {"user":"alice","balance":100}
+//! $ curl -X POST 'localhost:8080/transfer?from=alice&to=bob&amount=30'
+//! {"from":{"user":"alice","balance":70},"to":{"user":"bob","balance":30}}
 //! ```
 //!
 //! The app (router, state, handlers) is in `counter/mod.rs`, the command line in

@@ -8,10 +8,18 @@
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
 //! scopes, ops, secs, ops_per_sec, p50_us, p99_us, attempts_per_commit, backend_calls_per_op,
-//! baseline, baseline_ops_per_sec, ratio (library / baseline), exact (final counts checked).
+//! baseline, baseline_ops_per_sec, ratio (library / baseline), exact (final counts checked);
+//! the transfer rows add driver_calls_per_op (the engine's), baseline_calls_per_op (counted by
+//! the server, like backend_calls_per_op) and baseline_round_trips_per_op (counted in the
+//! client).
+//!
+//! `--only scenarios` runs the counter scenarios and the transfer scenario (two scopes per
+//! update, 32 tasks over 64 accounts, warm: see `transfer.rs`), `--only transfer` the transfer
+//! scenario alone, `--only fairness` the fairness rows.
 
 mod baseline;
 mod fair;
+mod transfer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -323,6 +331,13 @@ struct Row {
     baseline_ops_per_sec: f64,
     ratio: f64,
     exact: bool,
+    /// The engine's driver calls per op (the transfer scenario).
+    driver_calls_per_op: Option<f64>,
+    /// The baseline's commands or statements per op, counted by the server (the transfer
+    /// scenario).
+    baseline_calls_per_op: Option<f64>,
+    /// The baseline's round trips per op, counted in the client (the transfer scenario).
+    baseline_round_trips_per_op: Option<f64>,
 }
 
 impl Row {
@@ -343,6 +358,9 @@ impl Row {
             "baseline_ops_per_sec": round(self.baseline_ops_per_sec, 0),
             "ratio": round(self.ratio, 3),
             "exact": self.exact,
+            "driver_calls_per_op": self.driver_calls_per_op.map(|v| round(v, 3)),
+            "baseline_calls_per_op": self.baseline_calls_per_op.map(|v| round(v, 3)),
+            "baseline_round_trips_per_op": self.baseline_round_trips_per_op.map(|v| round(v, 3)),
         })
     }
 }
@@ -380,15 +398,18 @@ fn parse_args() -> Result<Args, String> {
             }
             "--quick" => args.quick = true,
             "--only" => {
-                let part = it.next().ok_or("--only needs scenarios or fairness")?;
-                if !matches!(part.as_str(), "scenarios" | "fairness") {
-                    return Err(format!("--only {part:?}: scenarios or fairness"));
+                let part = it
+                    .next()
+                    .ok_or("--only needs scenarios, transfer or fairness")?;
+                if !matches!(part.as_str(), "scenarios" | "transfer" | "fairness") {
+                    return Err(format!("--only {part:?}: scenarios, transfer or fairness"));
                 }
                 args.only = Some(part);
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: mp-bench [--storage URL]… [--secs S] [--quick] [--only scenarios|fairness]"
+                    "usage: mp-bench [--storage URL]… [--secs S] [--quick] \
+                     [--only scenarios|transfer|fairness]"
                 );
                 std::process::exit(0);
             }
@@ -530,6 +551,9 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
                     0.0
                 },
                 exact: lib.errors == 0 && base_exact,
+                driver_calls_per_op: None,
+                baseline_calls_per_op: None,
+                baseline_round_trips_per_op: None,
             };
             println!("{}", row.json());
             rows.push(row);
@@ -539,6 +563,94 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
     for name in st.list("").await? {
         st.remove(&name).await?;
     }
+    for b in &baselines {
+        b.cleanup().await?;
+    }
+    Ok(())
+}
+
+/// The transfer scenario on `url`: the library and each baseline alternately, twice, on
+/// accounts of their own; one row per baseline (one without a baseline where there is none).
+async fn bench_transfer(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(), BenchError> {
+    let run = format!("{:08x}", rand::random::<u32>());
+    let st = Storage::builder()
+        .key_prefix(format!("mp-bench:{run}:"))
+        .open(url)
+        .await?;
+    let driver = st.driver_name().to_owned();
+    let library: Arc<dyn transfer::Mover> = Arc::new(transfer::Library { st: st.clone() });
+    let baselines: Vec<Arc<dyn transfer::Mover>> = transfer::baselines(url)
+        .await?
+        .into_iter()
+        .map(Arc::from)
+        .collect();
+    let mut lib = transfer::Run {
+        exact: true,
+        ..transfer::Run::default()
+    };
+    let mut bases: Vec<transfer::Run> = baselines
+        .iter()
+        .map(|_| transfer::Run {
+            exact: true,
+            ..transfer::Run::default()
+        })
+        .collect();
+    for round in 0..2 {
+        let accounts = Arc::new(transfer::accounts(&format!("lib{round}")));
+        lib.merge(transfer::measure(library.clone(), accounts, args.secs, url).await);
+        for (i, (b, m)) in baselines.iter().zip(bases.iter_mut()).enumerate() {
+            let accounts = Arc::new(transfer::accounts(&format!("base{i}.{round}")));
+            m.merge(transfer::measure(b.clone(), accounts, args.secs, url).await);
+        }
+    }
+    let per_op = |n: u64, ops: u64| (ops > 0).then(|| n as f64 / ops as f64);
+    let mut m = Measure {
+        latencies_us: std::mem::take(&mut lib.latencies_us),
+        ..Measure::default()
+    };
+    let (p50, p99) = (m.percentile(0.5), m.percentile(0.99));
+    let driver_calls = per_op(lib.driver_calls, lib.ops);
+    let server_calls = lib.server_calls.and_then(|n| per_op(n, lib.ops));
+    type Compared = (String, f64, bool, Option<f64>, Option<f64>);
+    let compared: Vec<Compared> = if baselines.is_empty() {
+        vec![("none".to_owned(), 0.0, true, None, None)]
+    } else {
+        baselines
+            .iter()
+            .zip(&bases)
+            .map(|(b, r)| {
+                let trips = (r.round_trips > 0).then(|| r.round_trips as f64 / r.ops.max(1) as f64);
+                let calls = r.server_calls.and_then(|n| per_op(n, r.ops));
+                (b.label(), r.ops_per_sec(), r.exact, calls, trips)
+            })
+            .collect()
+    };
+    for (label, rate, base_exact, base_calls, base_trips) in compared {
+        let ops_per_sec = lib.ops_per_sec();
+        let row = Row {
+            driver: driver.clone(),
+            scenario: "transfer",
+            tasks: transfer::TASKS,
+            scopes: transfer::ACCOUNTS,
+            ops: lib.ops,
+            secs: lib.secs,
+            ops_per_sec,
+            p50_us: p50,
+            p99_us: p99,
+            attempts_per_commit: per_op(lib.attempts, lib.finished),
+            backend_calls_per_op: server_calls.or(driver_calls),
+            baseline: label,
+            baseline_ops_per_sec: rate,
+            ratio: if rate > 0.0 { ops_per_sec / rate } else { 0.0 },
+            exact: lib.exact && base_exact,
+            driver_calls_per_op: driver_calls,
+            baseline_calls_per_op: base_calls,
+            baseline_round_trips_per_op: base_trips,
+        };
+        println!("{}", row.json());
+        rows.push(row);
+    }
+    library.cleanup().await?;
     for b in &baselines {
         b.cleanup().await?;
     }
@@ -592,7 +704,12 @@ fn print_table(rows: &[Row]) {
             r.baseline_ops_per_sec,
             r.ratio,
             r.exact,
-            r.baseline
+            match (r.baseline_calls_per_op, r.baseline_round_trips_per_op) {
+                (Some(c), Some(t)) =>
+                    format!("{} ({c:.2} calls/op, {t:.2} round trips/op)", r.baseline),
+                (None, Some(t)) => format!("{} ({t:.2} round trips/op)", r.baseline),
+                _ => r.baseline.clone(),
+            }
         );
     }
 }
@@ -623,13 +740,19 @@ async fn main() {
     let mut fair_rows = Vec::new();
     let mut failed = false;
     for url in &urls {
-        if args.only.as_deref() != Some("fairness") {
+        if args.only.is_none() || args.only.as_deref() == Some("scenarios") {
             if let Err(e) = bench_driver(url, &args, &mut rows).await {
                 eprintln!("mp-bench: {url}: {e}");
                 failed = true;
             }
         }
-        if args.only.as_deref() != Some("scenarios") {
+        if args.only.as_deref() != Some("fairness") {
+            if let Err(e) = bench_transfer(url, &args, &mut rows).await {
+                eprintln!("mp-bench: {url}: transfer: {e}");
+                failed = true;
+            }
+        }
+        if args.only.is_none() || args.only.as_deref() == Some("fairness") {
             // 5 s per measurement in a full run, as the targets are stated.
             let secs = if args.quick { args.secs } else { 5.0 };
             if let Err(e) = fair::bench(url, secs, &mut fair_rows).await {

@@ -24,6 +24,10 @@ Usage: counter-server [--storage URL] [--listen ADDR]
   GET /?user=NAME   counts in scope \"user:NAME\"
   Answers `There have been N requests.`, or {\"scope\": ..., \"count\": N} with
   `Accept: application/json`.
+  POST /deposit?user=NAME&amount=N          adds N to scope \"wallet:NAME\"
+  POST /transfer?from=A&to=B&amount=N       moves N from wallet A to wallet B, all or
+                                            nothing (409 when A has less than N)
+  GET /wallet?user=NAME                     reads a balance, as JSON
 
 Options:
   --storage URL   the store: memory://, file:<dir>, redis://..., mysql://...

@@ -10,15 +10,20 @@
 //!
 //! Every count is one [`Storage::scoped`] call, so any number of server processes on one store
 //! keep one exact count: each answered number is handed out once.
+//!
+//! Beside the counts, users' wallets ([`wallet`]): `POST /deposit`, `GET /wallet`, and
+//! `POST /transfer?from=A&to=B&amount=N`, which moves money between two wallets with one
+//! [`Storage::try_scoped_many`] (both change or neither; an overdraft answers 409).
 
 pub mod cli;
+pub mod wallet;
 
 use std::future::Future;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use mp_storage::{Error, ErrorCategory, Scope, Storage, MAX_NAME_LEN};
 use percent_encoding::percent_decode_str;
@@ -51,6 +56,9 @@ struct Answer<'a> {
 pub fn app(storage: Storage) -> Router {
     Router::new()
         .route("/", get(count))
+        .route("/transfer", post(wallet::transfer))
+        .route("/deposit", post(wallet::deposit))
+        .route("/wallet", get(wallet::wallet))
         .fallback(not_found)
         .with_state(storage)
 }
@@ -225,7 +233,9 @@ fn failure(scope: &str, e: &Error) -> Response {
 async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "not found: try GET / or GET /?user=NAME\n".to_owned(),
+        "not found: try GET / or GET /?user=NAME, GET /wallet?user=NAME, \
+         POST /deposit?user=NAME&amount=N or POST /transfer?from=A&to=B&amount=N\n"
+            .to_owned(),
     )
 }
 

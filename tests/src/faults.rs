@@ -1,11 +1,17 @@
 //! A driver that wraps another one to count calls or inject faults, for the engine and server
-//! tests.
+//! tests. It passes everything else through: several-scope commits (faults included), batched
+//! loads, expiry and its sweeps; not reservations, so that call counts stay those of the
+//! compare-and-swap alone.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mp_storage::{BackendKind, CasOutcome, Driver, Error, Record, Revision, Write};
+use mp_storage::driver::Capabilities;
+use mp_storage::{
+    Action, BackendKind, CasOutcome, CommitOutcome, Driver, Error, Expiry, Op, Record, Revision,
+    Write,
+};
 
 /// Counts the calls that reach the wrapped driver.
 #[derive(Default)]
@@ -16,6 +22,8 @@ pub struct Calls {
     pub cas: AtomicU64,
     /// `put` calls.
     pub puts: AtomicU64,
+    /// `commit` calls of several keys (a commit of one write is counted as a `cas`).
+    pub commits: AtomicU64,
 }
 
 impl Calls {
@@ -29,7 +37,8 @@ impl Calls {
     }
 }
 
-/// What [`Faulty`] does to the next `cas` calls.
+/// What [`Faulty`] does to the next `cas` calls (and `commit` calls, where the "stored counter"
+/// is the first key the commit writes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Pass every call through.
@@ -157,6 +166,17 @@ fn lost() -> Error {
     )
 }
 
+fn refused() -> Error {
+    Error::backend_unsent(
+        "faulty",
+        BackendKind::Connection,
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused (injected)",
+        ),
+    )
+}
+
 #[async_trait]
 impl Driver for Faulty {
     fn name(&self) -> &'static str {
@@ -204,15 +224,79 @@ impl Driver for Faulty {
                 Err(lost())
             }
             Fault::FailBeforeSend(_) => Err(lost()),
-            Fault::Refused(_) => Err(Error::backend_unsent(
-                "faulty",
-                BackendKind::Connection,
-                std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    "connection refused (injected)",
-                ),
-            )),
+            Fault::Refused(_) => Err(refused()),
         }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        self.check_up()?;
+        self.calls.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.load_many(keys).await
+    }
+
+    async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
+        if let [Op {
+            key,
+            expected,
+            action: Action::Write(write),
+        }] = ops
+        {
+            // One write is a compare-and-swap, faults and counts included.
+            return Ok(match self.cas(key, *expected, *write).await? {
+                CasOutcome::Committed(v) => CommitOutcome::Committed(vec![Some(v)]),
+                CasOutcome::Conflict(r) => CommitOutcome::Conflict(vec![(0, r)]),
+            });
+        }
+        self.check_up()?;
+        self.calls.commits.fetch_add(1, Ordering::SeqCst);
+        let fault = self.take_fault();
+        let first_write = ops.iter().find_map(|op| match op.action {
+            Action::Write(w) => Some((op.key, w)),
+            _ => None,
+        });
+        match (fault, first_write) {
+            (Fault::FailBeforeSend(_), _) => Err(lost()),
+            (Fault::Refused(_), _) => Err(refused()),
+            (Fault::None, _) | (_, None) => self.inner.commit(ops).await,
+            (Fault::Interfere(_), Some((key, w))) => {
+                self.add_100(key, w).await?;
+                self.inner.commit(ops).await
+            }
+            (Fault::LoseReplyAfterCommit(_), _) => {
+                self.inner.commit(ops).await?;
+                Err(lost())
+            }
+            (Fault::LoseReplyThenOthersWrite(n), Some((key, w))) => {
+                let done = self.inner.commit(ops).await?;
+                if matches!(done, CommitOutcome::Committed(_)) {
+                    for _ in 0..n {
+                        self.add_100(key, w).await?;
+                    }
+                }
+                Err(lost())
+            }
+            (Fault::LoseReplyThenDelete(_), Some((key, _))) => {
+                let done = self.inner.commit(ops).await?;
+                if matches!(done, CommitOutcome::Committed(_)) {
+                    self.inner.delete(key).await?;
+                }
+                Err(lost())
+            }
+        }
+    }
+
+    async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
+        self.check_up()?;
+        self.inner.expire(key, expiry).await
+    }
+
+    async fn sweep(&self, limit: usize) -> Result<usize, Error> {
+        self.check_up()?;
+        self.inner.sweep(limit).await
     }
 
     async fn put(&self, key: &str, write: Write<'_>) -> Result<u64, Error> {

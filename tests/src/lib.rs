@@ -1,5 +1,5 @@
-//! The repository's test helpers: the drivers as behavior-suite targets, a fault-injecting
-//! driver, connections killed under load, a TCP proxy that breaks the network on cue, a raw
+//! The repository's test helpers: the drivers as behavior-suite targets, a bank of accounts
+//! moved between by several-scope commits ([`bank`]), a fault-injecting driver, connections killed under load, a TCP proxy that breaks the network on cue, a raw
 //! RESP client, URL edits, unique names, cleanups, and the multi-process tests' workers.
 //!
 //! The behavior suite itself ships with mp-storage (feature `testkit`). A driver joins it with
@@ -14,6 +14,7 @@
 //! `MP_TEST_REDIS_URL` and `MP_TEST_MYSQL_URL`: unset means the cases pass as skipped with a
 //! printed reason; with `MP_TEST_REQUIRE_SERVERS=1` an unset or unreachable server fails them.
 
+pub mod bank;
 pub mod faults;
 pub mod kill;
 pub mod proxy;

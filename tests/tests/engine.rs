@@ -434,3 +434,127 @@ async fn idempotent_lost_reply_is_settled_by_its_receipt() {
     let err = mp_storage_tests::increment(&st, "c").await.unwrap_err();
     assert!(err.may_have_happened() && !err.is_retryable(), "{err:?}");
 }
+
+/// Several-scope commits pass through the fault-injecting driver, faults included: a conflict
+/// reruns the closure on fresh values, a lost reply is settled without a second apply, a
+/// failure before send is retried, a lost reply after many other writes is "commit unknown".
+#[tokio::test(start_paused = true)]
+async fn several_scope_commits_take_faults() {
+    let d = faulty();
+    let st = storage(&d, RetryPolicy::default());
+    let names = ["a", "b"];
+    st.set("a", &Counter { count: 1 }).await.unwrap();
+    let add = |c: &mut [Counter]| {
+        c[0].count += 1;
+        c[1].count += 1;
+        (c[0].count, c[1].count)
+    };
+
+    // Another writer adds 100 to `a` before each of two commits: three runs.
+    d.set_fault(Fault::Interfere(2));
+    let seen = Mutex::new(Vec::new());
+    let got = st
+        .scoped_many(&names, |c: &mut [Counter]| {
+            seen.lock().unwrap().push(c[0].count);
+            add(c)
+        })
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![1, 101, 201]);
+    assert_eq!(got, (202, 1));
+    assert_eq!(d.calls.commits.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // The reply is lost after the commit: settled, applied once.
+    d.set_fault(Fault::LoseReplyAfterCommit(1));
+    let runs = Mutex::new(0);
+    let got = st
+        .scoped_many(&names, |c: &mut [Counter]| {
+            *runs.lock().unwrap() += 1;
+            add(c)
+        })
+        .await
+        .unwrap();
+    assert_eq!((got, *runs.lock().unwrap()), ((203, 2), 1));
+
+    // Never sent: retried, applied once.
+    d.set_fault(Fault::FailBeforeSend(2));
+    assert_eq!(st.scoped_many(&names, add).await.unwrap(), (204, 3));
+
+    // Lost, then 20 other writes of `a`: cannot be told, a typed error, never a second apply.
+    d.set_fault(Fault::LoseReplyThenOthersWrite(20));
+    let err = st.scoped_many(&names, add).await.unwrap_err();
+    assert!(err.may_have_happened(), "{err:?}");
+    let both = st.get_many::<Counter, _>(&names).await.unwrap();
+    assert_eq!(
+        both.iter()
+            .map(|c| c.as_ref().unwrap().count)
+            .collect::<Vec<_>>(),
+        [2205, 4]
+    );
+
+    // Down (a failure that may have been sent, then no way to look): a typed error, nothing
+    // written.
+    d.set_down(Some(BackendKind::Connection));
+    let err = st.scoped_many(&names, add).await.unwrap_err();
+    assert!(
+        err.may_have_happened() || err.backend_kind() == Some(BackendKind::Connection),
+        "{err:?}"
+    );
+    d.set_down(None);
+    let both = st.get_many::<Counter, _>(&names).await.unwrap();
+    assert_eq!(both[1].as_ref().unwrap().count, 4);
+}
+
+/// A driver with only the five required calls (load, cas, put, delete, list), as the README
+/// says a backend of one's own may be.
+struct FiveCalls(MemoryDriver);
+
+#[async_trait::async_trait]
+impl mp_storage::Driver for FiveCalls {
+    fn name(&self) -> &'static str {
+        "five-calls"
+    }
+    async fn load(&self, key: &str) -> Result<Option<mp_storage::Record>, Error> {
+        self.0.load(key).await
+    }
+    async fn cas(
+        &self,
+        key: &str,
+        expected: Option<mp_storage::Revision>,
+        write: mp_storage::Write<'_>,
+    ) -> Result<mp_storage::CasOutcome, Error> {
+        self.0.cas(key, expected, write).await
+    }
+    async fn put(&self, key: &str, write: mp_storage::Write<'_>) -> Result<u64, Error> {
+        self.0.put(key, write).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, Error> {
+        self.0.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        self.0.list(prefix).await
+    }
+}
+
+/// On a driver with only the five required calls, a scope that ends through the
+/// compare-and-swap (`scoped_option` leaving `None`, `remove_if`) needs a removal checked against
+/// a revision, which such a driver cannot do: a typed refusal that says so, the scope left as it
+/// was; an unchecked `remove` still works.
+#[tokio::test]
+async fn a_five_call_driver_refuses_a_checked_removal() {
+    let st = Storage::with_driver(Arc::new(FiveCalls(MemoryDriver::new()))).unwrap();
+    st.set("stock", &0u64).await.unwrap();
+    match st.remove_if("stock", |left: &u64| *left == 0).await {
+        Err(Error::Unsupported { capability, .. }) => {
+            assert!(capability.contains("removals checked"), "{capability}")
+        }
+        other => panic!("expected a typed refusal, got {other:?}"),
+    }
+    let ended = st
+        .scoped_option("stock", |n: &mut Option<u64>| *n = None)
+        .await;
+    assert!(matches!(ended, Err(Error::Unsupported { .. })), "{ended:?}");
+    assert_eq!(st.get::<u64>("stock").await.unwrap(), Some(0));
+    assert!(st.remove("stock").await.unwrap());
+    assert_eq!(st.get::<u64>("stock").await.unwrap(), None);
+}

@@ -86,6 +86,47 @@ async fn processes_count_exactly(options: &str, increments: usize) {
     assert_eq!(file_names(dir.path()), vec!["%locks", "mp%2fhot.json"]);
 }
 
+/// The bank across processes: 3 processes x 4 tasks over 8 accounts for 2 s (see
+/// `mp_storage_tests::bank`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_across_processes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}?fsync=false", dir.path().display());
+    mp_storage_tests::bank::across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        "file-bank",
+        mp_storage_tests::bank::Shape {
+            accounts: 8,
+            procs: 3,
+            tasks: 4,
+            secs: 2.0,
+        },
+        None::<mp_storage_tests::bank::NoKill>,
+    )
+    .await;
+}
+
+/// The bank with its writers killed: 2 processes x 4 tasks over 8 accounts (durable writes),
+/// both killed with SIGKILL at random moments, 6 rounds; after each, a fresh handle finds the
+/// money conserved and every transfer in both ledgers or neither.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_with_killed_writers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}", dir.path().display());
+    mp_storage_tests::bank::killed_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        "file-bank-kill",
+        8,
+        2,
+        4,
+        6,
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // SIGKILL
 

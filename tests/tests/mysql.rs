@@ -695,6 +695,62 @@ async fn mysql_kill_loses_and_doubles_nothing() {
     .await;
 }
 
+/// The bank across processes: 3 processes x 4 tasks over 16 accounts for 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_across_processes() {
+    let Some(table) = Table::new("bank").await else {
+        return;
+    };
+    // The table exists before the workers race to create it.
+    drop(table.driver().await);
+    mp_storage_tests::bank::across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table.url,
+        "mysql-bank",
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 3,
+            tasks: 4,
+            secs: 2.0,
+        },
+        None::<mp_storage_tests::bank::NoKill>,
+    )
+    .await;
+}
+
+/// The bank across processes while `KILL` ends every connection on its database every 100 ms:
+/// 3 processes x 4 tasks over 16 accounts for 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_with_connections_killed() {
+    let Some(db) = Database::new("bankkill").await else {
+        return;
+    };
+    drop(
+        mp_storage::driver::open(&db.url)
+            .await
+            .expect("create the table"),
+    );
+    let killer = Arc::new(tokio::sync::Mutex::new(admin(&db.base).await));
+    let kill = || {
+        let killer = killer.clone();
+        let db = &db;
+        async move { db.kill_all(&mut *killer.lock().await).await as u64 }
+    };
+    mp_storage_tests::bank::across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &db.url,
+        "mysql-bank-kill",
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 3,
+            tasks: 4,
+            secs: 3.0,
+        },
+        Some(kill),
+    )
+    .await;
+}
+
 type Row = (u64, Vec<u8>, Vec<u8>);
 
 async fn snapshot(conn: &mut mysql_async::Conn, k: Vec<u8>) -> Option<Row> {

@@ -855,6 +855,69 @@ async fn redis_client_kill_loses_and_doubles_nothing() {
     .await;
 }
 
+/// The bank across processes: 4 processes x 4 tasks over 16 accounts for 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_across_processes() {
+    let Some(url) = server_url() else { return };
+    mp_storage_tests::bank::across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        "redis-bank",
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 4,
+            tasks: 4,
+            secs: 2.0,
+        },
+        None::<mp_storage_tests::bank::NoKill>,
+    )
+    .await;
+}
+
+/// The bank across processes while `CLIENT KILL` cuts every connection of the workers' user
+/// every 100 ms: 3 processes x 4 tasks over 16 accounts for 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_with_connections_killed() {
+    let Some(url) = server_url() else { return };
+    let user = AclUser::new(&url).await;
+    let killer = Arc::new(tokio::sync::Mutex::new(RespClient::connect(&url).await));
+    let kill = || {
+        let killer = killer.clone();
+        let name = user.name.clone();
+        async move {
+            let reply = killer
+                .lock()
+                .await
+                .cmd(&[
+                    b"CLIENT",
+                    b"KILL",
+                    b"USER",
+                    name.as_bytes(),
+                    b"SKIPME",
+                    b"yes",
+                ])
+                .await;
+            match reply {
+                Resp::Int(n) => u64::try_from(n).expect("a count"),
+                other => panic!("CLIENT KILL: {other:?}"),
+            }
+        }
+    };
+    mp_storage_tests::bank::across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &user.url(&url),
+        "redis-bank-kill",
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 3,
+            tasks: 4,
+            secs: 3.0,
+        },
+        Some(kill),
+    )
+    .await;
+}
+
 /// A Redis record corrupted by hand: data that is not the type's JSON is a decode error and is
 /// not overwritten.
 #[tokio::test]

@@ -319,11 +319,31 @@ async fn request(addr: SocketAddr, method: &str, target: &str, json: bool) -> Re
 
 /// `METHOD target` on `addr` with `headers` (each line ending in CRLF).
 async fn request_with(addr: SocketAddr, method: &str, target: &str, headers: &str) -> Reply {
+    request_body(addr, method, target, headers, "").await
+}
+
+/// `METHOD target` on `addr` with `headers` and a form-encoded `body` (none when empty).
+async fn request_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &str,
+    body: &str,
+) -> Reply {
     let mut stream = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    let req =
-        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
+    let form = if body.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        )
+    };
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{headers}{form}Connection: close\r\n\r\n{body}"
+    );
     stream.write_all(req.as_bytes()).await.expect("send");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("receive");
@@ -469,6 +489,95 @@ async fn a_retried_request_with_an_idempotency_key_counts_once() {
     assert_eq!(reply.status, 400);
     let stored: Option<Counter> = storage.get("user:bob").await.expect("read");
     assert_eq!(stored, Some(Counter { count: 2 }));
+}
+
+/// The balance of a wallet answer, checking its user.
+fn balance(v: &serde_json::Value, user: &str) -> u64 {
+    assert_eq!(v["user"].as_str(), Some(user), "{v}");
+    v["balance"].as_u64().expect("a balance")
+}
+
+/// `POST /transfer` moves money between two wallets, all or nothing: an overdraft answers 409
+/// and changes nothing, bad parameters 400; concurrent transfers from one wallet never overdraw
+/// it, and the money is conserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfers_move_money_all_or_nothing() {
+    let storage = Storage::open("memory://").await.expect("memory");
+    let (addr, _stop) = serve_here(storage.clone()).await;
+    let post = |target: String| async move { request(addr, "POST", &target, true).await };
+    let json = |r: &Reply| -> serde_json::Value {
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        serde_json::from_str(&r.body).expect("a JSON answer")
+    };
+
+    let r = post("/deposit?user=alice&amount=100".into()).await;
+    assert_eq!(balance(&json(&r), "alice"), 100);
+    // From the query string, or from a form body.
+    let r = post("/transfer?from=alice&to=bob&amount=30".into()).await;
+    let v = json(&r);
+    assert_eq!(
+        (balance(&v["from"], "alice"), balance(&v["to"], "bob")),
+        (70, 30)
+    );
+    let r = request_body(addr, "POST", "/transfer", "", "from=bob&to=alice&amount=5").await;
+    let v = json(&r);
+    assert_eq!(
+        (balance(&v["from"], "bob"), balance(&v["to"], "alice")),
+        (25, 75)
+    );
+
+    // An overdraft: 409, nothing moved.
+    let r = post("/transfer?from=alice&to=bob&amount=76".into()).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("insufficient funds"), "{}", r.body);
+    let r = get(addr, "/wallet?user=alice", true).await;
+    assert_eq!(balance(&json(&r), "alice"), 75);
+    let r = get(addr, "/wallet?user=carol", true).await;
+    assert_eq!(balance(&json(&r), "carol"), 0, "a wallet never written");
+
+    // Bad parameters: 400, nothing written.
+    for target in [
+        "/transfer?from=alice&to=bob",
+        "/transfer?from=alice&amount=1",
+        "/transfer?from=alice&to=alice&amount=1",
+        "/transfer?from=alice&to=bob&amount=0",
+        "/transfer?from=alice&to=bob&amount=-3",
+        "/transfer?from=alice&to=bob&amount=1&amount=2",
+        "/transfer?from=alice&to=%00&amount=1",
+        "/transfer?from=alice&to=%FF&amount=1",
+        "/deposit?user=alice&amount=x",
+    ] {
+        let r = post(target.into()).await;
+        assert_eq!(r.status, 400, "{target}: {}", r.body);
+    }
+    let r = request(addr, "GET", "/transfer?from=alice&to=bob&amount=1", false).await;
+    assert_eq!(r.status, 405);
+
+    // 16 concurrent transfers of 10 from alice (75): exactly 7 go through, the rest are 409.
+    let replies = futures::future::join_all(
+        (0..16).map(|i| post(format!("/transfer?from=alice&to=payee{}&amount=10", i % 4))),
+    )
+    .await;
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused = replies.iter().filter(|r| r.status == 409).count();
+    assert_eq!((ok, refused), (7, 9));
+    let mut names = vec!["wallet:alice".to_owned(), "wallet:bob".to_owned()];
+    names.extend((0..4).map(|i| format!("wallet:payee{i}")));
+    let wallets = storage
+        .get_many::<counter::wallet::Wallet, _>(&names)
+        .await
+        .expect("read");
+    let balances: Vec<u64> = wallets
+        .iter()
+        .map(|w| w.as_ref().map_or(0, |w| w.balance))
+        .collect();
+    assert_eq!(balances[0], 5);
+    assert_eq!(
+        balances.iter().sum::<u64>(),
+        100,
+        "money conserved: {balances:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

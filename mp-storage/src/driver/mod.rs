@@ -430,8 +430,10 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Commits `ops` (distinct keys, at most [`MAX_COMMIT_KEYS`]) all or nothing: every check
     /// holds and every write takes effect, or nothing is written (contract rule 14). A single
-    /// write is [`Driver::cas`], which the default calls; several keys need
-    /// [`Capabilities::multi_key_commit`], and the default refuses them.
+    /// write is [`Driver::cas`], which the default calls; several keys, and a removal checked
+    /// against a revision (a scope that ends through the compare-and-swap), need
+    /// [`Capabilities::multi_key_commit`], and the default refuses them with
+    /// [`Error::Unsupported`].
     async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
         match ops {
             [Op {
@@ -441,6 +443,13 @@ pub trait Driver: Send + Sync + 'static {
             }] => Ok(match self.cas(key, *expected, *write).await? {
                 CasOutcome::Committed(v) => CommitOutcome::Committed(vec![Some(v)]),
                 CasOutcome::Conflict(r) => CommitOutcome::Conflict(vec![(0, r)]),
+            }),
+            [Op {
+                action: Action::Delete,
+                ..
+            }] => Err(Error::Unsupported {
+                driver: self.name(),
+                capability: "removals checked against a revision (Driver::commit)",
             }),
             _ => Err(Error::Unsupported {
                 driver: self.name(),

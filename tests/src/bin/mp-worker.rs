@@ -3,6 +3,10 @@
 //!
 //! `mp-worker --url URL --prefix P --scope NAME --tasks N --increments M`, or `--secs S` instead
 //! of `--increments` to run for a time; then a last line `# ops p50_us p99_us max_us` follows.
+//!
+//! `mp-worker --url URL --prefix P --bank ACCOUNTS --tasks N --secs S --id-base B` runs random
+//! transfers between the accounts instead and prints each one's outcome
+//! (see `mp_storage_tests::bank`).
 
 use std::io::Write as _;
 
@@ -16,6 +20,8 @@ struct Args {
     tasks: usize,
     increments: usize,
     secs: Option<f64>,
+    bank: Option<usize>,
+    id_base: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -26,6 +32,8 @@ fn parse_args() -> Result<Args, String> {
         tasks: 1,
         increments: 1,
         secs: None,
+        bank: None,
+        id_base: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -37,6 +45,8 @@ fn parse_args() -> Result<Args, String> {
             "--scope" => args.scope = value.clone(),
             "--tasks" => args.tasks = number()?,
             "--increments" => args.increments = number()?,
+            "--bank" => args.bank = Some(number()?),
+            "--id-base" => args.id_base = value.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--secs" => args.secs = Some(value.parse::<f64>().map_err(|e| format!("{flag}: {e}"))?),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -56,6 +66,12 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(accounts) = args.bank {
+        let st = mp_storage_tests::bank::open(&args.url, &args.prefix).await;
+        let secs = args.secs.unwrap_or(1.0);
+        mp_storage_tests::bank::worker_main(&st, accounts, args.tasks, secs, args.id_base).await;
+        return;
+    }
     let st = match Storage::builder()
         .key_prefix(&args.prefix)
         .open(&args.url)
