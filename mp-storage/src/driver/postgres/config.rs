@@ -96,20 +96,17 @@ impl PostgresConfig {
             },
         };
         // Hand tokio-postgres the URL without our own options.
-        let mut driver_url = format!("postgresql:{}", parsed.body);
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        let mut any = false;
-        for (k, v) in parsed
+        // tokio-postgres percent-decodes values but reads `+` as itself: encode spaces as %20.
+        let query: Vec<String> = parsed
             .query
             .iter()
             .filter(|(k, _)| !OPTIONS.contains(&k.as_str()))
-        {
-            query.append_pair(k, v);
-            any = true;
-        }
-        if any {
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect();
+        let mut driver_url = format!("postgresql:{}", parsed.body);
+        if !query.is_empty() {
             driver_url.push('?');
-            driver_url.push_str(&query.finish());
+            driver_url.push_str(&query.join("&"));
         }
         let pg = tokio_postgres::Config::from_str(&driver_url)
             .map_err(|e| parsed.invalid(e.to_string()))?;
@@ -255,6 +252,19 @@ impl fmt::Debug for PostgresConfig {
     }
 }
 
+/// Percent-encodes every byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Checks a table name: `[A-Za-z0-9_]{1,63}`.
 fn check_table(table: &str) -> Result<(), String> {
     let ok = !table.is_empty()
@@ -320,6 +330,8 @@ mod tests {
         assert_eq!(c.get_user(), Some("us@er"));
         assert_eq!(c.pg.get_password(), Some(&b"p:ss"[..]));
         assert_eq!((c.get_table(), c.get_pool_max()), ("t_1", 3));
+        let c = parse("postgres://h/?options=-c%20statement_timeout%3D5+s");
+        assert_eq!(c.pg.get_options(), Some("-c statement_timeout=5 s"));
         assert_eq!(
             parse("postgres://h/?connect_timeout=60")
                 .pg_config()
