@@ -477,7 +477,21 @@ mod pg_tx {
 
     impl PgTx {
         pub async fn connect(url: &str, tasks: usize) -> Result<Self, BenchError> {
-            let base = url.split('?').next().unwrap_or(url);
+            // The session settings of the URL (`options=-c synchronous_commit=off`, say) apply
+            // to the baseline too; the driver's own options do not.
+            let (base, query) = url.split_once('?').unwrap_or((url, ""));
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|kv| {
+                    !kv.is_empty() && !kv.starts_with("table=") && !kv.starts_with("pool_max=")
+                })
+                .collect();
+            let base = if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            };
+            let base = base.as_str();
             let mut conns = Vec::with_capacity(tasks);
             for i in 0..tasks.max(1) {
                 let (client, connection) =
