@@ -681,3 +681,84 @@ async fn sweeps_delete_only_expired_rows_once_per_interval() {
         Some(1)
     );
 }
+
+/// Statements in flight on backends that are terminated fail with connection errors (the
+/// outcome unknown to the caller, settled by the engine); the pool then replaces its
+/// connections and the next calls work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terminated_backends_in_flight_give_typed_errors() {
+    let Some(db) = Database::new("kill").await else {
+        return;
+    };
+    let st = Storage::open(&db.url).await.expect("open");
+    st.set("locked", &Counter { count: 1 }).await.unwrap();
+    let driver = mp_storage::driver::postgres::PostgresDriver::open(&db.url)
+        .await
+        .expect("open the driver");
+    let current = driver.load("locked").await.unwrap().expect("a record");
+
+    // Hold the row's lock from another database's session, so that updates of it wait in
+    // the server: surely in flight.
+    let mut locker = admin(&db.url).await;
+    let tx = locker.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM mp_scopes WHERE name = $1 FOR UPDATE",
+        &[&&b"locked"[..]],
+    )
+    .await
+    .unwrap();
+    let mut waiting = Vec::new();
+    for t in 0..6u64 {
+        let driver = driver.clone();
+        let expected = Some(current.revision());
+        waiting.push(tokio::spawn(async move {
+            driver
+                .cas("locked", expected, write(b"{\"count\":2}", t + 1))
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killer = admin(&db.base).await;
+    let killed: i64 = killer
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed > 0);
+    for w in waiting {
+        let r = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("a terminated call returns")
+            .expect("join");
+        match r {
+            Err(e) if e.backend_kind() == Some(BackendKind::Connection) => {}
+            other => panic!("expected a connection error, got {other:?}"),
+        }
+    }
+    tx.rollback().await.unwrap();
+    let r = driver.load("locked").await.unwrap().expect("a record");
+    assert_eq!(
+        r.version, current.version,
+        "no terminated update took effect"
+    );
+    assert_eq!(
+        driver
+            .cas("locked", Some(r.revision()), write(b"{\"count\":5}", 99))
+            .await
+            .unwrap(),
+        CasOutcome::Committed(r.version + 1)
+    );
+    for _ in 0..5 {
+        st.scoped("locked", |c: &mut Counter| c.count += 1)
+            .await
+            .expect("an update after the terminations");
+    }
+    assert_eq!(
+        st.get::<Counter>("locked").await.unwrap().unwrap().count,
+        10
+    );
+}

@@ -132,6 +132,9 @@ const SWEEP_ROW: &[u8] = b"\0mp-sweep";
 /// How often one of the processes on a table deletes its expired rows, at most.
 const SWEEP_EVERY_SECS: i64 = 60;
 
+/// How many pooled connections found closed a call drops before it gives up on the pool.
+const STALE_RETRIES: usize = 4;
+
 /// The driver's name in errors.
 const NAME: &str = "postgres";
 
@@ -245,8 +248,40 @@ impl PostgresDriver {
         &self.inner.addr
     }
 
-    async fn conn(&self) -> Result<Object, Error> {
-        get_conn(&self.inner.pool, &self.inner.addr).await
+    /// A connection from the pool: one found closed (its backend terminated while it was idle)
+    /// is dropped and another taken.
+    async fn conn(&self) -> Result<Conn, Error> {
+        for _ in 0..STALE_RETRIES {
+            let client = get_conn(&self.inner.pool, &self.inner.addr).await?;
+            if !client.is_closed() {
+                return Ok(Conn::new(client));
+            }
+            drop(Object::take(client));
+        }
+        Ok(Conn::new(
+            get_conn(&self.inner.pool, &self.inner.addr).await?,
+        ))
+    }
+
+    /// A connection and `sql` prepared on it. A connection that turns out closed before
+    /// anything was sent on it is dropped and another taken: nothing happened yet.
+    async fn conn_for(&self, sql: &str) -> Result<(Conn, Statement), Error> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let conn = self.conn().await?;
+            let client = conn.client()?;
+            match client.prepare_cached(sql).await {
+                Ok(stmt) if !client.is_closed() || tries >= STALE_RETRIES => {
+                    return Ok((conn, stmt))
+                }
+                Err(e) if !e.is_closed() || tries >= STALE_RETRIES => {
+                    return Err(conn.fail(e).unsent_now())
+                }
+                // Closed: dropped from the pool (see Conn).
+                Ok(_) | Err(_) => conn.poison(),
+            }
+        }
     }
 
     fn corrupt(&self, key: &str, detail: String) -> Error {
@@ -258,27 +293,28 @@ impl PostgresDriver {
         row::record(self.inner.sql.table(), key, row, at)
     }
 
-    async fn load_on(&self, client: &Object, key: &str) -> Result<Option<Record>, Error> {
-        let stmt = prepared(client, &self.inner.sql.select).await?;
-        let rows = client
+    async fn load_on(&self, conn: &Conn, key: &str) -> Result<Option<Record>, Error> {
+        let stmt = prepared(conn, &self.inner.sql.select).await?;
+        let rows = conn
+            .client()?
             .query(&stmt, &[&key.as_bytes()])
             .await
-            .map_err(backend)?;
+            .map_err(|e| conn.fail(e))?;
         rows.first().map(|r| self.record(key, r, 0)).transpose()
     }
 
     /// The current records of `keys`, in their order, in one statement.
-    async fn load_many_on(
-        &self,
-        client: &Object,
-        keys: &[&str],
-    ) -> Result<Vec<Option<Record>>, Error> {
+    async fn load_many_on(&self, conn: &Conn, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let stmt = prepared(client, &self.inner.sql.select_many).await?;
+        let stmt = prepared(conn, &self.inner.sql.select_many).await?;
         let names: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-        let rows = client.query(&stmt, &[&names]).await.map_err(backend)?;
+        let rows = conn
+            .client()?
+            .query(&stmt, &[&names])
+            .await
+            .map_err(|e| conn.fail(e))?;
         let mut found: HashMap<&[u8], &Row> = HashMap::with_capacity(rows.len());
         for row in &rows {
             let name: &[u8] = row::column(self.inner.sql.table(), "", row, 0, "name")?;
@@ -297,7 +333,7 @@ impl PostgresDriver {
     /// The answer of a compare-and-swap statement: the new version, or the current record.
     async fn cas_answer(
         &self,
-        client: &Object,
+        conn: &Conn,
         key: &str,
         expected: Option<Revision>,
         rows: Vec<Row>,
@@ -319,7 +355,7 @@ impl PostgresDriver {
             if revision.matches(&record) && !reserved {
                 // The update waited for another transaction's write of the row and found it
                 // changed; the record beside it is from before that write. Read it again.
-                return Ok(CasOutcome::Conflict(self.load_on(client, key).await?));
+                return Ok(CasOutcome::Conflict(self.load_on(conn, key).await?));
             }
         }
         Ok(CasOutcome::Conflict(Some(record)))
@@ -327,15 +363,15 @@ impl PostgresDriver {
 
     /// A several-scope commit in one transaction: `BEGIN` and one statement per op in sorted
     /// key order, sent together; then `COMMIT`, or `ROLLBACK` and the current records.
-    async fn commit_on(&self, tx: &Tx, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
+    async fn commit_on(&self, tx: &Conn, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
         let sql = &self.inner.sql;
         let client = tx.client()?;
-        let update = prepared(client, &sql.update_plain).await?;
-        let insert = prepared(client, &sql.insert_plain).await?;
-        let check = prepared(client, &sql.check).await?;
-        let hold = prepared(client, &sql.hold_absent).await?;
-        let delete = prepared(client, &sql.delete_at).await?;
-        prepared(client, &sql.select_many).await?;
+        let update = prepared(tx, &sql.update_plain).await?;
+        let insert = prepared(tx, &sql.insert_plain).await?;
+        let check = prepared(tx, &sql.check).await?;
+        let hold = prepared(tx, &sql.hold_absent).await?;
+        let delete = prepared(tx, &sql.delete_at).await?;
+        prepared(tx, &sql.select_many).await?;
 
         let mut order: Vec<usize> = (0..ops.len()).collect();
         order.sort_by(|&a, &b| ops[a].key.as_bytes().cmp(ops[b].key.as_bytes()));
@@ -354,7 +390,8 @@ impl PostgresDriver {
         }
         let params: Vec<Vec<&(dyn ToSql + Sync)>> =
             statements.iter().map(|(_, p)| refs(p)).collect();
-        tx.open.store(true, Ordering::Relaxed);
+        // Until COMMIT or ROLLBACK, the connection is not to go back to the pool.
+        tx.poison();
         // Each request is sent when first polled, and join! and join_all poll in order: BEGIN,
         // then the statements in key order, all in one round trip.
         let (began, results) = futures::join!(
@@ -366,18 +403,21 @@ impl PostgresDriver {
                     .map(|((stmt, _), params)| client.execute(*stmt, params))
             )
         );
-        began.map_err(backend)?;
+        began.map_err(|e| tx.fail(e))?;
         let mut held = true;
         for result in results {
             match result {
                 Ok(1) => {}
                 Ok(_) => held = false,
-                Err(e) => return Err(backend(e)),
+                Err(e) => return Err(tx.fail(e)),
             }
         }
         if held {
-            client.batch_execute("COMMIT").await.map_err(backend)?;
-            tx.open.store(false, Ordering::Relaxed);
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| tx.fail(e))?;
+            tx.cure();
             let versions = ops
                 .iter()
                 .map(|op| match op.action {
@@ -390,10 +430,10 @@ impl PostgresDriver {
         let keys: Vec<&str> = ops.iter().map(|op| op.key).collect();
         let (rolled_back, current) = futures::join!(
             client.batch_execute("ROLLBACK"),
-            self.load_many_on(client, &keys)
+            self.load_many_on(tx, &keys)
         );
-        rolled_back.map_err(backend)?;
-        tx.open.store(false, Ordering::Relaxed);
+        rolled_back.map_err(|e| tx.fail(e))?;
+        tx.cure();
         let current = current?;
         let mut failed: Vec<(usize, Option<Record>)> = Vec::new();
         for (i, (op, record)) in ops.iter().zip(&current).enumerate() {
@@ -419,29 +459,52 @@ impl PostgresDriver {
     }
 }
 
-/// A connection that may hold an open transaction: dropped (closed, never handed back to the
-/// pool) when it still does, so that a commit cancelled halfway leaves nothing open.
-struct Tx {
+/// A connection from the pool, dropped from it (closed, never handed back) when it broke or
+/// when it holds an open transaction: so that a dead connection is not taken again before the
+/// pool notices, and a commit cancelled halfway leaves nothing open.
+struct Conn {
     obj: Option<Object>,
-    open: AtomicBool,
+    poisoned: AtomicBool,
 }
 
-impl Tx {
+impl Conn {
+    fn new(obj: Object) -> Conn {
+        Conn {
+            obj: Some(obj),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the connection as one not to hand back to the pool.
+    fn poison(&self) {
+        self.poisoned.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the connection as fit for the pool again (its transaction ended).
+    fn cure(&self) {
+        self.poisoned.store(false, Ordering::Relaxed);
+    }
+
+    /// The error of a statement on this connection; one that lost the connection poisons it.
+    fn fail(&self, e: tokio_postgres::Error) -> Error {
+        let error = backend(e);
+        if error.backend_kind() == Some(BackendKind::Connection) {
+            self.poison();
+        }
+        error
+    }
+
     /// The connection (set at creation, taken only when dropped).
     fn client(&self) -> Result<&Object, Error> {
         self.obj.as_ref().ok_or_else(|| {
-            Error::backend_unsent(
-                NAME,
-                BackendKind::Other,
-                "the transaction's connection is gone",
-            )
+            Error::backend_unsent(NAME, BackendKind::Other, "the connection is gone")
         })
     }
 }
 
-impl Drop for Tx {
+impl Drop for Conn {
     fn drop(&mut self) {
-        if *self.open.get_mut() {
+        if *self.poisoned.get_mut() {
             if let Some(obj) = self.obj.take() {
                 // Detached from the pool and dropped: the connection closes, and the server
                 // rolls the transaction back.
@@ -453,11 +516,11 @@ impl Drop for Tx {
 
 /// A statement prepared on `client`, from its cache after the first time. A failure here sent
 /// no write.
-async fn prepared(client: &Object, sql: &str) -> Result<Statement, Error> {
-    client
+async fn prepared(conn: &Conn, sql: &str) -> Result<Statement, Error> {
+    conn.client()?
         .prepare_cached(sql)
         .await
-        .map_err(|e| backend(e).unsent_now())
+        .map_err(|e| conn.fail(e).unsent_now())
 }
 
 /// The expiry parameters of the statements: kind (0 keep, 1 never, 2 after, 3 at), ms after,
@@ -621,18 +684,18 @@ impl Driver for PostgresDriver {
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
         check_key(key)?;
-        let client = self.conn().await?;
-        self.load_on(&client, key).await
+        let (conn, _) = self.conn_for(&self.inner.sql.select).await?;
+        self.load_on(&conn, key).await
     }
 
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         for key in keys {
             check_key(key)?;
         }
-        let client = self.conn().await?;
+        let (conn, _) = self.conn_for(&self.inner.sql.select_many).await?;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(1000) {
-            out.extend(self.load_many_on(&client, chunk).await?);
+            out.extend(self.load_many_on(&conn, chunk).await?);
         }
         Ok(out)
     }
@@ -646,46 +709,47 @@ impl Driver for PostgresDriver {
         check_key(key)?;
         let sql = &self.inner.sql;
         let name = key.as_bytes();
-        let client = self.conn().await?;
-        let (stmt, params) = match expected {
-            Some(revision) => (
-                prepared(&client, &sql.update).await?,
-                update_params(name, revision, write),
-            ),
-            None => (
-                prepared(&client, &sql.insert).await?,
-                insert_params(name, write),
-            ),
+        let (statement, params) = match expected {
+            Some(revision) => (&sql.update, update_params(name, revision, write)),
+            None => (&sql.insert, insert_params(name, write)),
         };
-        let rows = client.query(&stmt, &refs(&params)).await.map_err(backend)?;
-        self.cas_answer(&client, key, expected, rows).await
+        let (conn, stmt) = self.conn_for(statement).await?;
+        let client = conn.client()?;
+        let rows = client
+            .query(&stmt, &refs(&params))
+            .await
+            .map_err(|e| conn.fail(e))?;
+        self.cas_answer(&conn, key, expected, rows).await
     }
 
     async fn put(&self, key: &str, write: Write<'_>) -> Result<u64, Error> {
         check_key(key)?;
-        let client = self.conn().await?;
-        let stmt = prepared(&client, &self.inner.sql.upsert).await?;
+        let (conn, stmt) = self.conn_for(&self.inner.sql.upsert).await?;
+        let client = conn.client()?;
         let params = insert_params(key.as_bytes(), write);
-        let rows = client.query(&stmt, &refs(&params)).await.map_err(backend)?;
+        let rows = client
+            .query(&stmt, &refs(&params))
+            .await
+            .map_err(|e| conn.fail(e))?;
         if let Some(row) = rows.first() {
             let version: i64 = row::column(self.inner.sql.table(), key, row, 0, "version")?;
             return u64::try_from(version)
                 .map_err(|_| self.corrupt(key, format!("version {version} is negative")));
         }
         // Nothing written: the stored record is corrupt, and stays as it is.
-        self.load_on(&client, key).await?;
+        self.load_on(&conn, key).await?;
         Err(self.corrupt(key, "the record cannot be written over".to_owned()))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
         check_key(key)?;
-        let client = self.conn().await?;
-        let stmt = prepared(&client, &self.inner.sql.delete).await?;
+        let (conn, stmt) = self.conn_for(&self.inner.sql.delete).await?;
+        let client = conn.client()?;
         // An expired row goes too, but did not exist as far as callers know.
         let rows = client
             .query(&stmt, &[&key.as_bytes()])
             .await
-            .map_err(backend)?;
+            .map_err(|e| conn.fail(e))?;
         let mut existed = false;
         for row in &rows {
             existed |= row::column::<bool>(self.inner.sql.table(), key, row, 0, "live")?;
@@ -696,18 +760,19 @@ impl Driver for PostgresDriver {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
         let sql = &self.inner.sql;
         let start = prefix.as_bytes();
-        let client = self.conn().await?;
-        let rows = match prefix_end(start) {
-            Some(end) => {
-                let stmt = prepared(&client, &sql.list_range).await?;
-                client.query(&stmt, &[&start, &end.as_slice()]).await
-            }
-            None => {
-                let stmt = prepared(&client, &sql.list_from).await?;
-                client.query(&stmt, &[&start]).await
-            }
+        let end = prefix_end(start);
+        let (conn, stmt) = self
+            .conn_for(match end {
+                Some(_) => &sql.list_range,
+                None => &sql.list_from,
+            })
+            .await?;
+        let client = conn.client()?;
+        let rows = match &end {
+            Some(end) => client.query(&stmt, &[&start, &end.as_slice()]).await,
+            None => client.query(&stmt, &[&start]).await,
         }
-        .map_err(backend)?;
+        .map_err(|e| conn.fail(e))?;
         let mut names = Vec::with_capacity(rows.len());
         for row in &rows {
             let raw: Vec<u8> = row::column(sql.table(), prefix, row, 0, "name")?;
@@ -738,18 +803,15 @@ impl Driver for PostgresDriver {
         for op in ops {
             check_key(op.key)?;
         }
-        let tx = Tx {
-            obj: Some(self.conn().await?),
-            open: AtomicBool::new(false),
-        };
+        let tx = self.conn().await?;
         let outcome = self.commit_on(&tx, ops).await;
-        if outcome.is_err() && tx.open.load(Ordering::Relaxed) {
-            // Hand the connection back without the transaction, or not at all (see Tx).
+        if outcome.is_err() && tx.poisoned.load(Ordering::Relaxed) {
+            // Hand the connection back without the transaction, or not at all (see Conn).
             if let Ok(client) = tx.client() {
                 let rolled_back =
                     tokio::time::timeout(CONNECT_TIMEOUT, client.batch_execute("ROLLBACK")).await;
                 if matches!(rolled_back, Ok(Ok(()))) {
-                    tx.open.store(false, Ordering::Relaxed);
+                    tx.cure();
                 }
             }
         }
@@ -759,42 +821,45 @@ impl Driver for PostgresDriver {
     async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
         check_key(key)?;
         let (kind, after, at) = expiry_params(expiry);
-        let client = self.conn().await?;
-        let stmt = prepared(&client, &self.inner.sql.expire).await?;
+        let (conn, stmt) = self.conn_for(&self.inner.sql.expire).await?;
+        let client = conn.client()?;
         let n = client
             .execute(&stmt, &[&kind, &after, &at, &key.as_bytes()])
             .await
-            .map_err(backend)?;
+            .map_err(|e| conn.fail(e))?;
         Ok(n == 1)
     }
 
     async fn sweep(&self, limit: usize) -> Result<usize, Error> {
         let sql = &self.inner.sql;
-        let client = self.conn().await?;
         // One process sweeps per interval: the one that moves the sweep row's time on.
-        let stmt = prepared(&client, &sql.sweep_claim).await?;
+        let (conn, stmt) = self.conn_for(&sql.sweep_claim).await?;
+        let client = conn.client()?;
         let due = client
             .execute(&stmt, &[&SWEEP_ROW, &SWEEP_EVERY_SECS])
             .await
-            .map_err(backend)?;
+            .map_err(|e| conn.fail(e))?;
         if due == 0 {
             return Ok(0);
         }
-        let stmt = prepared(&client, &sql.sweep).await?;
+        let stmt = prepared(&conn, &sql.sweep).await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let n = client.execute(&stmt, &[&limit]).await.map_err(backend)?;
+        let n = client
+            .execute(&stmt, &[&limit])
+            .await
+            .map_err(|e| conn.fail(e))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     async fn reserve(&self, key: &str, claimant_id: u64, ttl: Duration) -> Result<bool, Error> {
         check_key(key)?;
         let micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX).max(1);
-        let client = self.conn().await?;
-        let stmt = prepared(&client, &self.inner.sql.reserve).await?;
+        let (conn, stmt) = self.conn_for(&self.inner.sql.reserve).await?;
+        let client = conn.client()?;
         let n = client
             .execute(&stmt, &[&claimant(claimant_id), &micros, &key.as_bytes()])
             .await
-            .map_err(backend)?;
+            .map_err(|e| conn.fail(e))?;
         Ok(n == 1)
     }
 }
