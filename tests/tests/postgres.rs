@@ -762,3 +762,160 @@ async fn terminated_backends_in_flight_give_typed_errors() {
         10
     );
 }
+
+/// Waits (at most 5 s) until an update of `table` waits on a row lock in the server.
+async fn wait_for_update(admin: &tokio_postgres::Client, table: &str) {
+    let pattern = format!("WITH w AS (UPDATE \"{table}\"%");
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query LIKE $1 AND wait_event_type = 'Lock'",
+                &[&pattern],
+            )
+            .await
+            .expect("read pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the update never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The double apply of 0.1, on PostgreSQL: an update's statement waits on a row lock another
+/// session holds; the client side of its connection is cut (a load balancer reset), so the
+/// client gives up while the statement goes on waiting in the server; the lock is released a
+/// little later and the lost statement commits. The engine settles it from the tokens: the
+/// update ends with `Ok(1)` and 1 stored (or a typed `CommitUnknown` with at most 1 stored),
+/// never `Ok(2)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_update_waiting_on_a_row_lock_is_applied_once() {
+    let Some(table) = Table::new("late").await else {
+        return;
+    };
+    let proxy =
+        mp_storage_tests::proxy::Proxy::start(mp_storage_tests::url::host_port(&table.url)).await;
+    let st = Storage::open(&mp_storage_tests::url::via(&table.url, proxy.addr()))
+        .await
+        .expect("open through the proxy");
+    let direct = Storage::builder()
+        .cache_capacity(0)
+        .open(&table.url)
+        .await
+        .expect("open");
+    let mut locker = admin(&table.base).await;
+    let watcher = admin(&table.base).await;
+    let (mut done, mut unknown) = (0, 0);
+    for (round, release_ms) in [300u64, 100, 600].into_iter().enumerate() {
+        let name = format!("n{round}");
+        st.set(&name, &Counter { count: 0 }).await.unwrap();
+        let tx = locker.transaction().await.unwrap();
+        tx.execute(
+            &format!(
+                "SELECT 1 FROM \"{}\" WHERE name = $1 FOR UPDATE",
+                table.name
+            ),
+            &[&name.as_bytes()],
+        )
+        .await
+        .unwrap();
+        let task = tokio::spawn({
+            let (st, name) = (st.clone(), name.clone());
+            async move {
+                st.scoped(&name, |c: &mut Counter| {
+                    c.count += 1;
+                    c.count
+                })
+                .await
+            }
+        });
+        wait_for_update(&watcher, &table.name).await;
+        proxy.cut_clients();
+        tokio::time::sleep(Duration::from_millis(release_ms)).await;
+        tx.rollback().await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(15), task)
+            .await
+            .expect("the update returns")
+            .expect("join");
+        let stored = direct.get::<Counter>(&name).await.unwrap().unwrap().count;
+        match r {
+            Ok(n) => {
+                assert_eq!((n, stored), (1, 1), "round {round}: applied twice");
+                done += 1;
+            }
+            Err(Error::CommitUnknown { .. }) => {
+                assert!(stored <= 1, "round {round}: stored {stored}");
+                unknown += 1;
+            }
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+    eprintln!("late updates: {done} committed, {unknown} unknown");
+}
+
+/// A server that goes down under a warm cache (the proxy in front of it stops): an update is a
+/// connection error (retryable, nothing written) within the connect timeout and a second; the
+/// handle works again, with the count exact, once the server is back.
+#[tokio::test]
+async fn a_server_down_under_a_warm_cache_is_a_connection_error() {
+    let Some(table) = Table::new("downwarm").await else {
+        return;
+    };
+    let target = mp_storage_tests::url::host_port(&table.url);
+    let proxy = mp_storage_tests::proxy::Proxy::start(target.clone()).await;
+    let st = Storage::open(&mp_storage_tests::url::via(&table.url, proxy.addr()))
+        .await
+        .expect("open through the proxy");
+    st.scoped("n", |c: &mut Counter| c.count += 1)
+        .await
+        .unwrap();
+    proxy.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..3 {
+        let started = Instant::now();
+        let r = st.scoped("n", |c: &mut Counter| c.count += 1).await;
+        let took = started.elapsed();
+        match &r {
+            Err(e @ Error::Backend { kind, .. }) => {
+                assert_eq!(*kind, BackendKind::Connection, "update {i}: {e}");
+                assert!(e.is_retryable(), "update {i}: {e:?}");
+            }
+            other => {
+                panic!("update {i} after {took:?}: expected a connection error, got {other:?}")
+            }
+        }
+        assert!(
+            took < CONNECT_TIMEOUT + Duration::from_secs(1),
+            "update {i} took {took:?}"
+        );
+    }
+    let back = mp_storage_tests::proxy::Proxy::restart_on(proxy.addr(), target).await;
+    let until = Instant::now() + Duration::from_secs(10);
+    let n = loop {
+        match st
+            .scoped("n", |c: &mut Counter| {
+                c.count += 1;
+                c.count
+            })
+            .await
+        {
+            Ok(n) => break n,
+            Err(e) if e.is_retryable() && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("did not recover: {e}"),
+        }
+    };
+    assert_eq!(
+        n, 2,
+        "an update refused while the server was down was applied"
+    );
+    drop(st);
+    drop(back);
+}
