@@ -648,6 +648,12 @@ async fn main() {
         }
     }
     print_table(&rows);
+    if rows.iter().any(|r| r.driver == "postgres") {
+        println!(
+            "(postgres calls/op: counted on the client side, the engine's driver calls, one \
+             statement each; pg_stat_statements is not needed)"
+        );
+    }
     fair::print_table(&fair_rows);
     for url in &urls {
         if let Some(dir) = url.strip_prefix("file:") {
