@@ -446,6 +446,27 @@ async fn processes_increment_exactly() {
     assert_eq!(total, 8_000);
 }
 
+/// Two processes × 16 tasks on one scope for 2 s: exact, every count distinct; each process's
+/// share and tail latency are printed (the bench measures them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_hot_scope() {
+    let Some(table) = Table::new("fair").await else {
+        return;
+    };
+    drop(table.driver().await);
+    let per = mp_storage_tests::fair_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table.url,
+        &mp_storage_tests::unique_prefix("postgres-fair"),
+        "hot",
+        2,
+        16,
+        2.0,
+    )
+    .await;
+    assert!(per.iter().sum::<u64>() > 0);
+}
+
 /// Backends terminated (`pg_terminate_backend`) every 100 ms for 3 s under 8 tasks: every
 /// failure is typed, nothing is lost, nothing applied twice (see `mp_storage_tests::kill`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
