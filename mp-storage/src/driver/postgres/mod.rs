@@ -57,14 +57,18 @@
 //!   transaction's write of the row, the record it answers with is the one before that write,
 //!   which the driver tells by its revision and then reads again in a second statement.)
 //! - create: `INSERT … ON CONFLICT (name) DO UPDATE … WHERE <the row expired>` in the same
-//!   kind of statement: 0 rows written is a conflict, answered with the current record.
+//!   kind of statement: 0 rows written is a conflict, answered with the current record (a row
+//!   another transaction committed after the statement began is not visible to it: then the
+//!   answer is `Conflict(None)` and the engine loads the record).
 //! - put: one `INSERT … ON CONFLICT (name) DO UPDATE` that returns the new version.
 //! - list: a byte range `name >= prefix AND name < successor(prefix)` in name order, so `%`,
 //!   `_` and `\` in a prefix are plain bytes; no `LIKE`.
 //! - several scopes ([`Driver::commit`]): `BEGIN`, then one statement per scope in sorted key
 //!   order (so two commits never deadlock), every one of which must touch its row (an `UPDATE`
 //!   or `DELETE … WHERE name = $1 AND version = $2 …`, an `INSERT … ON CONFLICT`, a
-//!   `SELECT … FOR SHARE` for a scope only read), sent together in one round trip; then
+//!   `SELECT … FOR SHARE` for a scope only read, and for a scope that must stay absent an
+//!   already expired placeholder row that holds its name until the end of the transaction and
+//!   is swept later), sent together in one round trip; then
 //!   `COMMIT`, or `ROLLBACK` on any miss. A warm commit of two scopes is two round trips.
 //! - read many: one `SELECT … WHERE name = ANY($1)`.
 //! - expiry: by the server's clock (`now()`) in the same statement; every read filters expired
