@@ -32,8 +32,8 @@
 //! Drivers are picked by URL ([`Storage::open`], through the table in [`driver::registry`]):
 //! `memory://` or `memory://NAME`, `file:<dir>` (feature `file`, on by default), `redis://…`
 //! (feature `redis`), `mysql://…` (feature `mysql`), `postgres://…` (feature `postgres`). A
-//! backend of your own implements
-//! [`Driver`] and runs the behavior suite of the `testkit` feature.
+//! backend of your own implements [`Driver`] and runs the behavior suite of the `testkit`
+//! feature.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

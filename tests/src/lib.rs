@@ -11,8 +11,9 @@
 //!
 //! The macro expands into one test per case of [`mp_storage::testkit::cases`], each on a fresh
 //! [`Target`] (a driver and a key prefix of its own). Server drivers read their URLs from
-//! `MP_TEST_REDIS_URL`, `MP_TEST_MYSQL_URL` and `MP_TEST_POSTGRES_URL`: unset means the cases pass as skipped with a
-//! printed reason; with `MP_TEST_REQUIRE_SERVERS=1` an unset or unreachable server fails them.
+//! `MP_TEST_REDIS_URL`, `MP_TEST_MYSQL_URL` and `MP_TEST_POSTGRES_URL`: unset means the cases
+//! pass as skipped with a printed reason; with `MP_TEST_REQUIRE_SERVERS=1` an unset or
+//! unreachable server fails them.
 
 pub mod faults;
 pub mod kill;
