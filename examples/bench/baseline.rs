@@ -24,6 +24,8 @@ pub async fn for_url(url: &str, tasks: usize) -> Result<Vec<Box<dyn Subject>>, B
         }
         #[cfg(feature = "mysql")]
         "mysql" => out.push(Box::new(mysql_tx::MysqlTx::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => out.push(Box::new(pg_tx::PgTx::connect(url, tasks).await?)),
         _ => {}
     }
     let _ = tasks;
@@ -449,6 +451,137 @@ mod mysql_tx {
                 )
                 .await?;
             Ok(v.unwrap_or(0))
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod pg_tx {
+    use super::*;
+
+    /// postgres → what a tokio-postgres user writes by hand: one connection per task, and a
+    /// transaction per update: `SELECT … FOR UPDATE`, then `UPDATE`, `COMMIT` (statements
+    /// prepared once per connection).
+    pub struct PgTx {
+        conns: Vec<tokio::sync::Mutex<Conn>>,
+    }
+
+    struct Conn {
+        client: tokio_postgres::Client,
+        select_for_update: tokio_postgres::Statement,
+        update: tokio_postgres::Statement,
+        read: tokio_postgres::Statement,
+    }
+
+    const TABLE: &str = "mp_bench_baseline";
+
+    impl PgTx {
+        pub async fn connect(url: &str, tasks: usize) -> Result<Self, BenchError> {
+            // The session settings of the URL (`options=-c synchronous_commit=off`, say) apply
+            // to the baseline too; the driver's own options do not.
+            let (base, query) = url.split_once('?').unwrap_or((url, ""));
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|kv| {
+                    !kv.is_empty() && !kv.starts_with("table=") && !kv.starts_with("pool_max=")
+                })
+                .collect();
+            let base = if kept.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            };
+            let base = base.as_str();
+            let mut conns = Vec::with_capacity(tasks);
+            for i in 0..tasks.max(1) {
+                let (client, connection) =
+                    tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                if i == 0 {
+                    client
+                        .batch_execute(&format!(
+                            "DROP TABLE IF EXISTS {TABLE}; \
+                             CREATE TABLE {TABLE} (k bytea PRIMARY KEY, v bigint NOT NULL)"
+                        ))
+                        .await?;
+                }
+                let select_for_update = client
+                    .prepare(&format!("SELECT v FROM {TABLE} WHERE k = $1 FOR UPDATE"))
+                    .await?;
+                let update = client
+                    .prepare(&format!("UPDATE {TABLE} SET v = $1 WHERE k = $2"))
+                    .await?;
+                let read = client
+                    .prepare(&format!("SELECT v FROM {TABLE} WHERE k = $1"))
+                    .await?;
+                conns.push(tokio::sync::Mutex::new(Conn {
+                    client,
+                    select_for_update,
+                    update,
+                    read,
+                }));
+            }
+            Ok(PgTx { conns })
+        }
+
+        fn conn(&self, task: usize) -> &tokio::sync::Mutex<Conn> {
+            &self.conns[task % self.conns.len()]
+        }
+    }
+
+    #[async_trait]
+    impl Subject for PgTx {
+        fn label(&self) -> String {
+            "postgres SELECT FOR UPDATE + UPDATE".to_owned()
+        }
+        async fn increment(&self, task: usize, scope: &str) -> Result<u64, BenchError> {
+            let mut conn = self.conn(task).lock().await;
+            let Conn {
+                client,
+                select_for_update,
+                update,
+                ..
+            } = &mut *conn;
+            let tx = client.transaction().await?;
+            let row = tx
+                .query_one(&*select_for_update, &[&scope.as_bytes()])
+                .await?;
+            let n: i64 = row.get::<_, i64>(0) + 1;
+            tx.execute(&*update, &[&n, &scope.as_bytes()]).await?;
+            tx.commit().await?;
+            Ok(u64::try_from(n)?)
+        }
+        async fn prepare(&self, scopes: &[String]) -> Result<(), BenchError> {
+            // Rows exist before the updates, as in a row-per-counter table.
+            let conn = self.conn(0).lock().await;
+            let keys: Vec<&[u8]> = scopes.iter().map(|s| s.as_bytes()).collect();
+            conn.client
+                .execute(
+                    &format!(
+                        "INSERT INTO {TABLE} (k, v) SELECT k, 0 FROM unnest($1::bytea[]) AS k \
+                         ON CONFLICT DO NOTHING"
+                    ),
+                    &[&keys],
+                )
+                .await?;
+            Ok(())
+        }
+        async fn cleanup(&self) -> Result<(), BenchError> {
+            let conn = self.conn(0).lock().await;
+            conn.client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {TABLE}"))
+                .await?;
+            Ok(())
+        }
+        async fn read(&self, task: usize, scope: &str) -> Result<u64, BenchError> {
+            let conn = self.conn(task).lock().await;
+            let row = conn
+                .client
+                .query_opt(&conn.read, &[&scope.as_bytes()])
+                .await?;
+            Ok(row.map_or(Ok(0), |r| u64::try_from(r.get::<_, i64>(0)))?)
         }
     }
 }

@@ -3,7 +3,12 @@
 //! Run: `cargo run --release -p mp-storage-examples --bin mp-bench -- --storage URL [--storage URL …]`
 //! (`--quick` for a smoke run of a few seconds; `--secs S` per measurement, default 3).
 //! Without `--storage`, it benches `memory://`, a `file:` directory in the system temp dir, and
-//! the servers named by `MP_TEST_REDIS_URL` and `MP_TEST_MYSQL_URL` when they are set.
+//! the servers named by `MP_TEST_REDIS_URL`, `MP_TEST_MYSQL_URL` and `MP_TEST_POSTGRES_URL` when
+//! they are set. Backend calls per op are counted by the server where it can tell (Redis
+//! `INFO commandstats`, MySQL `Questions`); for PostgreSQL (whose statistics lag behind by up
+//! to seconds, and pg_stat_statements may not be loaded) they are the engine's own count of
+//! driver calls, each one statement: the `postgres` test `warm_update_is_one_statement` checks
+//! that count against `pg_stat_database`.
 //!
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
@@ -121,7 +126,7 @@ fn profile(driver: &str) -> Profile {
             scopes: 64,
             contended_tasks: 64,
         },
-        "mysql" => Profile {
+        "mysql" | "postgres" => Profile {
             tasks: 32,
             scopes: 64,
             contended_tasks: 64,
@@ -661,7 +666,11 @@ fn default_urls() -> Vec<String> {
     let mut urls = vec!["memory://".to_owned()];
     let dir = std::env::temp_dir().join(format!("mp-bench-{}", std::process::id()));
     urls.push(format!("file:{}", dir.display()));
-    for var in ["MP_TEST_REDIS_URL", "MP_TEST_MYSQL_URL"] {
+    for var in [
+        "MP_TEST_REDIS_URL",
+        "MP_TEST_MYSQL_URL",
+        "MP_TEST_POSTGRES_URL",
+    ] {
         if let Ok(url) = std::env::var(var) {
             if !url.is_empty() {
                 urls.push(url);
@@ -762,6 +771,12 @@ async fn main() {
         }
     }
     print_table(&rows);
+    if rows.iter().any(|r| r.driver == "postgres") {
+        println!(
+            "(postgres calls/op: counted on the client side, the engine's driver calls, one \
+             statement each; pg_stat_statements is not needed)"
+        );
+    }
     fair::print_table(&fair_rows);
     for url in &urls {
         if let Some(dir) = url.strip_prefix("file:") {

@@ -30,7 +30,8 @@ Usage: counter-server [--storage URL] [--listen ADDR]
   GET /wallet?user=NAME                     reads a balance, as JSON
 
 Options:
-  --storage URL   the store: memory://, file:<dir>, redis://..., mysql://...
+  --storage URL   the store: memory://, file:<dir>, redis://..., mysql://...,
+                  postgres://...
                   (default: $MP_STORAGE_URL, else file:./mp-data)
   --listen ADDR   the address to listen on, HOST:PORT or a port
                   (default: 127.0.0.1:$PORT, else 127.0.0.1:8080)

@@ -379,7 +379,7 @@ impl Error {
     }
 
     /// The same backend error, marked as coming before anything was sent.
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "mysql", feature = "postgres")), allow(dead_code))]
     pub(crate) fn unsent_now(self) -> Self {
         match self {
             Error::Backend {

@@ -31,8 +31,9 @@
 //!
 //! Drivers are picked by URL ([`Storage::open`], through the table in [`driver::registry`]):
 //! `memory://` or `memory://NAME`, `file:<dir>` (feature `file`, on by default), `redis://…`
-//! (feature `redis`), `mysql://…` (feature `mysql`). A backend of your own implements
-//! [`Driver`] and runs the behavior suite of the `testkit` feature.
+//! (feature `redis`), `mysql://…` (feature `mysql`), `postgres://…` (feature `postgres`). A
+//! backend of your own implements [`Driver`] and runs the behavior suite of the `testkit`
+//! feature.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

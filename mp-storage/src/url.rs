@@ -113,7 +113,12 @@ impl Parsed<'_> {
 
     /// The last value given for option `key`.
     #[cfg_attr(
-        not(any(feature = "file", feature = "redis", feature = "mysql")),
+        not(any(
+            feature = "file",
+            feature = "redis",
+            feature = "mysql",
+            feature = "postgres"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn option(&self, key: &str) -> Option<&str> {

@@ -11,8 +11,9 @@
 //!
 //! The macro expands into one test per case of [`mp_storage::testkit::cases`], each on a fresh
 //! [`Target`] (a driver and a key prefix of its own). Server drivers read their URLs from
-//! `MP_TEST_REDIS_URL` and `MP_TEST_MYSQL_URL`: unset means the cases pass as skipped with a
-//! printed reason; with `MP_TEST_REQUIRE_SERVERS=1` an unset or unreachable server fails them.
+//! `MP_TEST_REDIS_URL`, `MP_TEST_MYSQL_URL` and `MP_TEST_POSTGRES_URL`: unset means the cases
+//! pass as skipped with a printed reason; with `MP_TEST_REQUIRE_SERVERS=1` an unset or
+//! unreachable server fails them.
 
 pub mod bank;
 pub mod faults;
@@ -293,5 +294,30 @@ pub fn mysql_cleanup(url: &str, statement: String) {
             .await
             .map_err(|e| e.to_string())?;
         conn.disconnect().await.map_err(|e| e.to_string())
+    });
+}
+
+/// A raw PostgreSQL connection to `url` (its query string dropped), its connection task
+/// spawned on the current runtime.
+pub async fn postgres_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) =
+        tokio_postgres::connect(url::without_query(url), tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Runs one cleanup statement on a PostgreSQL connection of its own (see
+/// [`cleanup_blocking`]).
+pub fn postgres_cleanup(url: &str, statement: String) {
+    let base = url.to_owned();
+    let what = format!("with `{statement}`");
+    cleanup_blocking(&what, move || async move {
+        let client = postgres_connect(&base).await.map_err(|e| e.to_string())?;
+        client
+            .batch_execute(&statement)
+            .await
+            .map_err(|e| e.to_string())
     });
 }

@@ -43,3 +43,8 @@ pub async fn redis() -> Option<Target> {
 pub async fn mysql() -> Option<Target> {
     open_server("mysql", "MP_TEST_MYSQL_URL").await
 }
+
+/// The PostgreSQL driver on `MP_TEST_POSTGRES_URL`.
+pub async fn postgres() -> Option<Target> {
+    open_server("postgres", "MP_TEST_POSTGRES_URL").await
+}

@@ -3,8 +3,8 @@
 //! - In process, on `memory://`: the answers (text, JSON, singular and plural), user names as
 //!   scopes, the 400/404/405/500/503 answers, and two servers on one store.
 //! - As real OS processes, on every store processes can share (`file:` in a temporary directory;
-//!   Redis and MySQL when `MP_TEST_REDIS_URL` / `MP_TEST_MYSQL_URL` are set, else skipped with a
-//!   printed note, or failed with `MP_TEST_REQUIRE_SERVERS=1`): two servers, 2,000 requests at
+//!   Redis, MySQL and PostgreSQL when `MP_TEST_REDIS_URL` / `MP_TEST_MYSQL_URL` /
+//!   `MP_TEST_POSTGRES_URL` are set, else skipped with a printed note, or failed with `MP_TEST_REQUIRE_SERVERS=1`): two servers, 2,000 requests at
 //!   concurrency 32 spread over both, an exact final count and distinct answers; a restart that
 //!   keeps the count; hostile and unicode user names; nothing written outside the store.
 //!
@@ -894,6 +894,37 @@ async fn mysql_processes_share_one_count() {
     };
     let cwd = tempfile::tempdir().expect("temp dir");
     processes_share_one_count(&url, cwd.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_processes_share_one_count() {
+    let table = format!("mp_test_server_{:016x}", rand::random::<u64>());
+    let Some((url, _store)) =
+        server_store("MP_TEST_POSTGRES_URL", "postgres", ("table", &table)).await
+    else {
+        return;
+    };
+    let _drop = DropPostgresTable {
+        url: url.clone(),
+        table,
+    };
+    let cwd = tempfile::tempdir().expect("temp dir");
+    processes_share_one_count(&url, cwd.path()).await;
+}
+
+/// Drops the test's PostgreSQL table when the test ends, a failing one included.
+struct DropPostgresTable {
+    url: String,
+    table: String,
+}
+
+impl Drop for DropPostgresTable {
+    fn drop(&mut self) {
+        mp_storage_tests::postgres_cleanup(
+            &self.url,
+            format!("DROP TABLE IF EXISTS \"{}\"", self.table),
+        );
+    }
 }
 
 /// Drops the test's MySQL table when the test ends, a failing one included.

@@ -29,6 +29,7 @@ impl ServerError {
     }
 
     /// "the server at `addr` does not speak the `protocol` protocol", then `(detail)` if any.
+    #[cfg_attr(not(any(feature = "redis", feature = "mysql")), allow(dead_code))]
     pub(crate) fn wrong_protocol(
         addr: &str,
         protocol: &str,
@@ -59,7 +60,7 @@ impl std::error::Error for ServerError {
 
 /// The reason an I/O error of a connection gives, in a few words ("connection refused", not
 /// "Connection refused (os error 111)").
-#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "mysql", feature = "postgres")), allow(dead_code))]
 pub(crate) fn io_reason(e: &io::Error) -> String {
     use io::ErrorKind as K;
     match e.kind() {

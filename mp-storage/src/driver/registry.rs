@@ -6,6 +6,7 @@
 //! | `file:<dir>`, `file:///abs/dir` | `file`: one file per scope | `file` (default) | `fsync` |
 //! | `redis://[user:pass@]host:port/db` | `redis`: one hash per scope | `redis` | `prefix`, `connect_timeout`, `response_timeout`, `protocol` |
 //! | `mysql://user[:pass]@host:port/db` | `mysql`: one row per scope | `mysql` | `table`; the rest go to `mysql_async` |
+//! | `postgres://user[:pass]@host:port/db`, `postgresql://…` | `postgres`: one row per scope; no TLS | `postgres` | `table`, `pool_max`; the rest go to `tokio-postgres` |
 //!
 //! Each driver declares its schemes (`SCHEMES` in its module) and reads its own options; this
 //! table only maps a scheme to the driver that takes it. A driver whose feature is off stays
@@ -75,6 +76,8 @@ mod absent {
     pub(super) const REDIS: &[&str] = &["redis", "rediss"];
     #[cfg(any(test, not(feature = "mysql")))]
     pub(super) const MYSQL: &[&str] = &["mysql"];
+    #[cfg(any(test, not(feature = "postgres")))]
+    pub(super) const POSTGRES: &[&str] = &["postgres", "postgresql"];
 }
 
 /// The table, in the order [`Error::UnknownScheme`] lists the schemes.
@@ -127,6 +130,20 @@ static DRIVERS: &[DriverEntry] = &[
         feature: Some("mysql"),
         opener: None,
     },
+    #[cfg(feature = "postgres")]
+    DriverEntry {
+        name: "postgres",
+        schemes: super::postgres::SCHEMES,
+        feature: Some("postgres"),
+        opener: Some(open_postgres),
+    },
+    #[cfg(not(feature = "postgres"))]
+    DriverEntry {
+        name: "postgres",
+        schemes: absent::POSTGRES,
+        feature: Some("postgres"),
+        opener: None,
+    },
 ];
 
 fn open_memory(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
@@ -157,6 +174,14 @@ fn open_redis(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
 fn open_mysql(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
     Box::pin(async move {
         let driver = super::mysql::MysqlDriver::open(url).await?;
+        Ok(Arc::new(driver) as Arc<dyn Driver>)
+    })
+}
+
+#[cfg(feature = "postgres")]
+fn open_postgres(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
+    Box::pin(async move {
+        let driver = super::postgres::PostgresDriver::open(url).await?;
         Ok(Arc::new(driver) as Arc<dyn Driver>)
     })
 }
@@ -236,12 +261,25 @@ mod tests {
         assert_eq!(absent::REDIS, super::super::redis::SCHEMES);
         #[cfg(feature = "mysql")]
         assert_eq!(absent::MYSQL, super::super::mysql::SCHEMES);
+        #[cfg(feature = "postgres")]
+        assert_eq!(absent::POSTGRES, super::super::postgres::SCHEMES);
     }
 
     #[test]
     fn every_scheme_has_one_row() {
         let known = known_schemes();
-        assert_eq!(known, ["memory", "file", "redis", "rediss", "mysql"]);
+        assert_eq!(
+            known,
+            [
+                "memory",
+                "file",
+                "redis",
+                "rediss",
+                "mysql",
+                "postgres",
+                "postgresql"
+            ]
+        );
         for s in &known {
             assert_eq!(
                 known.iter().filter(|k| k == &s).count(),
@@ -251,7 +289,11 @@ mod tests {
             assert!(s.bytes().all(|b| b.is_ascii_lowercase()), "{s}");
         }
         assert_eq!(driver_for_scheme("REDISS").map(|d| d.name()), Some("redis"));
-        assert!(driver_for_scheme("postgres").is_none());
+        assert_eq!(
+            driver_for_scheme("PostgreSQL").map(|d| d.name()),
+            Some("postgres")
+        );
+        assert!(driver_for_scheme("sqlite").is_none());
         for d in drivers() {
             assert_eq!(d.feature().is_none(), d.name() == "memory");
             let on = match d.name() {
@@ -259,6 +301,7 @@ mod tests {
                 "file" => cfg!(feature = "file"),
                 "redis" => cfg!(feature = "redis"),
                 "mysql" => cfg!(feature = "mysql"),
+                "postgres" => cfg!(feature = "postgres"),
                 other => panic!("a row for {other}"),
             };
             assert_eq!(d.is_compiled_in(), on, "{d:?}");
@@ -267,9 +310,9 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_scheme_is_named() {
-        match open("postgres://localhost/db").await {
+        match open("sqlite:./db").await {
             Err(Error::UnknownScheme { scheme, known, .. }) => {
-                assert_eq!(scheme, "postgres");
+                assert_eq!(scheme, "sqlite");
                 assert_eq!(known, known_schemes());
             }
             Err(e) => panic!("wrong error {e}"),
@@ -280,7 +323,7 @@ mod tests {
             e.as_deref(),
             Some(
                 "unknown storage scheme \"ftp\" in \"ftp://u:***@x\" \
-                 (known: memory, file, redis, rediss, mysql)"
+                 (known: memory, file, redis, rediss, mysql, postgres, postgresql)"
             )
         );
         assert!(open("memory://host/path").await.is_err());
