@@ -940,3 +940,59 @@ async fn a_server_down_under_a_warm_cache_is_a_connection_error() {
     drop(st);
     drop(back);
 }
+
+/// The bank across processes: 3 processes x 4 tasks over 16 accounts for 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_across_processes() {
+    let Some(table) = Table::new("bank").await else {
+        return;
+    };
+    // The table exists before the workers race to create it.
+    drop(table.driver().await);
+    mp_storage_tests::bank::across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table.url,
+        "postgres-bank",
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 3,
+            tasks: 4,
+            secs: 2.0,
+        },
+        None::<mp_storage_tests::bank::NoKill>,
+    )
+    .await;
+}
+
+/// The bank across processes while `pg_terminate_backend` ends every backend on its database
+/// every 100 ms: 3 processes x 4 tasks over 16 accounts for 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_with_backends_terminated() {
+    let Some(db) = Database::new("bankkill").await else {
+        return;
+    };
+    drop(
+        mp_storage::driver::open(&db.url)
+            .await
+            .expect("create the table"),
+    );
+    let killer = Arc::new(admin(&db.base).await);
+    let kill = || {
+        let killer = killer.clone();
+        let db = &db;
+        async move { db.kill_all(&killer).await }
+    };
+    mp_storage_tests::bank::across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &db.url,
+        "postgres-bank-kill",
+        mp_storage_tests::bank::Shape {
+            accounts: 16,
+            procs: 3,
+            tasks: 4,
+            secs: 3.0,
+        },
+        Some(kill),
+    )
+    .await;
+}
