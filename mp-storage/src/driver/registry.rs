@@ -6,6 +6,7 @@
 //! | `file:<dir>`, `file:///abs/dir` | `file`: one file per scope | `file` (default) | `fsync` |
 //! | `redis://[user:pass@]host:port/db` | `redis`: one hash per scope | `redis` | `prefix`, `connect_timeout`, `response_timeout`, `protocol` |
 //! | `mysql://user[:pass]@host:port/db` | `mysql`: one row per scope | `mysql` | `table`; the rest go to `mysql_async` |
+//! | `sqlite:<path>`, `sqlite:///abs/path` | `sqlite`: one row per scope in one file, group commit | `sqlite` | `synchronous`, `fsync`, `busy_timeout`, `table` |
 //!
 //! Each driver declares its schemes (`SCHEMES` in its module) and reads its own options; this
 //! table only maps a scheme to the driver that takes it. A driver whose feature is off stays
@@ -75,6 +76,8 @@ mod absent {
     pub(super) const REDIS: &[&str] = &["redis", "rediss"];
     #[cfg(any(test, not(feature = "mysql")))]
     pub(super) const MYSQL: &[&str] = &["mysql"];
+    #[cfg(any(test, not(feature = "sqlite")))]
+    pub(super) const SQLITE: &[&str] = &["sqlite"];
 }
 
 /// The table, in the order [`Error::UnknownScheme`] lists the schemes.
@@ -127,6 +130,20 @@ static DRIVERS: &[DriverEntry] = &[
         feature: Some("mysql"),
         opener: None,
     },
+    #[cfg(feature = "sqlite")]
+    DriverEntry {
+        name: "sqlite",
+        schemes: super::sqlite::SCHEMES,
+        feature: Some("sqlite"),
+        opener: Some(open_sqlite),
+    },
+    #[cfg(not(feature = "sqlite"))]
+    DriverEntry {
+        name: "sqlite",
+        schemes: absent::SQLITE,
+        feature: Some("sqlite"),
+        opener: None,
+    },
 ];
 
 fn open_memory(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
@@ -157,6 +174,14 @@ fn open_redis(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
 fn open_mysql(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
     Box::pin(async move {
         let driver = super::mysql::MysqlDriver::open(url).await?;
+        Ok(Arc::new(driver) as Arc<dyn Driver>)
+    })
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
+    Box::pin(async move {
+        let driver = super::sqlite::SqliteDriver::open(url).await?;
         Ok(Arc::new(driver) as Arc<dyn Driver>)
     })
 }
@@ -236,12 +261,17 @@ mod tests {
         assert_eq!(absent::REDIS, super::super::redis::SCHEMES);
         #[cfg(feature = "mysql")]
         assert_eq!(absent::MYSQL, super::super::mysql::SCHEMES);
+        #[cfg(feature = "sqlite")]
+        assert_eq!(absent::SQLITE, super::super::sqlite::SCHEMES);
     }
 
     #[test]
     fn every_scheme_has_one_row() {
         let known = known_schemes();
-        assert_eq!(known, ["memory", "file", "redis", "rediss", "mysql"]);
+        assert_eq!(
+            known,
+            ["memory", "file", "redis", "rediss", "mysql", "sqlite"]
+        );
         for s in &known {
             assert_eq!(
                 known.iter().filter(|k| k == &s).count(),
@@ -259,6 +289,7 @@ mod tests {
                 "file" => cfg!(feature = "file"),
                 "redis" => cfg!(feature = "redis"),
                 "mysql" => cfg!(feature = "mysql"),
+                "sqlite" => cfg!(feature = "sqlite"),
                 other => panic!("a row for {other}"),
             };
             assert_eq!(d.is_compiled_in(), on, "{d:?}");
@@ -280,7 +311,7 @@ mod tests {
             e.as_deref(),
             Some(
                 "unknown storage scheme \"ftp\" in \"ftp://u:***@x\" \
-                 (known: memory, file, redis, rediss, mysql)"
+                 (known: memory, file, redis, rediss, mysql, sqlite)"
             )
         );
         assert!(open("memory://host/path").await.is_err());

@@ -338,9 +338,7 @@ where
                     }
                 }
             }
-            Err(e) => {
-                return Err(relabel(e, keys.iter()).into())
-            }
+            Err(e) => return Err(relabel(e, keys.iter()).into()),
         };
         match outcome {
             CommitOutcome::Committed(versions) => {
