@@ -2,8 +2,15 @@
 //!
 //! Run: `cargo run --release -p mp-storage-examples --bin mp-bench -- --storage URL [--storage URL …]`
 //! (`--quick` for a smoke run of a few seconds; `--secs S` per measurement, default 3).
-//! Without `--storage`, it benches `memory://`, a `file:` directory in the system temp dir, and
-//! the servers named by `MP_TEST_REDIS_URL` and `MP_TEST_MYSQL_URL` when they are set.
+//! Without `--storage`, it benches `memory://`, a `file:` directory and a `sqlite:` database in
+//! the system temp dir, and the servers named by `MP_TEST_REDIS_URL` and `MP_TEST_MYSQL_URL`
+//! when they are set.
+//!
+//! With the `sqlite` feature (on by default) it also runs the file and SQLite drivers side by
+//! side (`embedded`: 1, 8 and 64 tasks on scopes of their own, durable, the ratio sqlite / file)
+//! and fills N one-counter scopes into each to measure the disk space per scope (`fill`,
+//! `--fill N`, default 100,000, 2,000 with `--quick`; the file driver gets at most 20,000).
+//! `--only scenarios|fairness|embedded|fill` runs one part.
 //!
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
@@ -11,6 +18,8 @@
 //! baseline, baseline_ops_per_sec, ratio (library / baseline), exact (final counts checked).
 
 mod baseline;
+#[cfg(feature = "sqlite")]
+mod embedded;
 mod fair;
 
 use std::collections::HashMap;
@@ -121,6 +130,11 @@ fn profile(driver: &str) -> Profile {
         "file" => Profile {
             tasks: 1,
             scopes: 1,
+            contended_tasks: 64,
+        },
+        "sqlite" => Profile {
+            tasks: 64,
+            scopes: 64,
             contended_tasks: 64,
         },
         _ => Profile {
@@ -356,8 +370,11 @@ struct Args {
     urls: Vec<String>,
     secs: f64,
     quick: bool,
-    /// Which parts run: the scenarios, the fairness rows, or both.
+    /// Which part runs: the scenarios, the fairness rows, the embedded comparison or the fill;
+    /// all of them when `None`.
     only: Option<String>,
+    /// Scopes the fill writes.
+    fill: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -366,6 +383,7 @@ fn parse_args() -> Result<Args, String> {
         secs: 3.0,
         quick: false,
         only: None,
+        fill: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -380,15 +398,31 @@ fn parse_args() -> Result<Args, String> {
             }
             "--quick" => args.quick = true,
             "--only" => {
-                let part = it.next().ok_or("--only needs scenarios or fairness")?;
-                if !matches!(part.as_str(), "scenarios" | "fairness") {
-                    return Err(format!("--only {part:?}: scenarios or fairness"));
+                let part = it
+                    .next()
+                    .ok_or("--only needs scenarios, fairness, embedded or fill")?;
+                if !matches!(
+                    part.as_str(),
+                    "scenarios" | "fairness" | "embedded" | "fill"
+                ) {
+                    return Err(format!(
+                        "--only {part:?}: scenarios, fairness, embedded or fill"
+                    ));
                 }
                 args.only = Some(part);
             }
+            "--fill" => {
+                args.fill = Some(
+                    it.next()
+                        .ok_or("--fill needs a number of scopes")?
+                        .parse()
+                        .map_err(|e| format!("--fill: {e}"))?,
+                )
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: mp-bench [--storage URL]… [--secs S] [--quick] [--only scenarios|fairness]"
+                    "usage: mp-bench [--storage URL]… [--secs S] [--quick] \
+                     [--only scenarios|fairness|embedded|fill] [--fill N]"
                 );
                 std::process::exit(0);
             }
@@ -549,6 +583,8 @@ fn default_urls() -> Vec<String> {
     let mut urls = vec!["memory://".to_owned()];
     let dir = std::env::temp_dir().join(format!("mp-bench-{}", std::process::id()));
     urls.push(format!("file:{}", dir.display()));
+    #[cfg(feature = "sqlite")]
+    urls.push(format!("sqlite:{}", dir.join("bench.db").display()));
     for var in ["MP_TEST_REDIS_URL", "MP_TEST_MYSQL_URL"] {
         if let Ok(url) = std::env::var(var) {
             if !url.is_empty() {
@@ -622,14 +658,18 @@ async fn main() {
     let mut rows = Vec::new();
     let mut fair_rows = Vec::new();
     let mut failed = false;
+    let part = |name: &str| args.only.is_none() || args.only.as_deref() == Some(name);
     for url in &urls {
-        if args.only.as_deref() != Some("fairness") {
+        if args.only.is_some() && !part("scenarios") && !part("fairness") {
+            break;
+        }
+        if part("scenarios") {
             if let Err(e) = bench_driver(url, &args, &mut rows).await {
                 eprintln!("mp-bench: {url}: {e}");
                 failed = true;
             }
         }
-        if args.only.as_deref() != Some("scenarios") {
+        if part("fairness") {
             // 5 s per measurement in a full run, as the targets are stated.
             let secs = if args.quick { args.secs } else { 5.0 };
             if let Err(e) = fair::bench(url, secs, &mut fair_rows).await {
@@ -638,12 +678,46 @@ async fn main() {
             }
         }
     }
+    #[cfg(feature = "sqlite")]
+    let (embedded_rows, fill_rows) = {
+        let mut embedded_rows = Vec::new();
+        let mut fill_rows = Vec::new();
+        let dir = std::env::temp_dir().join(format!("mp-bench-embedded-{}", std::process::id()));
+        if part("embedded") {
+            let shapes: &[usize] = if args.quick { &[1, 64] } else { &[1, 8, 64] };
+            if let Err(e) = embedded::compare(&dir, args.secs, shapes, &mut embedded_rows).await {
+                eprintln!("mp-bench: embedded: {e}");
+                failed = true;
+            }
+        }
+        if part("fill") {
+            let n = args
+                .fill
+                .unwrap_or(if args.quick { 2_000 } else { 100_000 });
+            let file_max = if args.quick { 2_000 } else { 20_000 };
+            if let Err(e) = embedded::fill(&dir, n, file_max, &mut fill_rows).await {
+                eprintln!("mp-bench: fill: {e}");
+                failed = true;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        failed |= !embedded::all_exact(&embedded_rows);
+        (embedded_rows, fill_rows)
+    };
     print_table(&rows);
     fair::print_table(&fair_rows);
+    #[cfg(feature = "sqlite")]
+    embedded::print_tables(&embedded_rows, &fill_rows);
     for url in &urls {
-        if let Some(dir) = url.strip_prefix("file:") {
-            if dir.contains("mp-bench-") {
-                let _ = std::fs::remove_dir_all(dir);
+        let body = url
+            .strip_prefix("file:")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .map(|b| b.split('?').next().unwrap_or(b));
+        if let Some(path) = body {
+            if let Some(at) = path.find("mp-bench-") {
+                // The run's own directory in the temp dir (a sqlite URL names a file in it).
+                let end = path[at..].find('/').map_or(path.len(), |i| at + i);
+                let _ = std::fs::remove_dir_all(&path[..end]);
             }
         }
     }

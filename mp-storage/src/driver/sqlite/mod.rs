@@ -90,6 +90,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -134,12 +135,23 @@ pub struct SqliteDriver {
     shared: Arc<Shared>,
 }
 
+/// What a process's writer of a database has committed: see [`SqliteDriver::writer_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriterStats {
+    /// Transactions committed (each one fsync with `synchronous=full`).
+    pub transactions: u64,
+    /// Jobs answered from those transactions.
+    pub jobs: u64,
+}
+
 /// One database of the process: its writer and its idle read connections.
 struct Shared {
     path: PathBuf,
     options: SqliteOptions,
     sql: Arc<Sql>,
     writer: mpsc::Sender<Job>,
+    counters: Arc<writer::Counters>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -203,6 +215,29 @@ impl SqliteDriver {
     /// The options the driver was opened with.
     pub fn options(&self) -> &SqliteOptions {
         &self.shared.options
+    }
+
+    /// What this process's writer of the database has committed so far: transactions, and the
+    /// jobs (writes, several-scope commits, deletes, …) they held. Jobs per transaction is the
+    /// batching that group commit achieved.
+    pub fn writer_stats(&self) -> WriterStats {
+        let c = &self.shared.counters;
+        WriterStats {
+            transactions: c.transactions.load(Ordering::Relaxed),
+            jobs: c.jobs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Copies the write-ahead log into the database file and truncates the log (SQLite's
+    /// `wal_checkpoint(TRUNCATE)`), between two of the writer's transactions; returns whether
+    /// it completed (readers of other processes can hold part of the log back). SQLite
+    /// checkpoints by itself as the log grows; this is for measuring the file or copying it.
+    pub async fn checkpoint(&self) -> Result<bool, Error> {
+        let done = self.submit(Work::Checkpoint).await?;
+        expect(done, |d| match d {
+            Done::Flag(f) => Some(f),
+            _ => None,
+        })
     }
 
     /// Sends `work` to the writer and waits for its answer (given once the commit is durable).
@@ -314,18 +349,21 @@ fn open_shared(path: PathBuf, options: SqliteOptions) -> Result<Arc<Shared>, Err
             format!("cannot resolve {}: {e}", path.display()),
         )
     })?;
-    let writer = writer::spawn(conn, sql.clone(), options.table.clone()).map_err(|e| {
-        Error::backend_unsent(
-            NAME,
-            BackendKind::Other,
-            format!("cannot start the writer thread: {e}"),
-        )
-    })?;
+    let counters = Arc::new(writer::Counters::default());
+    let writer = writer::spawn(conn, sql.clone(), options.table.clone(), counters.clone())
+        .map_err(|e| {
+            Error::backend_unsent(
+                NAME,
+                BackendKind::Other,
+                format!("cannot start the writer thread: {e}"),
+            )
+        })?;
     let shared = Arc::new(Shared {
         path,
         options: options.clone(),
         sql,
         writer,
+        counters,
         readers: Mutex::new(Vec::new()),
     });
     open.retain(|_, s| s.strong_count() > 0);

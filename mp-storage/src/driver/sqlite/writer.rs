@@ -1,6 +1,7 @@
 //! The writer: one thread per database per process that commits every write waiting at that
 //! moment in one transaction (group commit, see the [module docs](super#group-commit)).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +93,9 @@ pub(super) enum Work {
     Expire(String, Expiry),
     Reserve(String, u64, Duration),
     Sweep(usize),
+    /// Copies the log into the database file and truncates it (outside the batch's
+    /// transaction).
+    Checkpoint,
 }
 
 /// The writer's answer to a job.
@@ -109,12 +113,20 @@ pub(super) struct Job {
     pub reply: tokio::sync::oneshot::Sender<Result<Done, Error>>,
 }
 
+/// What the writer has done so far: see [`SqliteDriver::writer_stats`](super::SqliteDriver::writer_stats).
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub transactions: AtomicU64,
+    pub jobs: AtomicU64,
+}
+
 /// Starts the writer thread on `conn`; it ends, closing the connection, once every sender of
 /// the returned channel is dropped and the jobs sent are answered.
 pub(super) fn spawn(
     conn: Connection,
     sql: Arc<Sql>,
     table: String,
+    counters: Arc<Counters>,
 ) -> std::io::Result<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
@@ -125,6 +137,7 @@ pub(super) fn spawn(
                 sql,
                 table,
                 sweeping: false,
+                counters,
             };
             let mut batch = Vec::new();
             while let Ok(first) = rx.recv() {
@@ -135,7 +148,27 @@ pub(super) fn spawn(
                         Err(_) => break,
                     }
                 }
-                w.run_batch(&mut batch);
+                // A checkpoint runs on its own, between transactions.
+                let checkpoints: Vec<Job> = {
+                    let (c, rest): (Vec<Job>, Vec<Job>) = batch
+                        .drain(..)
+                        .partition(|j| matches!(j.work, Work::Checkpoint));
+                    batch = rest;
+                    c
+                };
+                if !batch.is_empty() {
+                    w.run_batch(&mut batch);
+                }
+                for job in checkpoints {
+                    let r = w
+                        .conn
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .map_err(sql_error)
+                        .map(|busy| Done::Flag(busy == 0));
+                    let _ = job.reply.send(r);
+                }
             }
         })?;
     Ok(tx)
@@ -147,6 +180,7 @@ struct Writer {
     table: String,
     /// The last sweep deleted a full batch: the next goes on without waiting for its turn.
     sweeping: bool,
+    counters: Arc<Counters>,
 }
 
 impl Writer {
@@ -214,6 +248,10 @@ impl Writer {
             }
             return;
         }
+        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .jobs
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         // Durable now (synchronous=FULL): every caller gets its own answer.
         for (job, r) in batch.drain(..).zip(results) {
             let _ = job.reply.send(r);
@@ -301,6 +339,7 @@ impl Writer {
                 Ok(Done::Flag(true))
             }
             Work::Sweep(limit) => self.sweep(*limit, now).map(Done::Count),
+            Work::Checkpoint => Err(other("a checkpoint inside a transaction")),
         }
     }
 
