@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -19,6 +19,19 @@ use crate::{BackendKind, Error};
 
 /// The most jobs one transaction takes.
 const MAX_BATCH: usize = 1024;
+
+/// The longest the writer waits for the callers of its last batch to come back.
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
+/// Moves every job waiting now into `batch`, up to [`MAX_BATCH`].
+fn drain(rx: &mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
 
 /// How often one of the processes on a database deletes expired rows, at most (ms).
 const SWEEP_EVERY_MS: i64 = 60_000;
@@ -140,14 +153,23 @@ pub(super) fn spawn(
                 counters,
             };
             let mut batch = Vec::new();
+            // The size of the last batch, and how long its commit took.
+            let mut last = (1usize, Duration::ZERO);
             while let Ok(first) = rx.recv() {
                 batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
+                drain(&rx, &mut batch);
+                // The callers of the last batch are still coming back with their next writes:
+                // wait a little for them (at most half a commit), so that they ride one commit
+                // instead of splitting into two groups that take turns.
+                let until = Instant::now() + (last.1 / 2).min(MAX_LINGER);
+                while batch.len() < last.0.min(MAX_BATCH) {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match rx.recv_timeout(left) {
                         Ok(job) => batch.push(job),
                         Err(_) => break,
                     }
                 }
+                drain(&rx, &mut batch);
                 // A checkpoint runs on its own, between transactions.
                 let checkpoints: Vec<Job> = {
                     let (c, rest): (Vec<Job>, Vec<Job>) = batch
@@ -157,7 +179,9 @@ pub(super) fn spawn(
                     c
                 };
                 if !batch.is_empty() {
-                    w.run_batch(&mut batch);
+                    let jobs = batch.len();
+                    let took = w.run_batch(&mut batch);
+                    last = (jobs, took);
                 }
                 for job in checkpoints {
                     let r = w
@@ -185,8 +209,9 @@ struct Writer {
 
 impl Writer {
     /// Runs `batch` in one transaction, each job under a savepoint of its own (so one job's
-    /// failure undoes only its own writes), commits once, then answers every job.
-    fn run_batch(&mut self, batch: &mut Vec<Job>) {
+    /// failure undoes only its own writes), commits once, then answers every job. Returns how
+    /// long the commit took (zero when it did not happen).
+    fn run_batch(&mut self, batch: &mut Vec<Job>) -> Duration {
         if let Err(e) = self.exec("BEGIN IMMEDIATE") {
             let (k, msg) = (kind(&e), unsent(e).to_string());
             for job in batch.drain(..) {
@@ -194,7 +219,7 @@ impl Writer {
                     .reply
                     .send(Err(Error::backend_unsent(NAME, k, msg.clone())));
             }
-            return;
+            return Duration::ZERO;
         }
         let mut results: Vec<Result<Done, Error>> = Vec::with_capacity(batch.len());
         for job in batch.iter() {
@@ -207,7 +232,7 @@ impl Writer {
                     results.push(Ok(done));
                     if let Err(e) = self.exec("RELEASE job") {
                         self.abort(batch, results, sql_error(e));
-                        return;
+                        return Duration::ZERO;
                     }
                 }
                 Err(e) => {
@@ -221,12 +246,13 @@ impl Writer {
                     };
                     if undone.is_err() {
                         self.abort(batch, results, e);
-                        return;
+                        return Duration::ZERO;
                     }
                     results.push(Err(e));
                 }
             }
         }
+        let committing = Instant::now();
         if let Err(e) = self.exec("COMMIT") {
             let rolled_back = self.conn.is_autocommit();
             if !rolled_back {
@@ -246,8 +272,9 @@ impl Writer {
                 };
                 let _ = job.reply.send(answer);
             }
-            return;
+            return Duration::ZERO;
         }
+        let took = committing.elapsed();
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         self.counters
             .jobs
@@ -256,6 +283,7 @@ impl Writer {
         for (job, r) in batch.drain(..).zip(results) {
             let _ = job.reply.send(r);
         }
+        took
     }
 
     /// Answers every job of a batch whose transaction is gone: the job after the last of
