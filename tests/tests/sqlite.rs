@@ -235,6 +235,14 @@ async fn rows_corrupted_by_hand_are_left_untouched() {
     assert_eq!(st.list("").await.expect("list"), ["c"]);
 }
 
+/// The error of opening `url`, which must fail (`why`).
+async fn open_err(url: &str, why: &str) -> Error {
+    match Storage::open(url).await {
+        Err(e) => e,
+        Ok(_) => panic!("{url} opened: {why}"),
+    }
+}
+
 #[tokio::test]
 async fn foreign_files_and_tables_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -244,23 +252,18 @@ async fn foreign_files_and_tables_are_refused() {
         "not a database, just some text that is long enough ".repeat(40),
     )
     .expect("write");
-    let e = Storage::open(&format!("sqlite:{}", text.display()))
-        .await
-        .err()
-        .expect("a text file is not a database");
+    let e = open_err(
+        &format!("sqlite:{}", text.display()),
+        "a text file is not a database",
+    )
+    .await;
     assert!(matches!(e, Error::Backend { .. }), "{e:?}");
     let conn = raw(dir.path());
     conn.execute_batch("CREATE TABLE other (id INTEGER PRIMARY KEY)")
         .expect("a table of another shape");
-    let e = Storage::open(&db_url(dir.path(), "?table=other"))
-        .await
-        .err()
-        .expect("a foreign table");
+    let e = open_err(&db_url(dir.path(), "?table=other"), "a foreign table").await;
     assert!(e.to_string().contains("not an mp-storage table"), "{e}");
-    let e = Storage::open(&db_url(dir.path(), "?table=a%20b"))
-        .await
-        .err()
-        .expect("a bad table name");
+    let e = open_err(&db_url(dir.path(), "?table=a%20b"), "a bad table name").await;
     assert!(matches!(e, Error::InvalidUrl { .. }), "{e:?}");
     // A directory that does not exist yet is made.
     let deep = dir.path().join("a/b/c.db");
@@ -355,10 +358,7 @@ async fn sweeps_delete_only_expired_rows_in_batches() {
     assert_eq!(other.sweep(1000).await.expect("sweep"), 0);
     assert_eq!(rows(), 2);
     assert_eq!(st.list("").await.expect("list"), ["again"]);
-    assert_eq!(
-        driver.expire("keep", Expiry::Never).await.expect("expire"),
-        false
-    );
+    assert!(!driver.expire("keep", Expiry::Never).await.expect("expire"));
 }
 
 // ---------------------------------------------------------------------------------------------

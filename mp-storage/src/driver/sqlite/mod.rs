@@ -147,7 +147,10 @@ pub struct WriterStats {
 
 /// One database of the process: its writer and its idle read connections.
 struct Shared {
+    /// The database file as given, for `Debug` and [`SqliteDriver::path`].
     path: PathBuf,
+    /// The same, absolute: read connections open it (the working directory may change).
+    canonical: PathBuf,
     options: SqliteOptions,
     sql: Arc<Sql>,
     writer: mpsc::Sender<Job>,
@@ -166,8 +169,10 @@ impl fmt::Debug for SqliteDriver {
 
 /// The open databases of the process, by canonical path and options; weak, so a database's
 /// writer ends with its last driver.
-static OPEN: LazyLock<Mutex<HashMap<(PathBuf, SqliteOptions), Weak<Shared>>>> =
-    LazyLock::new(Mutex::default);
+static OPEN: LazyLock<Mutex<OpenDatabases>> = LazyLock::new(Mutex::default);
+
+/// The databases open in the process, by canonical path and options.
+type OpenDatabases = HashMap<(PathBuf, SqliteOptions), Weak<Shared>>;
 
 impl SqliteDriver {
     /// Opens the database a `sqlite:` URL names (see the [module docs](self)).
@@ -280,7 +285,7 @@ impl Shared {
         match idle {
             Some(conn) => Ok(conn),
             None => {
-                let conn = connect(&self.path, self.options.busy_timeout, false)?;
+                let conn = connect(&self.canonical, self.options.busy_timeout, false)?;
                 conn.pragma_update(None, "query_only", true)
                     .map_err(unsent)?;
                 Ok(conn)
@@ -360,6 +365,7 @@ fn open_shared(path: PathBuf, options: SqliteOptions) -> Result<Arc<Shared>, Err
         })?;
     let shared = Arc::new(Shared {
         path,
+        canonical: canonical.clone(),
         options: options.clone(),
         sql,
         writer,
