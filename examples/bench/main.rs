@@ -596,6 +596,9 @@ fn default_urls() -> Vec<String> {
 }
 
 fn print_table(rows: &[Row]) {
+    if rows.is_empty() {
+        return;
+    }
     println!();
     println!(
         "{:<7} {:<14} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>7} {:>5}  baseline",

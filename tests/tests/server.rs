@@ -739,6 +739,21 @@ async fn file_processes_share_one_count() {
     );
 }
 
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_processes_share_one_count() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cwd = root.path().join("cwd");
+    std::fs::create_dir_all(&cwd).expect("mkdir cwd");
+    let db = root.path().join("store").join("counts.db");
+    processes_share_one_count(&format!("sqlite:{}", db.display()), &cwd).await;
+    assert!(db.is_file(), "the store is one database file");
+    assert!(
+        std::fs::read_dir(&cwd).expect("cwd").next().is_none(),
+        "cwd stays empty"
+    );
+}
+
 /// The URL of a server store for this test, or `None` to skip (after the printed note).
 async fn server_store(var: &str, driver: &str, option: (&str, &str)) -> Option<(String, Storage)> {
     let url = with_option(&server_url(var, driver)?, option.0, option.1);
