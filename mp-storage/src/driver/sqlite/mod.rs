@@ -355,14 +355,20 @@ fn open_shared(path: PathBuf, options: SqliteOptions) -> Result<Arc<Shared>, Err
         )
     })?;
     let counters = Arc::new(writer::Counters::default());
-    let writer = writer::spawn(conn, sql.clone(), options.table.clone(), counters.clone())
-        .map_err(|e| {
-            Error::backend_unsent(
-                NAME,
-                BackendKind::Other,
-                format!("cannot start the writer thread: {e}"),
-            )
-        })?;
+    let writer = writer::spawn(
+        conn,
+        sql.clone(),
+        options.table.clone(),
+        counters.clone(),
+        options.busy_timeout,
+    )
+    .map_err(|e| {
+        Error::backend_unsent(
+            NAME,
+            BackendKind::Other,
+            format!("cannot start the writer thread: {e}"),
+        )
+    })?;
     let shared = Arc::new(Shared {
         path,
         canonical: canonical.clone(),

@@ -23,6 +23,30 @@ const MAX_BATCH: usize = 1024;
 /// The longest the writer waits for the callers of its last batch to come back.
 const MAX_LINGER: Duration = Duration::from_millis(1);
 
+thread_local! {
+    /// The writer thread's busy timeout, and when its current wait for a lock began.
+    static BUSY_TIMEOUT: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+    static BUSY_SINCE: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// SQLite's busy handler of the writer: called while another connection holds the lock,
+/// `count` times so far; sleeps a short, jittered while (50 µs doubling up to 2 ms) and says
+/// whether to try again (until the busy timeout has passed since the first call).
+fn wait_for_lock(count: i32) -> bool {
+    let now = Instant::now();
+    if count == 0 {
+        BUSY_SINCE.set(Some(now));
+    }
+    let since = BUSY_SINCE.get().unwrap_or(now);
+    if now.duration_since(since) >= BUSY_TIMEOUT.get() {
+        return false;
+    }
+    let step = 50u64 << count.clamp(0, 6);
+    let micros = rand::random_range(step / 2..=step).min(2_000);
+    std::thread::sleep(Duration::from_micros(micros));
+    true
+}
+
 /// Moves every job waiting now into `batch`, up to [`MAX_BATCH`].
 fn drain(rx: &mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
     while batch.len() < MAX_BATCH {
@@ -140,11 +164,16 @@ pub(super) fn spawn(
     sql: Arc<Sql>,
     table: String,
     counters: Arc<Counters>,
+    busy_timeout: Duration,
 ) -> std::io::Result<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("mp-sqlite-writer".to_owned())
         .spawn(move || {
+            BUSY_TIMEOUT.set(busy_timeout);
+            // Short waits for another process's lock (SQLite's own handler sleeps up to 100 ms
+            // a time, long enough for the holder to take the lock again and again).
+            let _ = conn.busy_handler(Some(wait_for_lock));
             let mut w = Writer {
                 conn,
                 sql,
