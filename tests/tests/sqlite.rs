@@ -686,3 +686,153 @@ fn killed_transfers_are_all_or_nothing() {
         acked.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Full disk
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Result<SmallDisk, String> {
+        if !cfg!(target_os = "linux") {
+            return Err("mounting a tmpfs is only tried on Linux".to_owned());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // The writer thread closes its connection a moment after the last handle is dropped.
+        for _ in 0..40 {
+            let unmounted = Command::new("umount")
+                .arg(self.dir.path())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if unmounted {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// On a full disk a write is a `Full` backend error that wrote nothing (safe to retry), the
+/// old record is intact, other writes of the same batch are not lost, and writes work again
+/// once there is space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_keeps_the_old_record() {
+    let disk = match SmallDisk::mount("1m") {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIPPED full_disk_keeps_the_old_record: {why}");
+            return;
+        }
+    };
+    let url = db_url(disk.dir.path(), "");
+    let st = Storage::open(&url).await.expect("open");
+    st.set("doc", &serde_json::json!({"text": "small"}))
+        .await
+        .expect("a small write fits");
+
+    // A value larger than the disk.
+    let big = serde_json::json!({ "text": "x".repeat(3 << 20) });
+    let e = st
+        .set("doc", &big)
+        .await
+        .expect_err("a write larger than the disk");
+    assert_eq!(e.backend_kind(), Some(BackendKind::Full), "{e}");
+    let e = st
+        .scoped("doc", |v: &mut serde_json::Value| *v = big.clone())
+        .await
+        .expect_err("an update larger than the disk");
+    assert_eq!(e.backend_kind(), Some(BackendKind::Full), "{e}");
+    assert!(!e.may_have_happened(), "{e:?}");
+    assert!(matches!(
+        e,
+        Error::Backend {
+            driver: "sqlite",
+            ..
+        }
+    ));
+
+    // Fill the disk to the last byte, then try small updates.
+    let filler = disk.dir.path().join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..1]).is_ok() {}
+    }
+    // The log may still have room from the write refused above: write until it is full too.
+    // Each write fails with `Full` or is there after a reopen.
+    let mut full = 0;
+    let mut written = Vec::new();
+    let text = "y".repeat(20 << 10);
+    for i in 0..200 {
+        let name = format!("more{i}");
+        match st.set(&name, &serde_json::json!({ "text": text })).await {
+            Ok(()) => written.push(name),
+            Err(e) => {
+                assert_eq!(e.backend_kind(), Some(BackendKind::Full), "{e}");
+                full += 1;
+            }
+        }
+    }
+    assert!(full > 0, "a full disk took 200 writes of 20 KiB");
+    eprintln!(
+        "on the full disk: {} writes fit, {full} were refused",
+        written.len()
+    );
+
+    let fresh = Storage::open(&url).await.expect("reopen");
+    assert_eq!(
+        fresh
+            .get::<serde_json::Value>("doc")
+            .await
+            .expect("old record"),
+        Some(serde_json::json!({"text": "small"}))
+    );
+    for name in &written {
+        let v: Option<serde_json::Value> = fresh.get(name).await.expect("a written scope");
+        assert!(v.is_some(), "{name} was acknowledged and is gone");
+    }
+
+    // Space back: writes work again.
+    std::fs::remove_file(&filler).expect("remove filler");
+    st.scoped("doc", |v: &mut serde_json::Value| {
+        v["text"] = "changed".into()
+    })
+    .await
+    .expect("an update once space is back");
+    assert_eq!(
+        fresh.get::<serde_json::Value>("doc").await.expect("read"),
+        Some(serde_json::json!({"text": "changed"}))
+    );
+    drop((st, fresh));
+    let check: String = raw(disk.dir.path())
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check");
+    assert_eq!(check, "ok");
+}
