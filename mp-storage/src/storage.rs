@@ -257,7 +257,7 @@ impl Storage {
     ///     })
     ///     .await?;
     /// assert!(moved);
-    /// let all = st.get_many::<Account>(&["acct:alice", "acct:bob"]).await?;
+    /// let all = st.get_many::<Account, _>(&["acct:alice", "acct:bob"]).await?;
     /// assert_eq!(all.iter().map(|a| a.as_ref().map(|a| a.balance)).collect::<Vec<_>>(), [Some(15), Some(10)]);
     /// # Ok(()) }
     /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
