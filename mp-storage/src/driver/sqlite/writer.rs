@@ -253,8 +253,8 @@ impl Writer {
         let mut results: Vec<Result<Done, Error>> = Vec::with_capacity(batch.len());
         for job in batch.iter() {
             if let Err(e) = self.exec("SAVEPOINT job") {
-                results.push(Err(sql_error(e)));
-                continue;
+                self.abort(batch, results, sql_error(e));
+                return Duration::ZERO;
             }
             match self.work(&job.work) {
                 Ok(done) => {
