@@ -26,8 +26,8 @@ Usage: counter-server [--storage URL] [--listen ADDR]
   `Accept: application/json`.
 
 Options:
-  --storage URL   the store: memory://, file:<dir>, redis://..., mysql://...
-                  (default: $MP_STORAGE_URL, else file:./mp-data)
+  --storage URL   the store: memory://, sqlite:<file>, file:<dir>, redis://...,
+                  mysql://... (default: $MP_STORAGE_URL, else sqlite:./mp-data.db)
   --listen ADDR   the address to listen on, HOST:PORT or a port
                   (default: 127.0.0.1:$PORT, else 127.0.0.1:8080)
   -h, --help      print this help
@@ -280,7 +280,7 @@ mod tests {
     fn defaults() {
         assert_eq!(
             parse_with(&[], &[]),
-            config("file:./mp-data", "127.0.0.1:8080")
+            config(mp_storage::DEFAULT_URL, "127.0.0.1:8080")
         );
     }
 
@@ -304,7 +304,7 @@ mod tests {
         );
         assert_eq!(
             parse_with(&["--listen", "[::1]:80"], &[]),
-            config("file:./mp-data", "[::1]:80")
+            config(mp_storage::DEFAULT_URL, "[::1]:80")
         );
     }
 

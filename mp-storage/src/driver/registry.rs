@@ -3,10 +3,10 @@
 //! | URL | driver | feature | options |
 //! |---|---|---|---|
 //! | `memory://`, `memory://NAME` | [`memory`](super::memory): in-process map, private or shared by name | always | none |
-//! | `file:<dir>`, `file:///abs/dir` | `file`: one file per scope | `file` (default) | `fsync` |
+//! | `file:<dir>`, `file:///abs/dir` | `file`: one file per scope, readable with `cat` | `file` (default) | `fsync`, `lock_timeout` |
 //! | `redis://[user:pass@]host:port/db` | `redis`: one hash per scope | `redis` | `prefix`, `connect_timeout`, `response_timeout`, `protocol` |
 //! | `mysql://user[:pass]@host:port/db` | `mysql`: one row per scope | `mysql` | `table`; the rest go to `mysql_async` |
-//! | `sqlite:<path>`, `sqlite:///abs/path` | `sqlite`: one row per scope in one file, group commit | `sqlite` | `synchronous`, `fsync`, `busy_timeout`, `table` |
+//! | `sqlite:<path>`, `sqlite:///abs/path` | `sqlite`: one row per scope in one file, group commit; the default store | `sqlite` (default) | `synchronous`, `fsync`, `busy_timeout`, `table` |
 //!
 //! Each driver declares its schemes (`SCHEMES` in its module) and reads its own options; this
 //! table only maps a scheme to the driver that takes it. A driver whose feature is off stays
