@@ -26,6 +26,8 @@ pub async fn for_url(url: &str, tasks: usize) -> Result<Vec<Box<dyn Subject>>, B
         "mysql" => out.push(Box::new(mysql_tx::MysqlTx::connect(url).await?)),
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => out.push(Box::new(pg_tx::PgTx::connect(url, tasks).await?)),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => out.push(Box::new(sqlite_tx::SqliteTx::open(url)?)),
         _ => {}
     }
     let _ = tasks;
@@ -582,6 +584,95 @@ mod pg_tx {
                 .query_opt(&conn.read, &[&scope.as_bytes()])
                 .await?;
             Ok(row.map_or(Ok(0), |r| u64::try_from(r.get::<_, i64>(0)))?)
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite_tx {
+    //! sqlite → what a user of rusqlite would write: a counters table in a database file of
+    //! its own beside the library's, WAL and `synchronous=FULL` like the driver's default, one
+    //! `INSERT … ON CONFLICT DO UPDATE SET n = n + 1 … RETURNING n` per update in a transaction
+    //! of its own (one fsync each), on one connection behind a mutex.
+
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+    use rusqlite::Connection;
+
+    use crate::{BenchError, Subject};
+
+    pub struct SqliteTx {
+        conn: Arc<Mutex<Connection>>,
+    }
+
+    impl SqliteTx {
+        pub fn open(url: &str) -> Result<SqliteTx, BenchError> {
+            let (db, options) = mp_storage::driver::sqlite::SqliteOptions::from_url(url)?;
+            let mut name = db.file_name().unwrap_or_default().to_os_string();
+            name.push(".baseline");
+            let path = db.with_file_name(name);
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            let conn = Connection::open(&path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(30))?;
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+            let sync = if options.is_durable() { "FULL" } else { "OFF" };
+            conn.pragma_update(None, "synchronous", sync)?;
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+            )?;
+            Ok(SqliteTx {
+                conn: Arc::new(Mutex::new(conn)),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Subject for SqliteTx {
+        fn label(&self) -> String {
+            "rusqlite upsert, a transaction each".to_owned()
+        }
+        async fn increment(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+            let (conn, scope) = (self.conn.clone(), scope.to_owned());
+            tokio::task::spawn_blocking(move || -> Result<u64, BenchError> {
+                let conn = conn.lock().map_err(|_| "poisoned")?;
+                let n: i64 = conn.query_row(
+                    "INSERT INTO counters (name, n) VALUES (?1, 1) \
+                     ON CONFLICT (name) DO UPDATE SET n = n + 1 RETURNING n",
+                    [&scope],
+                    |r| r.get(0),
+                )?;
+                Ok(u64::try_from(n)?)
+            })
+            .await?
+        }
+        async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+            let (conn, scope) = (self.conn.clone(), scope.to_owned());
+            tokio::task::spawn_blocking(move || -> Result<u64, BenchError> {
+                let conn = conn.lock().map_err(|_| "poisoned")?;
+                let n: Option<i64> = conn
+                    .query_row("SELECT n FROM counters WHERE name = ?1", [&scope], |r| {
+                        r.get(0)
+                    })
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?;
+                Ok(u64::try_from(n.unwrap_or(0))?)
+            })
+            .await?
+        }
+        async fn cleanup(&self) -> Result<(), BenchError> {
+            let conn = self.conn.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), BenchError> {
+                let conn = conn.lock().map_err(|_| "poisoned")?;
+                conn.execute("DELETE FROM counters", [])?;
+                Ok(())
+            })
+            .await??;
+            Ok(())
         }
     }
 }

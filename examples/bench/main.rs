@@ -2,13 +2,19 @@
 //!
 //! Run: `cargo run --release -p mp-storage-examples --bin mp-bench -- --storage URL [--storage URL …]`
 //! (`--quick` for a smoke run of a few seconds; `--secs S` per measurement, default 3).
-//! Without `--storage`, it benches `memory://`, a `file:` directory in the system temp dir, and
-//! the servers named by `MP_TEST_REDIS_URL`, `MP_TEST_MYSQL_URL` and `MP_TEST_POSTGRES_URL` when
-//! they are set. Backend calls per op are counted by the server where it can tell (Redis
-//! `INFO commandstats`, MySQL `Questions`); for PostgreSQL (whose statistics lag behind by up
-//! to seconds, and pg_stat_statements may not be loaded) they are the engine's own count of
-//! driver calls, each one statement: the `postgres` test `warm_update_is_one_statement` checks
-//! that count against `pg_stat_database`.
+//! Without `--storage`, it benches `memory://`, a `file:` directory and a `sqlite:` database in
+//! the system temp dir, and the servers named by `MP_TEST_REDIS_URL`, `MP_TEST_MYSQL_URL` and
+//! `MP_TEST_POSTGRES_URL` when they are set. Backend calls per op are counted by the server
+//! where it can tell (Redis `INFO commandstats`, MySQL `Questions`); for PostgreSQL (whose
+//! statistics lag behind by up to seconds, and pg_stat_statements may not be loaded) they are
+//! the engine's own count of driver calls, each one statement: the `postgres` test
+//! `warm_update_is_one_statement` checks that count against `pg_stat_database`.
+//!
+//! With the `sqlite` feature (on by default) it also runs the file and SQLite drivers side by
+//! side (`embedded`: 1, 8 and 64 tasks on scopes of their own, durable, the ratio sqlite / file)
+//! and fills N one-counter scopes into each to measure the disk space per scope (`fill`,
+//! `--fill N`, default 100,000, 2,000 with `--quick`; the file driver gets at most 20,000).
+//! `--only scenarios|transfer|fairness|embedded|fill` runs one part.
 //!
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
@@ -23,6 +29,8 @@
 //! scenario alone, `--only fairness` the fairness rows.
 
 mod baseline;
+#[cfg(feature = "sqlite")]
+mod embedded;
 mod fair;
 mod transfer;
 
@@ -134,6 +142,11 @@ fn profile(driver: &str) -> Profile {
         "file" => Profile {
             tasks: 1,
             scopes: 1,
+            contended_tasks: 64,
+        },
+        "sqlite" => Profile {
+            tasks: 64,
+            scopes: 64,
             contended_tasks: 64,
         },
         _ => Profile {
@@ -379,8 +392,11 @@ struct Args {
     urls: Vec<String>,
     secs: f64,
     quick: bool,
-    /// Which parts run: the scenarios, the fairness rows, or both.
+    /// Which part runs: the scenarios, the fairness rows, the embedded comparison or the fill;
+    /// all of them when `None`.
     only: Option<String>,
+    /// Scopes the fill writes.
+    fill: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -389,6 +405,7 @@ fn parse_args() -> Result<Args, String> {
         secs: 3.0,
         quick: false,
         only: None,
+        fill: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -405,16 +422,29 @@ fn parse_args() -> Result<Args, String> {
             "--only" => {
                 let part = it
                     .next()
-                    .ok_or("--only needs scenarios, transfer or fairness")?;
-                if !matches!(part.as_str(), "scenarios" | "transfer" | "fairness") {
-                    return Err(format!("--only {part:?}: scenarios, transfer or fairness"));
+                    .ok_or("--only needs scenarios, transfer, fairness, embedded or fill")?;
+                if !matches!(
+                    part.as_str(),
+                    "scenarios" | "transfer" | "fairness" | "embedded" | "fill"
+                ) {
+                    return Err(format!(
+                        "--only {part:?}: scenarios, transfer, fairness, embedded or fill"
+                    ));
                 }
                 args.only = Some(part);
+            }
+            "--fill" => {
+                args.fill = Some(
+                    it.next()
+                        .ok_or("--fill needs a number of scopes")?
+                        .parse()
+                        .map_err(|e| format!("--fill: {e}"))?,
+                )
             }
             "-h" | "--help" => {
                 println!(
                     "usage: mp-bench [--storage URL]… [--secs S] [--quick] \
-                     [--only scenarios|transfer|fairness]"
+                     [--only scenarios|transfer|fairness|embedded|fill] [--fill N]"
                 );
                 std::process::exit(0);
             }
@@ -666,6 +696,8 @@ fn default_urls() -> Vec<String> {
     let mut urls = vec!["memory://".to_owned()];
     let dir = std::env::temp_dir().join(format!("mp-bench-{}", std::process::id()));
     urls.push(format!("file:{}", dir.display()));
+    #[cfg(feature = "sqlite")]
+    urls.push(format!("sqlite:{}", dir.join("bench.db").display()));
     for var in [
         "MP_TEST_REDIS_URL",
         "MP_TEST_MYSQL_URL",
@@ -681,6 +713,9 @@ fn default_urls() -> Vec<String> {
 }
 
 fn print_table(rows: &[Row]) {
+    if rows.is_empty() {
+        return;
+    }
     println!();
     println!(
         "{:<7} {:<14} {:>5} {:>6} {:>10} {:>8} {:>8} {:>9} {:>9} {:>10} {:>7} {:>5}  baseline",
@@ -748,20 +783,24 @@ async fn main() {
     let mut rows = Vec::new();
     let mut fair_rows = Vec::new();
     let mut failed = false;
+    let part = |name: &str| args.only.is_none() || args.only.as_deref() == Some(name);
     for url in &urls {
-        if args.only.is_none() || args.only.as_deref() == Some("scenarios") {
+        if args.only.is_some() && !part("scenarios") && !part("transfer") && !part("fairness") {
+            break;
+        }
+        if part("scenarios") {
             if let Err(e) = bench_driver(url, &args, &mut rows).await {
                 eprintln!("mp-bench: {url}: {e}");
                 failed = true;
             }
         }
-        if args.only.as_deref() != Some("fairness") {
+        if part("transfer") {
             if let Err(e) = bench_transfer(url, &args, &mut rows).await {
                 eprintln!("mp-bench: {url}: transfer: {e}");
                 failed = true;
             }
         }
-        if args.only.is_none() || args.only.as_deref() == Some("fairness") {
+        if part("fairness") {
             // 5 s per measurement in a full run, as the targets are stated.
             let secs = if args.quick { args.secs } else { 5.0 };
             if let Err(e) = fair::bench(url, secs, &mut fair_rows).await {
@@ -770,6 +809,32 @@ async fn main() {
             }
         }
     }
+    #[cfg(feature = "sqlite")]
+    let (embedded_rows, fill_rows) = {
+        let mut embedded_rows = Vec::new();
+        let mut fill_rows = Vec::new();
+        let dir = std::env::temp_dir().join(format!("mp-bench-embedded-{}", std::process::id()));
+        if part("embedded") {
+            let shapes: &[usize] = if args.quick { &[1, 64] } else { &[1, 8, 64] };
+            if let Err(e) = embedded::compare(&dir, args.secs, shapes, &mut embedded_rows).await {
+                eprintln!("mp-bench: embedded: {e}");
+                failed = true;
+            }
+        }
+        if part("fill") {
+            let n = args
+                .fill
+                .unwrap_or(if args.quick { 2_000 } else { 100_000 });
+            let file_max = if args.quick { 2_000 } else { 20_000 };
+            if let Err(e) = embedded::fill(&dir, n, file_max, &mut fill_rows).await {
+                eprintln!("mp-bench: fill: {e}");
+                failed = true;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        failed |= !embedded::all_exact(&embedded_rows);
+        (embedded_rows, fill_rows)
+    };
     print_table(&rows);
     if rows.iter().any(|r| r.driver == "postgres") {
         println!(
@@ -778,10 +843,18 @@ async fn main() {
         );
     }
     fair::print_table(&fair_rows);
+    #[cfg(feature = "sqlite")]
+    embedded::print_tables(&embedded_rows, &fill_rows);
     for url in &urls {
-        if let Some(dir) = url.strip_prefix("file:") {
-            if dir.contains("mp-bench-") {
-                let _ = std::fs::remove_dir_all(dir);
+        let body = url
+            .strip_prefix("file:")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .map(|b| b.split('?').next().unwrap_or(b));
+        if let Some(path) = body {
+            if let Some(at) = path.find("mp-bench-") {
+                // The run's own directory in the temp dir (a sqlite URL names a file in it).
+                let end = path[at..].find('/').map_or(path.len(), |i| at + i);
+                let _ = std::fs::remove_dir_all(&path[..end]);
             }
         }
     }

@@ -30,9 +30,9 @@ Usage: counter-server [--storage URL] [--listen ADDR]
   GET /wallet?user=NAME                     reads a balance, as JSON
 
 Options:
-  --storage URL   the store: memory://, file:<dir>, redis://..., mysql://...,
-                  postgres://...
-                  (default: $MP_STORAGE_URL, else file:./mp-data)
+  --storage URL   the store: memory://, sqlite:<file>, file:<dir>, redis://...,
+                  mysql://..., postgres://...
+                  (default: $MP_STORAGE_URL, else sqlite:./mp-data.db)
   --listen ADDR   the address to listen on, HOST:PORT or a port
                   (default: 127.0.0.1:$PORT, else 127.0.0.1:8080)
   -h, --help      print this help
@@ -285,7 +285,7 @@ mod tests {
     fn defaults() {
         assert_eq!(
             parse_with(&[], &[]),
-            config("file:./mp-data", "127.0.0.1:8080")
+            config(mp_storage::DEFAULT_URL, "127.0.0.1:8080")
         );
     }
 
@@ -309,7 +309,7 @@ mod tests {
         );
         assert_eq!(
             parse_with(&["--listen", "[::1]:80"], &[]),
-            config("file:./mp-data", "[::1]:80")
+            config(mp_storage::DEFAULT_URL, "[::1]:80")
         );
     }
 

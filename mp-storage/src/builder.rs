@@ -9,11 +9,15 @@ use crate::{Error, RetryPolicy, Storage};
 /// The variable [`Storage::from_env`] reads.
 pub const ENV_URL: &str = "MP_STORAGE_URL";
 
-/// The URL [`Storage::from_env`] uses when [`ENV_URL`] is unset.
-#[cfg(feature = "file")]
+/// The URL [`Storage::from_env`] uses when [`ENV_URL`] is unset: one SQLite file in the
+/// working directory (feature `sqlite`, on by default).
+#[cfg(feature = "sqlite")]
+pub const DEFAULT_URL: &str = "sqlite:./mp-data.db";
+/// The URL [`Storage::from_env`] uses when [`ENV_URL`] is unset (the `sqlite` feature is off).
+#[cfg(all(feature = "file", not(feature = "sqlite")))]
 pub const DEFAULT_URL: &str = "file:./mp-data";
-/// The URL [`Storage::from_env`] uses when [`ENV_URL`] is unset.
-#[cfg(not(feature = "file"))]
+/// The URL [`Storage::from_env`] uses when [`ENV_URL`] is unset (no embedded driver is on).
+#[cfg(not(any(feature = "file", feature = "sqlite")))]
 pub const DEFAULT_URL: &str = "memory://";
 
 /// Builds a [`Storage`] with a retry policy, key prefix, cache bounds or size limit of your

@@ -117,7 +117,8 @@ impl Parsed<'_> {
             feature = "file",
             feature = "redis",
             feature = "mysql",
-            feature = "postgres"
+            feature = "postgres",
+            feature = "sqlite"
         )),
         allow(dead_code)
     )]
@@ -130,7 +131,7 @@ impl Parsed<'_> {
     }
 
     /// Option `key` as a boolean (`true`, `false`, `1`, `0`, `yes`, `no`, `on`, `off`).
-    #[cfg_attr(not(feature = "file"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "file", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn bool_option(&self, key: &str) -> Result<Option<bool>, Error> {
         self.option(key)
             .map(|v| {
@@ -142,7 +143,7 @@ impl Parsed<'_> {
     }
 
     /// Option `key` as a duration (see [`parse_duration`]).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "redis", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn duration_option(&self, key: &str) -> Result<Option<Duration>, Error> {
         self.option(key)
             .map(|v| {
@@ -159,7 +160,7 @@ impl Parsed<'_> {
 
 /// Parses a boolean option value, in any case: `1`, `true`, `yes`, `on` or `0`, `false`, `no`,
 /// `off`.
-#[cfg_attr(not(feature = "file"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "file", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn parse_bool(value: &str) -> Option<bool> {
     match value.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
@@ -169,7 +170,7 @@ pub(crate) fn parse_bool(value: &str) -> Option<bool> {
 }
 
 /// Parses a positive duration of at most a day: `500ms`, `2s`, or a number of seconds (`1.5`).
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[cfg_attr(not(any(feature = "redis", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn parse_duration(value: &str) -> Option<Duration> {
     let v = value.trim();
     let (number, scale) = if let Some(ms) = v.strip_suffix("ms") {

@@ -25,6 +25,18 @@ pub async fn file() -> Option<Target> {
     Some(Target::new("file", driver).on_drop(move || drop(dir)))
 }
 
+/// The SQLite driver on a fresh database file in a temporary directory, removed when the
+/// target drops (`synchronous=off`: the suite checks behavior, not durability).
+pub async fn sqlite() -> Option<Target> {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = format!("sqlite:{}/suite.db?fsync=false", dir.path().display());
+    let driver = match mp_storage::driver::open(&url).await {
+        Ok(d) => d,
+        Err(e) => panic!("the sqlite driver does not open {url}: {e}"),
+    };
+    Some(Target::new("sqlite", driver).on_drop(move || drop(dir)))
+}
+
 /// A server driver opened from the URL in `var`: shared, so each case deletes what it wrote.
 /// Unset or unreachable, the case skips, or fails when servers are required.
 pub async fn open_server(name: &'static str, var: &str) -> Option<Target> {

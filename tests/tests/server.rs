@@ -733,21 +733,21 @@ async fn command_line_help_and_usage_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_default_store_is_file_mp_data_in_the_working_directory() {
+async fn the_default_store_is_sqlite_mp_data_db_in_the_working_directory() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = ServerProcess::start(&["--listen", "127.0.0.1:0"], &[], dir.path()).await;
     assert!(
         server
             .output()
-            .contains("counter-server: storage file:./mp-data (file driver)"),
+            .contains("counter-server: storage sqlite:./mp-data.db (sqlite driver)"),
         "{}",
         server.output()
     );
     assert_eq!(get(server.addr, "/", false).await.text_count(), 1);
     server.stop().await;
     assert!(
-        dir.path().join("mp-data").is_dir(),
-        "the store is ./mp-data"
+        dir.path().join("mp-data.db").is_file(),
+        "the store is ./mp-data.db"
     );
 }
 
@@ -842,6 +842,21 @@ async fn file_processes_share_one_count() {
             || path == cwd;
         assert!(allowed, "{} was created outside the store", path.display());
     }
+    assert!(
+        std::fs::read_dir(&cwd).expect("cwd").next().is_none(),
+        "cwd stays empty"
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_processes_share_one_count() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cwd = root.path().join("cwd");
+    std::fs::create_dir_all(&cwd).expect("mkdir cwd");
+    let db = root.path().join("store").join("counts.db");
+    processes_share_one_count(&format!("sqlite:{}", db.display()), &cwd).await;
+    assert!(db.is_file(), "the store is one database file");
     assert!(
         std::fs::read_dir(&cwd).expect("cwd").next().is_none(),
         "cwd stays empty"

@@ -98,6 +98,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod registry;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use registry::{driver_for_scheme, drivers, known_schemes, open, DriverEntry};
 

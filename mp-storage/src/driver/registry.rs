@@ -3,10 +3,11 @@
 //! | URL | driver | feature | options |
 //! |---|---|---|---|
 //! | `memory://`, `memory://NAME` | [`memory`](super::memory): in-process map, private or shared by name | always | none |
-//! | `file:<dir>`, `file:///abs/dir` | `file`: one file per scope | `file` (default) | `fsync` |
+//! | `file:<dir>`, `file:///abs/dir` | `file`: one file per scope, readable with `cat` | `file` (default) | `fsync`, `lock_timeout` |
 //! | `redis://[user:pass@]host:port/db` | `redis`: one hash per scope | `redis` | `prefix`, `connect_timeout`, `response_timeout`, `protocol` |
 //! | `mysql://user[:pass]@host:port/db` | `mysql`: one row per scope | `mysql` | `table`; the rest go to `mysql_async` |
 //! | `postgres://user[:pass]@host:port/db`, `postgresql://…` | `postgres`: one row per scope; no TLS | `postgres` | `table`, `pool_max`; the rest go to `tokio-postgres` |
+//! | `sqlite:<path>`, `sqlite:///abs/path` | `sqlite`: one row per scope in one file, group commit; the default store | `sqlite` (default) | `synchronous`, `fsync`, `busy_timeout`, `table` |
 //!
 //! Each driver declares its schemes (`SCHEMES` in its module) and reads its own options; this
 //! table only maps a scheme to the driver that takes it. A driver whose feature is off stays
@@ -78,6 +79,8 @@ mod absent {
     pub(super) const MYSQL: &[&str] = &["mysql"];
     #[cfg(any(test, not(feature = "postgres")))]
     pub(super) const POSTGRES: &[&str] = &["postgres", "postgresql"];
+    #[cfg(any(test, not(feature = "sqlite")))]
+    pub(super) const SQLITE: &[&str] = &["sqlite"];
 }
 
 /// The table, in the order [`Error::UnknownScheme`] lists the schemes.
@@ -144,6 +147,20 @@ static DRIVERS: &[DriverEntry] = &[
         feature: Some("postgres"),
         opener: None,
     },
+    #[cfg(feature = "sqlite")]
+    DriverEntry {
+        name: "sqlite",
+        schemes: super::sqlite::SCHEMES,
+        feature: Some("sqlite"),
+        opener: Some(open_sqlite),
+    },
+    #[cfg(not(feature = "sqlite"))]
+    DriverEntry {
+        name: "sqlite",
+        schemes: absent::SQLITE,
+        feature: Some("sqlite"),
+        opener: None,
+    },
 ];
 
 fn open_memory(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
@@ -182,6 +199,14 @@ fn open_mysql(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
 fn open_postgres(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
     Box::pin(async move {
         let driver = super::postgres::PostgresDriver::open(url).await?;
+        Ok(Arc::new(driver) as Arc<dyn Driver>)
+    })
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
+    Box::pin(async move {
+        let driver = super::sqlite::SqliteDriver::open(url).await?;
         Ok(Arc::new(driver) as Arc<dyn Driver>)
     })
 }
@@ -263,6 +288,8 @@ mod tests {
         assert_eq!(absent::MYSQL, super::super::mysql::SCHEMES);
         #[cfg(feature = "postgres")]
         assert_eq!(absent::POSTGRES, super::super::postgres::SCHEMES);
+        #[cfg(feature = "sqlite")]
+        assert_eq!(absent::SQLITE, super::super::sqlite::SCHEMES);
     }
 
     #[test]
@@ -277,7 +304,8 @@ mod tests {
                 "rediss",
                 "mysql",
                 "postgres",
-                "postgresql"
+                "postgresql",
+                "sqlite"
             ]
         );
         for s in &known {
@@ -302,6 +330,7 @@ mod tests {
                 "redis" => cfg!(feature = "redis"),
                 "mysql" => cfg!(feature = "mysql"),
                 "postgres" => cfg!(feature = "postgres"),
+                "sqlite" => cfg!(feature = "sqlite"),
                 other => panic!("a row for {other}"),
             };
             assert_eq!(d.is_compiled_in(), on, "{d:?}");
@@ -323,7 +352,7 @@ mod tests {
             e.as_deref(),
             Some(
                 "unknown storage scheme \"ftp\" in \"ftp://u:***@x\" \
-                 (known: memory, file, redis, rediss, mysql, postgres, postgresql)"
+                 (known: memory, file, redis, rediss, mysql, postgres, postgresql, sqlite)"
             )
         );
         assert!(open("memory://host/path").await.is_err());
