@@ -131,6 +131,8 @@ pub async fn baselines(url: &str) -> Result<Vec<Box<dyn Mover>>, BenchError> {
         "redis" | "rediss" => out.push(Box::new(redis_watch::RedisWatch::connect(url).await?)),
         #[cfg(feature = "mysql")]
         "mysql" => out.push(Box::new(mysql_lock::MysqlLock::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => out.push(Box::new(pg_lock::PgLock::connect(url).await?)),
         _ => {}
     }
     Ok(out)
@@ -434,6 +436,159 @@ mod mysql_lock {
         async fn cleanup(&self) -> Result<(), BenchError> {
             let mut conn = self.pool.get_conn().await?;
             conn.query_drop(format!("DROP TABLE IF EXISTS {}", self.table))
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod pg_lock {
+    use super::*;
+    use tokio::sync::Mutex as AsyncMutex;
+
+    /// postgres → what a tokio-postgres user writes by hand, a connection per task: BEGIN;
+    /// `SELECT … FOR UPDATE` of both rows in key order; two UPDATEs; COMMIT (ROLLBACK on an
+    /// overdraft); retried on a deadlock or a serialization failure.
+    pub struct PgLock {
+        conns: Vec<AsyncMutex<tokio_postgres::Client>>,
+        table: String,
+        trips: AtomicU64,
+    }
+
+    impl PgLock {
+        pub async fn connect(url: &str) -> Result<Self, BenchError> {
+            let base = url.split('?').next().unwrap_or(url);
+            let table = format!("mp_bench_accounts_{:08x}", rand::random::<u32>());
+            let mut conns = Vec::with_capacity(TASKS);
+            for i in 0..TASKS {
+                let (client, connection) =
+                    tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                if i == 0 {
+                    client
+                        .batch_execute(&format!(
+                            "CREATE TABLE {table} (k bytea PRIMARY KEY, v bigint NOT NULL)"
+                        ))
+                        .await?;
+                }
+                conns.push(AsyncMutex::new(client));
+            }
+            Ok(PgLock {
+                conns,
+                table,
+                trips: AtomicU64::new(0),
+            })
+        }
+
+        async fn try_transfer(
+            &self,
+            task: usize,
+            from: &str,
+            to: &str,
+            amount: i64,
+        ) -> Result<bool, tokio_postgres::Error> {
+            let t = &self.table;
+            let mut client = self.conns[task % self.conns.len()].lock().await;
+            let tx = client.transaction().await?;
+            // Both rows locked in key order, so two transfers over one pair never deadlock.
+            let rows = tx
+                .query(
+                    &format!("SELECT k, v FROM {t} WHERE k = ANY($1) ORDER BY k FOR UPDATE"),
+                    &[&vec![from.as_bytes(), to.as_bytes()]],
+                )
+                .await?;
+            self.trips.fetch_add(2, Ordering::Relaxed);
+            let have = rows
+                .iter()
+                .find(|r| r.get::<_, &[u8]>(0) == from.as_bytes())
+                .map_or(0, |r| r.get::<_, i64>(1));
+            if have < amount {
+                tx.rollback().await?;
+                self.trips.fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+            tx.execute(
+                &format!("UPDATE {t} SET v = v - $1 WHERE k = $2"),
+                &[&amount, &from.as_bytes()],
+            )
+            .await?;
+            tx.execute(
+                &format!("UPDATE {t} SET v = v + $1 WHERE k = $2"),
+                &[&amount, &to.as_bytes()],
+            )
+            .await?;
+            tx.commit().await?;
+            self.trips.fetch_add(3, Ordering::Relaxed);
+            Ok(true)
+        }
+    }
+
+    #[async_trait]
+    impl Mover for PgLock {
+        fn label(&self) -> String {
+            "postgres BEGIN/SELECT FOR UPDATE/UPDATE x2/COMMIT".to_owned()
+        }
+        async fn prepare(&self, accounts: &[String]) -> Result<(), BenchError> {
+            let client = self.conns[0].lock().await;
+            let keys: Vec<&[u8]> = accounts.iter().map(|a| a.as_bytes()).collect();
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {} (k, v) SELECT k, $2 FROM unnest($1::bytea[]) AS k \
+                         ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v",
+                        self.table
+                    ),
+                    &[&keys, &OPENING],
+                )
+                .await?;
+            Ok(())
+        }
+        async fn transfer(
+            &self,
+            task: usize,
+            from: &str,
+            to: &str,
+            amount: i64,
+        ) -> Result<bool, BenchError> {
+            loop {
+                match self.try_transfer(task, from, to, amount).await {
+                    // A deadlock or serialization failure the server broke by rolling back.
+                    Err(e)
+                        if e.code().is_some_and(|c| {
+                            *c == tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                                || *c == tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                        }) =>
+                    {
+                        continue
+                    }
+                    other => return Ok(other?),
+                }
+            }
+        }
+        async fn balances(&self, accounts: &[String]) -> Result<Vec<i64>, BenchError> {
+            let client = self.conns[0].lock().await;
+            let rows = client
+                .query(&format!("SELECT k, v FROM {}", self.table), &[])
+                .await?;
+            let m: HashMap<Vec<u8>, i64> = rows
+                .iter()
+                .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, i64>(1)))
+                .collect();
+            Ok(accounts
+                .iter()
+                .map(|a| m.get(a.as_bytes()).copied().unwrap_or(0))
+                .collect())
+        }
+        fn round_trips(&self) -> u64 {
+            self.trips.load(Ordering::Relaxed)
+        }
+        async fn cleanup(&self) -> Result<(), BenchError> {
+            let client = self.conns[0].lock().await;
+            client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {}", self.table))
                 .await?;
             Ok(())
         }
