@@ -321,7 +321,7 @@ mod tests {
             driver_for_scheme("PostgreSQL").map(|d| d.name()),
             Some("postgres")
         );
-        assert!(driver_for_scheme("sqlite").is_none());
+        assert!(driver_for_scheme("etcd").is_none());
         for d in drivers() {
             assert_eq!(d.feature().is_none(), d.name() == "memory");
             let on = match d.name() {
@@ -339,9 +339,9 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_scheme_is_named() {
-        match open("sqlite:./db").await {
+        match open("etcd://127.0.0.1:2379/").await {
             Err(Error::UnknownScheme { scheme, known, .. }) => {
-                assert_eq!(scheme, "sqlite");
+                assert_eq!(scheme, "etcd");
                 assert_eq!(known, known_schemes());
             }
             Err(e) => panic!("wrong error {e}"),
