@@ -33,7 +33,7 @@ const IDLE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// | option | default | method | meaning |
 /// |---|---|---|---|
 /// | `table` | `mp_scopes` | [`table`](Self::table) | the table, `[A-Za-z0-9_]{1,64}`; created if absent |
-/// | anything else | | | handed to `mysql_async` as is (`pool_min`, `pool_max`, `conn_ttl`, `stmt_cache_size`, `tcp_keepalive`, `socket`, …; see `mysql_async::Opts`), which refuses what it does not know; `inactive_connection_ttl` defaults to 60 s here (idle connections above `pool_min` are kept that long instead of closed at once) |
+/// | anything else | | | handed to `mysql_async` as is (`pool_min`, `pool_max`, `conn_ttl`, `stmt_cache_size`, `tcp_keepalive`, `socket`, …; see `mysql_async::Opts`), which refuses what it does not know |
 ///
 /// Two `mysql_async` settings are always the driver's: `client_found_rows=true` (so an `UPDATE`
 /// reports the rows it matched) and `reset_connection=false` (a reset on every return to the pool
@@ -196,13 +196,7 @@ impl MysqlConfig {
     }
 
     pub(super) fn pool_opts(&self) -> Opts {
-        let mut pool_opts = self.opts.pool_opts().clone().with_reset_connection(false);
-        if pool_opts.inactive_connection_ttl().is_zero() {
-            // mysql_async's default closes a connection handed back while `pool_min` others sit
-            // idle: under more tasks than that, the pool would reconnect (and prepare its
-            // statements again) all the time. Idle connections stay a while instead.
-            pool_opts = pool_opts.with_inactive_connection_ttl(IDLE_TTL);
-        }
+        let pool_opts = self.opts.pool_opts().clone().with_reset_connection(false);
         OptsBuilder::from_opts(self.opts.clone())
             .client_found_rows(true)
             .pool_opts(pool_opts)
@@ -306,7 +300,6 @@ mod tests {
         let opts = c.pool_opts();
         assert!(opts.client_found_rows());
         assert!(!opts.pool_opts().reset_connection());
-        assert_eq!(opts.pool_opts().inactive_connection_ttl(), IDLE_TTL);
         assert_eq!(opts.pool_opts().constraints().max(), 7);
     }
 
