@@ -15,10 +15,6 @@ const MAX_TABLE_LEN: usize = 64;
 /// The URL options this driver reads itself; the others go to `mysql_async`.
 const OPTIONS: &[&str] = &["table"];
 
-/// How long a connection above `pool_min` may sit idle in the pool, unless the URL's
-/// `inactive_connection_ttl` says otherwise.
-const IDLE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// The settings of a [`MysqlDriver`](super::MysqlDriver): the server, the login, the database,
 /// the table, and the pool settings of `mysql_async`.
 ///
