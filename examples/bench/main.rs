@@ -14,7 +14,8 @@
 //! side (`embedded`: 1, 8 and 64 tasks on scopes of their own, durable, the ratio sqlite / file)
 //! and fills N one-counter scopes into each to measure the disk space per scope (`fill`,
 //! `--fill N`, default 100,000, 2,000 with `--quick`; the file driver gets at most 20,000).
-//! `--only scenarios|transfer|fairness|embedded|fill` runs one part.
+//! `--only scenarios|ttl|transfer|fairness|embedded|fill` runs one part (`ttl`: warm updates
+//! of a type with `ttl_secs` against the same type without, calls per update included).
 //!
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
@@ -91,6 +92,38 @@ impl Subject for Library {
     }
     async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
         Ok(self.st.scoped(scope, |c: &mut Counter| c.count).await?)
+    }
+}
+
+/// A counter that lives an hour after its last write: every update also pushes its expiry on.
+#[derive(Scope, serde::Serialize, serde::Deserialize, Default)]
+#[scope(ttl_secs = 3600)]
+pub struct TtlCounter {
+    count: u64,
+}
+
+/// The library updating [`TtlCounter`]s: the expiry row's subject, whose baseline is
+/// [`Library`] updating plain counters.
+struct TtlLibrary {
+    st: Storage,
+}
+
+#[async_trait]
+impl Subject for TtlLibrary {
+    fn label(&self) -> String {
+        format!("mp-storage {} with ttl_secs", self.st.driver_name())
+    }
+    async fn increment(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+        Ok(self
+            .st
+            .scoped(scope, |c: &mut TtlCounter| {
+                c.count += 1;
+                c.count
+            })
+            .await?)
+    }
+    async fn read(&self, _task: usize, scope: &str) -> Result<u64, BenchError> {
+        Ok(self.st.scoped(scope, |c: &mut TtlCounter| c.count).await?)
     }
 }
 
@@ -304,7 +337,18 @@ async fn redis_calls(url: &str) -> Result<u64, BenchError> {
         .await?;
     // Commands the scripts run inside the server are counted too; none of them is sent by the
     // library or the baseline, so leave them out to count what crossed the network.
-    const INSIDE_SCRIPTS: &[&str] = &["cmdstat_hmget:", "cmdstat_hset:", "cmdstat_exists:"];
+    // (HGETALL and DEL run inside scripts too, but the library also sends them.)
+    const INSIDE_SCRIPTS: &[&str] = &[
+        "cmdstat_hmget:",
+        "cmdstat_hset:",
+        "cmdstat_exists:",
+        "cmdstat_hexists:",
+        "cmdstat_hdel:",
+        "cmdstat_pexpire:",
+        "cmdstat_pexpireat:",
+        "cmdstat_persist:",
+        "cmdstat_time:",
+    ];
     let mut total = 0;
     for line in info
         .lines()
@@ -422,13 +466,13 @@ fn parse_args() -> Result<Args, String> {
             "--only" => {
                 let part = it
                     .next()
-                    .ok_or("--only needs scenarios, transfer, fairness, embedded or fill")?;
+                    .ok_or("--only needs scenarios, ttl, transfer, fairness, embedded or fill")?;
                 if !matches!(
                     part.as_str(),
-                    "scenarios" | "transfer" | "fairness" | "embedded" | "fill"
+                    "scenarios" | "ttl" | "transfer" | "fairness" | "embedded" | "fill"
                 ) {
                     return Err(format!(
-                        "--only {part:?}: scenarios, transfer, fairness, embedded or fill"
+                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded or fill"
                     ));
                 }
                 args.only = Some(part);
@@ -444,7 +488,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: mp-bench [--storage URL]… [--secs S] [--quick] \
-                     [--only scenarios|transfer|fairness|embedded|fill] [--fill N]"
+                     [--only scenarios|ttl|transfer|fairness|embedded|fill] [--fill N]"
                 );
                 std::process::exit(0);
             }
@@ -601,6 +645,128 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
     for b in &baselines {
         b.cleanup().await?;
     }
+    Ok(())
+}
+
+/// The expiry row: warm updates of a type with a time to live (each write also sets the
+/// scope's expiry, in the same round trip) against warm updates of a plain type, `tasks` tasks
+/// on `n_scopes` scopes, alternately, in the same run; backend calls per update as the other
+/// rows count them.
+async fn bench_ttl(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(), BenchError> {
+    let st = Storage::builder()
+        .key_prefix(format!("mp-bench:{:08x}:", rand::random::<u32>()))
+        .open(url)
+        .await?;
+    let p = profile(st.driver_name());
+    let result = ttl_row(url, args, &st, (p.tasks, p.scopes), rows).await;
+    for name in st.list("").await? {
+        st.remove(&name).await?;
+    }
+    result
+}
+
+async fn ttl_row(
+    url: &str,
+    args: &Args,
+    st: &Storage,
+    (tasks, n_scopes): (usize, usize),
+    rows: &mut Vec<Row>,
+) -> Result<(), BenchError> {
+    let ttl: Arc<dyn Subject> = Arc::new(TtlLibrary { st: st.clone() });
+    let plain: Arc<dyn Subject> = Arc::new(Library { st: st.clone() });
+    let (mut lib, mut base) = (Measure::default(), Measure::default());
+    let (mut lib_calls, mut counted) = (0u64, true);
+    let before = st.stats();
+    for round in 0..2 {
+        let names = |tag: &str| -> Arc<Vec<String>> {
+            Arc::new(
+                (0..n_scopes)
+                    .map(|i| format!("{tag}:{round}:{i}"))
+                    .collect(),
+            )
+        };
+        let (ttl_scopes, plain_scopes) = (names("ttl"), names("plain"));
+        // Warm: every scope exists and is cached before the measurement.
+        for s in ttl_scopes.iter() {
+            ttl.increment(0, s).await?;
+        }
+        for s in plain_scopes.iter() {
+            plain.increment(0, s).await?;
+        }
+        let calls_before = backend_calls(url).await;
+        let stats_before = st.stats();
+        let mut m = measure(
+            ttl.clone(),
+            Scenario::Uncontended,
+            tasks,
+            ttl_scopes.clone(),
+            args.secs,
+        )
+        .await;
+        match (calls_before, backend_calls(url).await) {
+            (Some(a), Some(b)) => lib_calls += b.saturating_sub(a).saturating_sub(1),
+            _ => counted = false,
+        }
+        if !counted {
+            let s = st.stats();
+            lib_calls += (s.loads - stats_before.loads)
+                + (s.commits - stats_before.commits)
+                + (s.conflicts - stats_before.conflicts);
+        }
+        // The warm-up wrote 1 to each scope.
+        for v in m.increments.values_mut() {
+            *v += 1;
+        }
+        if !exact(ttl.as_ref(), &m).await {
+            m.errors += 1;
+        }
+        lib.merge(m);
+        let mut m = measure(
+            plain.clone(),
+            Scenario::Uncontended,
+            tasks,
+            plain_scopes,
+            args.secs,
+        )
+        .await;
+        for v in m.increments.values_mut() {
+            *v += 1;
+        }
+        if !exact(plain.as_ref(), &m).await {
+            m.errors += 1;
+        }
+        base.merge(m);
+    }
+    let stats = st.stats();
+    let attempts = stats.attempts - before.attempts;
+    let finished = (stats.commits - before.commits) + (stats.noops - before.noops);
+    let (ops_per_sec, base_rate) = (lib.ops_per_sec(), base.ops_per_sec());
+    let row = Row {
+        driver: st.driver_name().to_owned(),
+        scenario: "ttl",
+        tasks,
+        scopes: n_scopes,
+        ops: lib.ops,
+        secs: lib.secs,
+        ops_per_sec,
+        p50_us: lib.percentile(0.5),
+        p99_us: lib.percentile(0.99),
+        attempts_per_commit: (finished > 0).then(|| attempts as f64 / finished as f64),
+        backend_calls_per_op: (lib.ops > 0).then(|| lib_calls as f64 / lib.ops as f64),
+        baseline: "mp-storage, the same type without ttl_secs".to_owned(),
+        baseline_ops_per_sec: base_rate,
+        ratio: if base_rate > 0.0 {
+            ops_per_sec / base_rate
+        } else {
+            0.0
+        },
+        exact: lib.errors == 0 && base.errors == 0,
+        driver_calls_per_op: None,
+        baseline_calls_per_op: None,
+        baseline_round_trips_per_op: None,
+    };
+    println!("{}", row.json());
+    rows.push(row);
     Ok(())
 }
 
@@ -785,12 +951,23 @@ async fn main() {
     let mut failed = false;
     let part = |name: &str| args.only.is_none() || args.only.as_deref() == Some(name);
     for url in &urls {
-        if args.only.is_some() && !part("scenarios") && !part("transfer") && !part("fairness") {
+        if args.only.is_some()
+            && !part("scenarios")
+            && !part("ttl")
+            && !part("transfer")
+            && !part("fairness")
+        {
             break;
         }
         if part("scenarios") {
             if let Err(e) = bench_driver(url, &args, &mut rows).await {
                 eprintln!("mp-bench: {url}: {e}");
+                failed = true;
+            }
+        }
+        if part("ttl") {
+            if let Err(e) = bench_ttl(url, &args, &mut rows).await {
+                eprintln!("mp-bench: {url}: ttl: {e}");
                 failed = true;
             }
         }
