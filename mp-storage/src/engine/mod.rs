@@ -8,6 +8,7 @@
 //! handle ([`crate::Storage`]) and the builder only adapt the public calls to these.
 
 mod keys;
+mod lease;
 mod many;
 mod receipts;
 mod schema;
@@ -25,6 +26,7 @@ use crate::{Error, RetryPolicy, Scope};
 
 pub(crate) use keys::{Key, Keys};
 pub use keys::{MAX_KEY_LEN, MAX_NAME_LEN};
+pub use lease::{DEFAULT_LEASE, MIN_LEASE};
 pub use receipts::{MAX_IDEMPOTENCY_KEY_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN, RECEIPT_TTL};
 pub(crate) use schema::Rewritten;
 use slots::Slots;
@@ -56,6 +58,8 @@ pub(crate) struct Settings {
     pub cache_capacity: usize,
     pub cache_bytes: usize,
     pub max_data_len: Option<usize>,
+    /// The lease length of exclusive updates.
+    pub lease: std::time::Duration,
 }
 
 /// The engine over one driver.
@@ -68,6 +72,8 @@ pub(crate) struct Engine {
     counters: Counters,
     /// This engine's random id as a writer, for reservations (never 0).
     claimant: u64,
+    /// The lease length of this engine's exclusive updates.
+    lease: std::time::Duration,
     /// Dropped with the engine, which ends its sweeper.
     _sweeper: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -121,6 +127,7 @@ impl Engine {
             slots: Slots::new(settings.cache_capacity, settings.cache_bytes),
             counters: Counters::default(),
             claimant: rand::random_range(1..=u64::MAX),
+            lease: settings.lease,
             _sweeper: start_sweeper(&driver),
             driver,
         }
