@@ -148,10 +148,7 @@ pub(super) async fn wait_free(
             engine.bump(Counter::LeasesTakenOver);
             return Ok(Some(strip(record)));
         }
-        let deadline = engine
-            .policy
-            .deadline_limit()
-            .unwrap_or(DEFAULT_LEASE * 2);
+        let deadline = engine.policy.deadline_limit().unwrap_or(DEFAULT_LEASE * 2);
         let elapsed = started.elapsed();
         if elapsed >= deadline {
             engine.bump(Counter::GaveUp);
@@ -167,8 +164,13 @@ pub(super) async fn wait_free(
         }
         let left = Duration::from_millis(lease.ms).saturating_sub(now.duration_since(since));
         let cap = Duration::from_millis((lease.ms / 10).clamp(5, 100));
-        tokio::time::sleep(pause.min(left).min(deadline - elapsed).max(Duration::from_millis(1)))
-            .await;
+        tokio::time::sleep(
+            pause
+                .min(left)
+                .min(deadline - elapsed)
+                .max(Duration::from_millis(1)),
+        )
+        .await;
         pause = (pause * 2).min(cap);
         current = load(engine, key, slot).await?;
     }
@@ -384,14 +386,20 @@ impl Engine {
                     }
                     Ok(Err(_)) => {
                         self.slots.set(&slot, None);
-                        Err(lost(&key, "another update took the scope over after the lease ran out").into())
+                        Err(lost(
+                            &key,
+                            "another update took the scope over after the lease ran out",
+                        )
+                        .into())
                     }
                     Err(e) => {
                         self.slots.set(&slot, None);
                         Err(if e.outcome_unknown() {
                             Error::CommitUnknown {
                                 scope: shorten(key.scope()),
-                                reason: format!("the reply to the commit of a locked update was lost: {e}"),
+                                reason: format!(
+                                    "the reply to the commit of a locked update was lost: {e}"
+                                ),
                             }
                         } else {
                             e

@@ -227,7 +227,10 @@ pub async fn dead_holder_lease_runs_out(t: &Target) {
     let r = t.driver().load(&key).await.unwrap().unwrap();
     let meta = br#"{"lease":{"holder":12345,"ms":300}}"#;
     let w = super::super::write(&r.data).with_meta(meta);
-    let w = crate::Write { schema: r.schema, ..w };
+    let w = crate::Write {
+        schema: r.schema,
+        ..w
+    };
     let took = t.driver().cas(&key, Some(r.revision()), w).await.unwrap();
     assert!(matches!(took, crate::CasOutcome::Committed(_)), "{took:?}");
     let t0 = Instant::now();
