@@ -192,8 +192,9 @@ pub async fn stalled_holder_loses_its_lease(t: &Target) {
     let holder = tokio::spawn(async move {
         a.locked("stall", |mut c: Counter| async move {
             flag.store(true, Ordering::SeqCst);
-            // Blocks this worker thread: nothing of this task, renewals included, runs.
-            std::thread::sleep(LEASE * 4);
+            // Blocks this task, renewals included, as a paused process would be; the worker's
+            // other tasks (a driver's connections) move to another thread meanwhile.
+            tokio::task::block_in_place(|| std::thread::sleep(LEASE * 4));
             c.count = 100;
             (c, ())
         })
