@@ -317,10 +317,16 @@ impl Engine {
             holder: rand::random_range(1..=u64::MAX),
             ms: u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX),
         };
-        // Take: the stored data, unchanged, with the lease in the notes.
-        let mut start = load(self, &key, &slot).await?;
+        // Take: the stored data, unchanged, with the lease in the notes; from the cache when it
+        // holds the scope (a stale entry costs one failed compare-and-swap that returns the
+        // fresh record), so that an uncontended exclusive update is two round trips.
+        let (mut start, mut from_cache) = match slot.get() {
+            Some(r) => (Some(r), true),
+            None => (load(self, &key, &slot).await?, false),
+        };
         let (record, created) = loop {
-            let base = wait_free(self, &key, &slot, start, false, started).await?;
+            let base = wait_free(self, &key, &slot, start, from_cache, started).await?;
+            from_cache = false;
             let (schema, data, expiry) = match &base {
                 Some(r) => (r.schema, r.data.clone(), Expiry::Keep),
                 None => (
