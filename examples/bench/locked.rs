@@ -97,7 +97,8 @@ pub async fn bench(url: &str, secs: f64) -> Result<(), BenchError> {
         .build(counting.clone())?;
     let scope = "locked";
     // Warm: the scope exists and is cached.
-    st.locked(scope, |c: Counter| async move { (c, ()) }).await?;
+    st.locked(scope, |c: Counter| async move { (c, ()) })
+        .await?;
     let baselines: Vec<Box<dyn crate::Subject>> = crate::baseline::for_url(url, 1)
         .await?
         .into_iter()
