@@ -141,8 +141,8 @@ pub struct Record {
     /// the engine uses them to tell whether a write whose reply was lost took effect.
     pub tokens: Vec<u64>,
     /// The engine's own notes on the record (the answers of idempotent updates, the lease of an
-    /// exclusive update), kept
-    /// beside the data: opaque to a driver, stored and returned as given. Usually empty.
+    /// exclusive update), kept beside the data: opaque to a driver, stored and returned as
+    /// given. Usually empty.
     pub meta: Vec<u8>,
     /// When the record expires, in milliseconds since 1970 by the backend's clock; `None`
     /// never (contract rule 15).
