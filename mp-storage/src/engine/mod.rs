@@ -359,10 +359,9 @@ impl Engine {
         // waits for it, and the write must not land over a lease taken meanwhile.
         let slot = self.slots.slot(key.as_str());
         let started = tokio::time::Instant::now();
-        let mut current = match slot.get() {
-            Some(r) => Some(r),
-            None => update::load(self, &key, &slot).await?,
-        };
+        // Uncached, it first tries to create the scope: one round trip for a new scope, and an
+        // existing one comes back with the conflict (contract rule 6).
+        let mut current = slot.get();
         let mut from_cache = current.is_some();
         loop {
             if current
