@@ -253,12 +253,22 @@ async fn write_at(
 ) -> Result<Result<Arc<Record>, Option<Record>>, Error> {
     let expected = base.map(|r| r.revision());
     let mut held = Duration::from_micros(200);
+    // The tokens of this call's tries: a try whose reply was lost may land after the next one
+    // was sent, and the record then shows it.
+    let mut sent: Vec<u64> = Vec::new();
+    // Whether a record shows that one of them landed: as its last write, or, for a write that
+    // gives the lease back (a commit, a release), anywhere among its latest.
+    let releases = lease_of(meta).is_none();
+    let landed = |r: &Record, sent: &[u64]| {
+        sent.contains(&r.last_token()) || (releases && r.tokens.iter().any(|t| sent.contains(t)))
+    };
     for _ in 0..1000 {
         let write = new_write(schema, data)
             .with_meta(meta)
             .with_claimant(engine.claimant)
             .with_expiry(expiry);
         let token = write.token;
+        sent.push(token);
         let outcome = match engine.driver.cas(key.as_str(), expected, write).await {
             Ok(o) => o,
             Err(e) if e.outcome_unknown() => {
@@ -269,7 +279,7 @@ async fn write_at(
                     .await
                     .map_err(|e| e.for_scope(key.scope()))?;
                 match now {
-                    Some(r) if r.tokens.contains(&token) => {
+                    Some(r) if landed(&r, &sent) => {
                         return Ok(Ok(Arc::new(r)));
                     }
                     Some(r) if Some(r.revision()) == expected => continue,
@@ -292,6 +302,9 @@ async fn write_at(
             CasOutcome::Conflict(Some(r)) if Some(r.revision()) == expected => {
                 tokio::time::sleep(held).await;
                 held = (held * 2).min(Duration::from_millis(5));
+            }
+            CasOutcome::Conflict(Some(r)) if landed(&r, &sent) => {
+                return Ok(Ok(Arc::new(r)));
             }
             CasOutcome::Conflict(r) => return Ok(Err(r)),
         }
