@@ -189,6 +189,17 @@ pub enum Error {
         elapsed: Duration,
     },
 
+    /// Another caller's exclusive update ([`Storage::locked`](crate::Storage::locked)) held the
+    /// scope's lease, live, until the retry policy's deadline. Nothing of this call was
+    /// written; calling again later may succeed (category [`ErrorCategory::Conflict`]).
+    #[error("scope {scope:?}: waited {waited:?} for another caller's lease, which is still held")]
+    Leased {
+        /// The scope name.
+        scope: String,
+        /// Time spent waiting.
+        waited: Duration,
+    },
+
     /// An exclusive update ([`Storage::locked`](crate::Storage::locked)) lost its lease: it
     /// stalled past the lease length (a paused process, a long GC pause, a lost network) and
     /// another update took the scope over. Nothing of the closure's change was stored. The
@@ -346,7 +357,7 @@ impl Error {
             | Error::SchemaTooNew { .. }
             | Error::WouldLoseData { .. }
             | Error::Migration { .. } => ErrorCategory::StoredData,
-            Error::Conflict { .. } => ErrorCategory::Conflict,
+            Error::Conflict { .. } | Error::Leased { .. } => ErrorCategory::Conflict,
             Error::LeaseLost { .. } => ErrorCategory::LeaseLost,
             Error::CommitUnknown { .. } => ErrorCategory::MayHaveHappened,
             Error::Backend { kind, .. } => match kind {

@@ -237,7 +237,8 @@ impl Storage {
     /// default) is renewed while `f` runs, so long IO is fine. A holder that dies leaves it to
     /// run out; a holder that stalls past it (a paused process) finds the scope taken over, stores
     /// nothing, and gets [`Error::LeaseLost`]. Waiting for another holder is bounded by the retry
-    /// policy's deadline ([`Error::Conflict`] then). An absent scope is created with
+    /// policy's deadline ([`Error::Leased`] then). The closure must not update its own scope
+    /// (that update would wait for this very lease until the deadline). An absent scope is created with
     /// `T::default()` while the lease is held, and removed again if `f` aborts.
     ///
     /// ```

@@ -109,7 +109,7 @@ fn strip(record: &Arc<Record>) -> Arc<Record> {
 /// Waits while `current` holds a live lease of a holder other than `mine`, re-reading the
 /// record; returns the record to write over: one with no lease, or one whose lease ran out (by
 /// this caller's clock, see the module docs), with that lease taken out of its notes. Gives up
-/// with [`Error::Conflict`] at the retry policy's deadline (counted from `started`).
+/// with [`Error::Leased`] at the retry policy's deadline (counted from `started`).
 pub(super) async fn wait_free(
     engine: &Engine,
     key: &Key,
@@ -152,10 +152,9 @@ pub(super) async fn wait_free(
         let elapsed = started.elapsed();
         if elapsed >= deadline {
             engine.bump(Counter::GaveUp);
-            return Err(Error::Conflict {
+            return Err(Error::Leased {
                 scope: shorten(key.scope()),
-                attempts: 0,
-                elapsed,
+                waited: elapsed,
             });
         }
         if !waited {
@@ -412,6 +411,10 @@ impl Engine {
                         .into())
                     }
                     Err(e) => {
+                        if !e.outcome_unknown() {
+                            // Not written: give the scope back rather than leave it to run out.
+                            self.release(&hold, created).await;
+                        }
                         self.slots.set(&slot, None);
                         Err(if e.outcome_unknown() {
                             Error::CommitUnknown {

@@ -102,6 +102,7 @@ macro_rules! behavior_suite {
             set_and_remove_wait_for_the_lease,
             stalled_holder_loses_its_lease,
             dead_holder_lease_runs_out,
+            waiting_is_bounded_by_the_deadline,
         }
     };
     (@tests $target:expr ; $($case:ident),* $(,)?) => {

@@ -246,3 +246,37 @@ pub async fn dead_holder_lease_runs_out(t: &Target) {
         String::from_utf8_lossy(&r.meta)
     );
 }
+
+/// Waiting for another caller's live lease ends at the retry policy's deadline with
+/// [`Error::Leased`] (category `Conflict`, retryable), having written nothing.
+pub async fn waiting_is_bounded_by_the_deadline(t: &Target) {
+    let a = t.storage();
+    let b = t.storage_with(
+        Storage::builder().retry(crate::RetryPolicy::default().deadline(Some(LEASE / 3))),
+    );
+    let started = Arc::new(AtomicBool::new(false));
+    let flag = started.clone();
+    let holder = tokio::spawn(async move {
+        a.locked("busy", |mut c: Counter| async move {
+            flag.store(true, Ordering::SeqCst);
+            tokio::time::sleep(LEASE).await;
+            c.count += 1;
+            (c, ())
+        })
+        .await
+    });
+    while !started.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let t0 = Instant::now();
+    let r = increment(&b, "busy").await;
+    let Err(e) = r else {
+        panic!("an update went through a live lease: {r:?}")
+    };
+    assert!(matches!(e, Error::Leased { .. }), "{e:?}");
+    assert_eq!(e.category(), ErrorCategory::Conflict);
+    assert!(e.is_retryable());
+    assert!(t0.elapsed() < LEASE, "{:?}", t0.elapsed());
+    holder.await.unwrap().unwrap();
+    assert_eq!(increment(&b, "busy").await.unwrap(), 2);
+}
