@@ -144,10 +144,10 @@ pub async fn try_locked_abort_frees_at_once(t: &Target) {
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
 
-/// `set` and `remove` wait for a holder's commit too.
+/// `set`, `remove` and `scoped_many` wait for a holder's commit too.
 pub async fn set_and_remove_wait_for_the_lease(t: &Target) {
     let (a, b) = (leased(t), leased(t));
-    for remove in [false, true] {
+    for step in ["set", "remove", "many"] {
         let started = Arc::new(AtomicBool::new(false));
         let flag = started.clone();
         let a = a.clone();
@@ -164,20 +164,29 @@ pub async fn set_and_remove_wait_for_the_lease(t: &Target) {
         while !started.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        if remove {
-            assert!(b.remove("held").await.unwrap());
-        } else {
-            b.set("held", &Counter { count: 50 }).await.unwrap();
-        }
+        let expected = match step {
+            "set" => {
+                b.set("held", &Counter { count: 50 }).await.unwrap();
+                Some(Counter { count: 50 })
+            }
+            "remove" => {
+                assert!(b.remove("held").await.unwrap());
+                None
+            }
+            _ => {
+                b.scoped_many(&["other", "held"], |v: &mut [Counter]| {
+                    v[0].count += 1;
+                    v[1].count += 10;
+                })
+                .await
+                .unwrap();
+                Some(Counter { count: 11 })
+            }
+        };
         let done = Instant::now();
         let committed = holder.await.unwrap();
-        assert!(done >= committed, "remove: {remove}");
-        let now = b.get::<Counter>("held").await.unwrap();
-        if remove {
-            assert_eq!(now, None);
-        } else {
-            assert_eq!(now, Some(Counter { count: 50 }));
-        }
+        assert!(done >= committed, "{step} did not wait");
+        assert_eq!(b.get::<Counter>("held").await.unwrap(), expected, "{step}");
     }
 }
 
