@@ -14,8 +14,10 @@
 //! side (`embedded`: 1, 8 and 64 tasks on scopes of their own, durable, the ratio sqlite / file)
 //! and fills N one-counter scopes into each to measure the disk space per scope (`fill`,
 //! `--fill N`, default 100,000, 2,000 with `--quick`; the file driver gets at most 20,000).
-//! `--only scenarios|ttl|transfer|fairness|embedded|fill` runs one part (`ttl`: warm updates
-//! of a type with `ttl_secs` against the same type without, calls per update included).
+//! `--only scenarios|ttl|transfer|fairness|embedded|fill|locked` runs one part (`ttl`: warm
+//! updates of a type with `ttl_secs` against the same type without, calls per update included);
+//! `locked` (only when asked for) compares an uncontended exclusive update with
+//! `SELECT … FOR UPDATE` (see `locked.rs`).
 //!
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
@@ -33,6 +35,7 @@ mod baseline;
 #[cfg(feature = "sqlite")]
 mod embedded;
 mod fair;
+mod locked;
 mod transfer;
 
 use std::collections::HashMap;
@@ -464,15 +467,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--quick" => args.quick = true,
             "--only" => {
-                let part = it
-                    .next()
-                    .ok_or("--only needs scenarios, ttl, transfer, fairness, embedded or fill")?;
+                let part = it.next().ok_or(
+                    "--only needs scenarios, ttl, transfer, fairness, embedded, fill or locked",
+                )?;
                 if !matches!(
                     part.as_str(),
-                    "scenarios" | "ttl" | "transfer" | "fairness" | "embedded" | "fill"
+                    "scenarios" | "ttl" | "transfer" | "fairness" | "embedded" | "fill" | "locked"
                 ) {
                     return Err(format!(
-                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded or fill"
+                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded, fill or locked"
                     ));
                 }
                 args.only = Some(part);
@@ -488,7 +491,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: mp-bench [--storage URL]… [--secs S] [--quick] \
-                     [--only scenarios|ttl|transfer|fairness|embedded|fill] [--fill N]"
+                     [--only scenarios|ttl|transfer|fairness|embedded|fill|locked] [--fill N]"
                 );
                 std::process::exit(0);
             }
@@ -950,6 +953,14 @@ async fn main() {
     let mut fair_rows = Vec::new();
     let mut failed = false;
     let part = |name: &str| args.only.is_none() || args.only.as_deref() == Some(name);
+    if args.only.as_deref() == Some("locked") {
+        for url in &urls {
+            if let Err(e) = locked::bench(url, args.secs).await {
+                eprintln!("mp-bench: {url}: locked: {e}");
+                failed = true;
+            }
+        }
+    }
     for url in &urls {
         if args.only.is_some()
             && !part("scenarios")

@@ -17,7 +17,7 @@ async fn counting() -> Option<Target> {
 mp_storage::behavior_suite!(counting());
 
 /// The counts are those of the calls the engine makes: a cold update loads and creates, a warm
-/// one is a single compare-and-swap, a read is a load.
+/// one is a single compare-and-swap, a read is a load, a `remove` a load and a checked delete.
 #[tokio::test]
 async fn calls_are_counted() {
     let driver = Arc::new(CountingDriver::new(Arc::new(MemoryDriver::new())));
@@ -37,13 +37,14 @@ async fn calls_are_counted() {
     assert_eq!(st.get::<u64>("n").await.expect("get"), Some(10));
     assert_eq!(st.list("").await.expect("list"), ["m", "n"]);
     assert!(st.remove("m").await.expect("remove"));
+    // `set` is a compare-and-swap (a new scope: one), `remove` a load and a delete checked
+    // against the revision it read (a commit), so that both wait for an exclusive update's lease.
     assert_eq!(
         driver.calls(),
         Calls {
-            load: 2,
-            cas: 10,
-            put: 1,
-            delete: 1,
+            load: 3,
+            cas: 11,
+            commit: 1,
             list: 1,
             ..Calls::default()
         }

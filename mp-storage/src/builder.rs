@@ -47,6 +47,7 @@ pub struct StorageBuilder {
     cache_capacity: usize,
     cache_bytes: usize,
     max_data_len: Option<usize>,
+    lease: std::time::Duration,
 }
 
 impl Default for StorageBuilder {
@@ -57,6 +58,7 @@ impl Default for StorageBuilder {
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             cache_bytes: DEFAULT_CACHE_BYTES,
             max_data_len: None,
+            lease: crate::DEFAULT_LEASE,
         }
     }
 }
@@ -98,6 +100,16 @@ impl StorageBuilder {
         self
     }
 
+    /// The lease length of exclusive updates ([`Storage::locked`]): how long a holder that
+    /// stopped renewing (a dead or paused process) keeps others waiting, counted by each
+    /// waiter's own clock from when it first saw the lease. The engine renews a live holder's
+    /// lease every third of it. Default [`DEFAULT_LEASE`](crate::DEFAULT_LEASE) (30 s); at
+    /// least [`MIN_LEASE`](crate::MIN_LEASE) (50 ms, [`Error::InvalidConfig`] otherwise).
+    pub fn lease(mut self, length: std::time::Duration) -> Self {
+        self.lease = length;
+        self
+    }
+
     /// Opens the driver `url` names (see [`Storage::open`]) with these settings.
     pub async fn open(self, url: &str) -> Result<Storage, Error> {
         let driver = crate::driver::open(url).await?;
@@ -129,7 +141,17 @@ impl StorageBuilder {
     /// Builds a storage over a driver of your own (or one opened by
     /// [`driver::open`](crate::driver::open) and wrapped).
     pub fn build(self, driver: Arc<dyn Driver>) -> Result<Storage, Error> {
+        if self.lease < crate::MIN_LEASE || self.lease > crate::engine::MAX_TTL {
+            return Err(Error::InvalidConfig {
+                setting: "lease",
+                reason: format!(
+                    "a lease must be at least 50 ms and at most ten years, not {:?}",
+                    self.lease
+                ),
+            });
+        }
         let settings = Settings {
+            lease: self.lease,
             policy: self.policy,
             keys: Keys::new(self.key_prefix)?,
             cache_capacity: self.cache_capacity,

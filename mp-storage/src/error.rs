@@ -189,6 +189,33 @@ pub enum Error {
         elapsed: Duration,
     },
 
+    /// Another caller's exclusive update ([`Storage::locked`](crate::Storage::locked)) held the
+    /// scope's lease, live, until the retry policy's deadline. Nothing of this call was
+    /// written; calling again later may succeed (category [`ErrorCategory::Conflict`]).
+    #[error("scope {scope:?}: waited {waited:?} for another caller's lease, which is still held")]
+    Leased {
+        /// The scope name.
+        scope: String,
+        /// Time spent waiting.
+        waited: Duration,
+    },
+
+    /// An exclusive update ([`Storage::locked`](crate::Storage::locked)) lost its lease: it
+    /// stalled past the lease length (a paused process, a long GC pause, a lost network) and
+    /// another update took the scope over. Nothing of the closure's change was stored. The
+    /// closure may have run in part or in full, so its side effects (a payment, an email) may
+    /// have happened: the caller must reconcile them with the scope as it now stands.
+    #[error(
+        "scope {scope:?}: the lease was lost ({reason}); the closure's effects were not stored, \
+         reconcile any side effects it had with the scope as it now stands"
+    )]
+    LeaseLost {
+        /// The scope name.
+        scope: String,
+        /// How it was lost.
+        reason: String,
+    },
+
     /// The connection failed after a write was sent, and it can no longer be told whether the
     /// write took effect: it was neither retried nor reported as done. Calling again may apply
     /// the change twice ([`Error::is_retryable`] is false; see [`ErrorCategory::MayHaveHappened`]).
@@ -283,6 +310,9 @@ pub enum ErrorCategory {
     MayHaveHappened,
     /// The backend refused the operation: full, access denied, or another server error.
     Backend,
+    /// An exclusive update lost its lease: nothing was stored, but the closure's side effects
+    /// may have happened. Reconcile before calling again.
+    LeaseLost,
 }
 
 impl Error {
@@ -327,7 +357,8 @@ impl Error {
             | Error::SchemaTooNew { .. }
             | Error::WouldLoseData { .. }
             | Error::Migration { .. } => ErrorCategory::StoredData,
-            Error::Conflict { .. } => ErrorCategory::Conflict,
+            Error::Conflict { .. } | Error::Leased { .. } => ErrorCategory::Conflict,
+            Error::LeaseLost { .. } => ErrorCategory::LeaseLost,
             Error::CommitUnknown { .. } => ErrorCategory::MayHaveHappened,
             Error::Backend { kind, .. } => match kind {
                 BackendKind::Connection | BackendKind::Timeout => ErrorCategory::Unavailable,

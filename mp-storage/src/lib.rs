@@ -59,8 +59,9 @@ pub use driver::{
     Action, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write, MAX_COMMIT_KEYS,
 };
 pub use engine::{
-    DEFAULT_CACHE_BYTES, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_DATA_LEN, MAX_IDEMPOTENCY_KEY_LEN,
-    MAX_KEY_LEN, MAX_NAME_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN, MAX_TTL, RECEIPT_TTL,
+    DEFAULT_CACHE_BYTES, DEFAULT_CACHE_CAPACITY, DEFAULT_LEASE, DEFAULT_MAX_DATA_LEN,
+    MAX_IDEMPOTENCY_KEY_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN,
+    MAX_TTL, MIN_LEASE, RECEIPT_TTL,
 };
 pub use error::{redact_url, BackendKind, BoxError, Error, ErrorCategory};
 pub use idempotent::Idempotent;

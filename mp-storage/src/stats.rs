@@ -41,6 +41,14 @@ pub struct Stats {
     pub multi_commits: u64,
     /// Several-scope commits that lost a race (also counted in `conflicts`).
     pub multi_conflicts: u64,
+    /// Leases taken by exclusive updates (`locked`, `try_locked`).
+    pub leases_taken: u64,
+    /// Lease renewals written while an exclusive update's closure ran.
+    pub lease_renewals: u64,
+    /// Updates that found another caller's live lease and waited.
+    pub lease_waits: u64,
+    /// Leases that ran out (by this process's clock) and were written over.
+    pub leases_taken_over: u64,
 }
 
 /// One counter of [`Counters`].
@@ -58,9 +66,13 @@ pub(crate) enum Counter {
     Reservations,
     MultiCommits,
     MultiConflicts,
+    LeasesTaken,
+    LeaseRenewals,
+    LeaseWaits,
+    LeasesTakenOver,
 }
 
-const COUNTERS: usize = 12;
+const COUNTERS: usize = 16;
 const STRIPES: usize = 8;
 
 /// The engine's counters, striped by thread so that tasks on different cores do not fight over
@@ -108,6 +120,10 @@ impl Counters {
             reservations: sum(Counter::Reservations),
             multi_commits: sum(Counter::MultiCommits),
             multi_conflicts: sum(Counter::MultiConflicts),
+            leases_taken: sum(Counter::LeasesTaken),
+            lease_renewals: sum(Counter::LeaseRenewals),
+            lease_waits: sum(Counter::LeaseWaits),
+            leases_taken_over: sum(Counter::LeasesTakenOver),
         }
     }
 }

@@ -227,6 +227,77 @@ impl Storage {
         self.engine.update(name.as_ref(), f).await
     }
 
+    /// An exclusive update, for a closure with side effects (a payment call, an email): `f`
+    /// runs **once**, never rerun, while this call holds the scope's lease. Every other update of
+    /// the scope (`scoped`, `scoped_many`, `locked`, `set`, `remove`), in any process, waits until
+    /// this one commits, aborts, or its lease runs out; reads do not wait and see the last
+    /// committed value. Taking the lease costs one compare-and-swap, the commit another.
+    ///
+    /// The lease (length set by [`StorageBuilder::lease`](crate::StorageBuilder::lease), 30 s by
+    /// default) is renewed while `f` runs, so long IO is fine. A holder that dies leaves it to
+    /// run out; a holder that stalls past it (a paused process) finds the scope taken over, stores
+    /// nothing, and gets [`Error::LeaseLost`]. Waiting for another holder is bounded by the retry
+    /// policy's deadline ([`Error::Leased`] then). The closure must not update its own scope
+    /// (that update would wait for this very lease until the deadline). An absent scope is created with
+    /// `T::default()` while the lease is held, and removed again if `f` aborts.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// let st = mp_storage::Storage::open("memory://").await?;
+    /// let charged = st
+    ///     .locked("order:42", |paid: bool| async move {
+    ///         if paid { return (paid, false); }
+    ///         // call the payment API here: this closure never runs twice
+    ///         (true, true)
+    ///     })
+    ///     .await?;
+    /// assert!(charged);
+    /// assert_eq!(st.get::<bool>("order:42").await?, Some(true));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn locked<T, R, F, Fut>(&self, name: impl AsRef<str>, f: F) -> Result<R, Error>
+    where
+        T: Scope,
+        R: Send,
+        F: FnOnce(T) -> Fut + Send,
+        Fut: Future<Output = (T, R)> + Send,
+    {
+        self.engine
+            .locked(name.as_ref(), move |value: T| {
+                let fut = f(value);
+                async move { Ok::<_, Error>(fut.await) }
+            })
+            .await
+    }
+
+    /// The fallible form of [`Storage::locked`]: an `Err` writes nothing, frees the scope at
+    /// once, and comes back as is.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// let st = mp_storage::Storage::open("memory://").await?;
+    /// let r: Result<u64, mp_storage::Error> = st
+    ///     .try_locked("order:7", |n: u64| async move {
+    ///         Err(mp_storage::Error::InvalidConfig { setting: "demo", reason: "declined".into() })
+    ///     })
+    ///     .await;
+    /// assert!(r.is_err());
+    /// assert_eq!(st.get::<u64>("order:7").await?, None);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn try_locked<T, R, E, F, Fut>(&self, name: impl AsRef<str>, f: F) -> Result<R, E>
+    where
+        T: Scope,
+        R: Send,
+        E: From<Error> + Send,
+        F: FnOnce(T) -> Fut + Send,
+        Fut: Future<Output = Result<(T, R), E>> + Send,
+    {
+        self.engine.locked(name.as_ref(), f).await
+    }
+
     /// Several scopes of one type, all or nothing: loads the scopes `names`, runs `f` on their
     /// values (in the order of the names), and commits every change together, with a
     /// compare-and-swap on each scope's revision; when any of them changed meanwhile, nothing is

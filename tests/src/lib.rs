@@ -18,6 +18,7 @@
 pub mod bank;
 pub mod faults;
 pub mod kill;
+pub mod lease;
 pub mod proxy;
 pub mod resp;
 pub mod targets;

@@ -996,3 +996,51 @@ async fn bank_with_backends_terminated() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exclusive updates across processes (see `mp_storage_tests::lease`)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_updates_exclude_each_other_across_processes() {
+    let Some(table) = Table::new("lease").await else {
+        return;
+    };
+    drop(table.driver().await);
+    let prefix = mp_storage_tests::unique_prefix("postgres-lease");
+    mp_storage_tests::lease::exclusion_across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table.url,
+        &prefix,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_is_outlived() {
+    let Some(table) = Table::new("lease").await else {
+        return;
+    };
+    drop(table.driver().await);
+    let prefix = mp_storage_tests::unique_prefix("postgres-lease");
+    mp_storage_tests::lease::killed_holder_is_outlived(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table.url,
+        &prefix,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_lease_holder_is_refused() {
+    let Some(table) = Table::new("lease").await else {
+        return;
+    };
+    drop(table.driver().await);
+    let prefix = mp_storage_tests::unique_prefix("postgres-lease");
+    mp_storage_tests::lease::stopped_holder_is_refused(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table.url,
+        &prefix,
+    )
+    .await;
+}

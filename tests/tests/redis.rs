@@ -1242,3 +1242,42 @@ async fn the_first_write_after_the_server_went_down_is_a_connection_error_resp2(
     let Some(url) = server_url() else { return };
     updates_while_down(&url, "downresp2", "&protocol=resp2", false).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exclusive updates across processes (see `mp_storage_tests::lease`)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_updates_exclude_each_other_across_processes() {
+    let Some(url) = server_url() else { return };
+    let prefix = mp_storage_tests::unique_prefix("redis-lease");
+    mp_storage_tests::lease::exclusion_across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        &prefix,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_is_outlived() {
+    let Some(url) = server_url() else { return };
+    let prefix = mp_storage_tests::unique_prefix("redis-lease");
+    mp_storage_tests::lease::killed_holder_is_outlived(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        &prefix,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_lease_holder_is_refused() {
+    let Some(url) = server_url() else { return };
+    let prefix = mp_storage_tests::unique_prefix("redis-lease");
+    mp_storage_tests::lease::stopped_holder_is_refused(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        &prefix,
+    )
+    .await;
+}

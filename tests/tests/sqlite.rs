@@ -877,3 +877,45 @@ async fn bank_with_killed_writers() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exclusive updates across processes (see `mp_storage_tests::lease`)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locked_updates_exclude_each_other_across_processes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("lease.db").display());
+    let prefix = "mp/".to_owned();
+    mp_storage_tests::lease::exclusion_across_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        &prefix,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_lease_holder_is_outlived() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("lease.db").display());
+    let prefix = "mp/".to_owned();
+    mp_storage_tests::lease::killed_holder_is_outlived(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        &prefix,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_lease_holder_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("lease.db").display());
+    let prefix = "mp/".to_owned();
+    mp_storage_tests::lease::stopped_holder_is_refused(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &url,
+        &prefix,
+    )
+    .await;
+}

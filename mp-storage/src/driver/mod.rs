@@ -34,7 +34,10 @@
 //!    is absent or the driver could not read it at once: the engine loads it.
 //!    (`stale_version_rejected`, `stale_cache_is_corrected`)
 //! 7. **`meta` is kept as given**: the bytes of [`Write::meta`] are stored beside the data and
-//!    returned in [`Record::meta`] unchanged. (`meta_is_kept_as_given`)
+//!    returned in [`Record::meta`] unchanged. (`meta_is_kept_as_given`) The engine keeps the
+//!    idempotency receipts and the leases of exclusive updates there, so a driver that keeps
+//!    `meta` and checks revisions has leases with nothing more to do (the `locked_…`,
+//!    `lease_…` and `…_holder_…` cases).
 //! 8. **Errors say what may have happened.** A request that may have reached the backend and
 //!    whose answer was lost is [`Error::Backend`] of kind
 //!    [`Connection`](crate::BackendKind::Connection) or [`Timeout`](crate::BackendKind::Timeout)
@@ -137,8 +140,9 @@ pub struct Record {
     /// The commit tokens of the latest writes, oldest first, at most [`RECENT_TOKENS`]:
     /// the engine uses them to tell whether a write whose reply was lost took effect.
     pub tokens: Vec<u64>,
-    /// The engine's own notes on the record (such as the answers of idempotent updates), kept
-    /// beside the data: opaque to a driver, stored and returned as given. Usually empty.
+    /// The engine's own notes on the record (the answers of idempotent updates, the lease of an
+    /// exclusive update), kept beside the data: opaque to a driver, stored and returned as
+    /// given. Usually empty.
     pub meta: Vec<u8>,
     /// When the record expires, in milliseconds since 1970 by the backend's clock; `None`
     /// never (contract rule 15).

@@ -162,7 +162,7 @@ where
     'attempt: loop {
         attempts += 1;
         engine.bump(Counter::Attempts);
-        let bases = begin(engine, keys, &slots, &mut fresh).await?;
+        let bases = begin(engine, keys, &slots, &mut fresh, started).await?;
         let mut values: Vec<Option<T>> = Vec::with_capacity(n);
         for (key, base) in keys.iter().zip(&bases) {
             if absent_as_none && base.current.is_none() {
@@ -420,6 +420,7 @@ async fn begin(
     keys: &[Key],
     slots: &[Arc<Slot>],
     fresh: &mut Fresh,
+    started: Instant,
 ) -> Result<Vec<Base>, Error> {
     let n = keys.len();
     let mut bases: Vec<Option<Base>> = Vec::with_capacity(n);
@@ -455,7 +456,27 @@ async fn begin(
             });
         }
     }
-    Ok(bases.into_iter().flatten().collect())
+    let mut bases: Vec<Base> = bases.into_iter().flatten().collect();
+    // Another caller's lease on any scope: wait until it is released or runs out.
+    for (i, base) in bases.iter_mut().enumerate() {
+        let leased = base
+            .current
+            .as_ref()
+            .is_some_and(|r| super::lease::lease_of(&r.meta).is_some());
+        if leased {
+            base.current = super::lease::wait_free(
+                engine,
+                &keys[i],
+                &slots[i],
+                base.current.take(),
+                base.from_cache,
+                started,
+            )
+            .await?;
+            base.from_cache = false;
+        }
+    }
+    Ok(bases)
 }
 
 /// Confirms an answer decided on cached data: loads the scopes that came from the cache and

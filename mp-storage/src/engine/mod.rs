@@ -8,6 +8,7 @@
 //! handle ([`crate::Storage`]) and the builder only adapt the public calls to these.
 
 mod keys;
+mod lease;
 mod many;
 mod receipts;
 mod schema;
@@ -19,12 +20,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::codec;
-use crate::driver::{Driver, Record};
+use crate::driver::{CasOutcome, Driver, Record};
 use crate::stats::{Counter, Counters, Stats};
 use crate::{Error, RetryPolicy, Scope};
 
 pub(crate) use keys::{Key, Keys};
 pub use keys::{MAX_KEY_LEN, MAX_NAME_LEN};
+pub use lease::{DEFAULT_LEASE, MIN_LEASE};
 pub use receipts::{MAX_IDEMPOTENCY_KEY_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN, RECEIPT_TTL};
 pub(crate) use schema::Rewritten;
 use slots::Slots;
@@ -56,6 +58,8 @@ pub(crate) struct Settings {
     pub cache_capacity: usize,
     pub cache_bytes: usize,
     pub max_data_len: Option<usize>,
+    /// The lease length of exclusive updates.
+    pub lease: std::time::Duration,
 }
 
 /// The engine over one driver.
@@ -68,6 +72,8 @@ pub(crate) struct Engine {
     counters: Counters,
     /// This engine's random id as a writer, for reservations (never 0).
     claimant: u64,
+    /// The lease length of this engine's exclusive updates.
+    lease: std::time::Duration,
     /// Dropped with the engine, which ends its sweeper.
     _sweeper: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -121,6 +127,7 @@ impl Engine {
             slots: Slots::new(settings.cache_capacity, settings.cache_bytes),
             counters: Counters::default(),
             claimant: rand::random_range(1..=u64::MAX),
+            lease: settings.lease,
             _sweeper: start_sweeper(&driver),
             driver,
         }
@@ -348,29 +355,143 @@ impl Engine {
             T::VERSION
         };
         self.check_expiry::<T>()?;
-        let write = update::new_write(schema, &data).with_expiry(expiry_of::<T>());
-        let token = write.token;
-        match self.driver.put(key.as_str(), write).await {
-            Ok(version) => {
-                self.bump(Counter::Commits);
-                // The tokens before this write are not known here; the cache does not need them.
-                let record = Record::new(version, schema, data, vec![token]);
-                self.slots.put(key.as_str(), Some(Arc::new(record)));
-                Ok(())
+        // A compare-and-swap rather than a blind put: a scope leased by an exclusive update
+        // waits for it, and the write must not land over a lease taken meanwhile.
+        let slot = self.slots.slot(key.as_str());
+        let started = tokio::time::Instant::now();
+        // Uncached, it first tries to create the scope: one round trip for a new scope, and an
+        // existing one comes back with the conflict (contract rule 6).
+        let mut current = slot.get();
+        let mut from_cache = current.is_some();
+        loop {
+            if current
+                .as_ref()
+                .is_some_and(|r| lease::lease_of(&r.meta).is_some())
+            {
+                current = lease::wait_free(self, &key, &slot, current, from_cache, started).await?;
             }
-            Err(e) => {
-                self.slots.put(key.as_str(), None);
-                Err(self.lost_write(&key, e, "set"))
+            let expected = current.as_ref().map(|r| r.revision());
+            let write = update::new_write(schema, &data)
+                .with_claimant(self.claimant)
+                .with_expiry(expiry_of::<T>());
+            let token = write.token;
+            let outcome = match self.driver.cas(key.as_str(), expected, write).await {
+                Ok(o) => o,
+                Err(e) if e.outcome_unknown() => {
+                    self.slots.set(&slot, None);
+                    match settle::settle(self, &key, &slot, expected, token, None, e).await? {
+                        settle::Settled::Committed(_) => {
+                            self.bump(Counter::Settled);
+                            self.bump(Counter::Commits);
+                            return Ok(());
+                        }
+                        settle::Settled::NotApplied(fresh) => CasOutcome::Conflict(fresh),
+                    }
+                }
+                Err(e) => {
+                    self.slots.set(&slot, None);
+                    return Err(e.for_scope(key.scope()));
+                }
+            };
+            match outcome {
+                CasOutcome::Committed(version) => {
+                    self.bump(Counter::Commits);
+                    let tokens = match &current {
+                        Some(r) => crate::driver::push_token(&r.tokens, token),
+                        None => vec![token],
+                    };
+                    let record = Record::new(version, schema, data, tokens);
+                    self.slots.set(&slot, Some(Arc::new(record)));
+                    return Ok(());
+                }
+                CasOutcome::Conflict(fresh) => {
+                    let elapsed = started.elapsed();
+                    if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
+                        self.bump(Counter::GaveUp);
+                        return Err(Error::Conflict {
+                            scope: crate::error::shorten(key.scope()),
+                            attempts: 0,
+                            elapsed,
+                        });
+                    }
+                    let same = fresh.as_ref().map(|r| r.revision()) == expected;
+                    if same {
+                        // Refused at the expected revision: another process's short
+                        // reservation.
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    self.bump(Counter::Conflicts);
+                    current = match fresh {
+                        Some(r) => {
+                            let r = Arc::new(r);
+                            self.slots.set(&slot, Some(r.clone()));
+                            Some(r)
+                        }
+                        None => update::load(self, &key, &slot).await?,
+                    };
+                    from_cache = false;
+                }
             }
         }
     }
 
-    /// Deletes the record of `key`; whether it existed.
+    /// Deletes the record of `key`; whether it existed. A scope leased by an exclusive update
+    /// waits for it, and the delete is checked against the revision read.
     pub(crate) async fn remove(&self, key: &Key) -> Result<bool, Error> {
-        self.slots.put(key.as_str(), None);
-        let existed = self.driver.delete(key.as_str()).await;
-        self.slots.put(key.as_str(), None);
-        existed.map_err(|e| self.lost_write(key, e, "remove"))
+        let slot = self.slots.slot(key.as_str());
+        let started = tokio::time::Instant::now();
+        let loaded = update::load(self, key, &slot).await;
+        // A corrupt record is removed as it is (contract rule 9), without a revision to check.
+        if !self.driver.capabilities().multi_key_commit
+            || matches!(loaded, Err(Error::Corrupt { .. }))
+        {
+            self.slots.put(key.as_str(), None);
+            let existed = self.driver.delete(key.as_str()).await;
+            self.slots.put(key.as_str(), None);
+            return existed.map_err(|e| self.lost_write(key, e, "remove"));
+        }
+        let mut current = loaded?;
+        loop {
+            if current
+                .as_ref()
+                .is_some_and(|r| lease::lease_of(&r.meta).is_some())
+            {
+                current = lease::wait_free(self, key, &slot, current, false, started).await?;
+            }
+            let Some(record) = &current else {
+                return Ok(false);
+            };
+            let op = crate::driver::Op {
+                key: key.as_str(),
+                expected: Some(record.revision()),
+                action: crate::driver::Action::Delete,
+            };
+            let outcome = self.driver.commit(&[op]).await;
+            self.slots.set(&slot, None);
+            match outcome.map_err(|e| self.lost_write(key, e, "remove"))? {
+                crate::driver::CommitOutcome::Committed(_) => return Ok(true),
+                crate::driver::CommitOutcome::Conflict(failed) => {
+                    let elapsed = started.elapsed();
+                    if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
+                        self.bump(Counter::GaveUp);
+                        return Err(Error::Conflict {
+                            scope: crate::error::shorten(key.scope()),
+                            attempts: 0,
+                            elapsed,
+                        });
+                    }
+                    self.bump(Counter::Conflicts);
+                    let fresh = failed.into_iter().next().and_then(|(_, r)| r);
+                    if fresh.as_ref().map(|r| r.revision()) == Some(record.revision()) {
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    current = match fresh {
+                        Some(r) => Some(Arc::new(r)),
+                        None => update::load(self, key, &slot).await?,
+                    };
+                }
+            }
+        }
     }
 
     /// A write whose reply was lost after it was sent may have happened: say so.

@@ -121,8 +121,14 @@ pub(super) async fn settle(
                 ));
             };
             if expected.matches(&record) {
-                // Fence: move the version on without changing the data.
-                let fence = new_write(record.schema, &record.data).with_meta(&record.meta);
+                // Fence: move the version on without changing the data. A lease on the revision
+                // this write expected had run out (the write waited for it): not carried on.
+                let meta = if super::lease::lease_of(&record.meta).is_some() {
+                    super::lease::with_lease(&record.meta, None)
+                } else {
+                    record.meta.clone()
+                };
+                let fence = new_write(record.schema, &record.data).with_meta(&meta);
                 match engine.driver.cas(key.as_str(), Some(expected), fence).await {
                     Ok(CasOutcome::Committed(v)) => {
                         let fenced = fence.to_record(v, &record.tokens);

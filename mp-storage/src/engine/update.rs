@@ -285,6 +285,23 @@ impl<'a> Run<'a> {
                 },
             },
         };
+        // Another caller's lease: wait until it is released or runs out (a cached one is
+        // checked against the backend first).
+        let base = match &base.current {
+            Some(r) if super::lease::lease_of(&r.meta).is_some() => Base {
+                current: super::lease::wait_free(
+                    self.engine,
+                    self.key,
+                    self.slot,
+                    base.current,
+                    base.from_cache,
+                    self.started,
+                )
+                .await?,
+                from_cache: false,
+            },
+            _ => base,
+        };
         tracing::trace!(
             attempt = self.attempts,
             version = ?base.expected(),

@@ -2,7 +2,8 @@
 //! [`behavior_suite!`](crate::behavior_suite) (defined here, beside them) holds their one list.
 //!
 //! A new case is a `pub async fn name(t: &Target)` in this file (or, for the cases of schema
-//! change, in `cases/schema.rs`, re-exported here) and its name in that list.
+//! change, in `cases/schema.rs`, and of exclusive updates, in `cases/lease.rs`, re-exported
+//! here) and its name in that list.
 //! Cases call the driver's compare-and-swap only through the helpers `create` and `update`, so a
 //! change of its signature touches two functions; everything else goes through [`Storage`] or
 //! `load`/`put`/`list`, as a user or the engine would.
@@ -15,7 +16,9 @@ use serde_json::{json, Value};
 use super::{increment, unique_prefix, write, Counter, Target};
 use crate::{Action, CasOutcome, CommitOutcome, Error, Op, RetryPolicy, Revision, Storage, Write};
 
+mod lease;
 mod schema;
+pub use lease::*;
 pub use schema::*;
 
 /// Expands into one test per behavior case, each on the target the expression gives: a future
@@ -93,6 +96,13 @@ macro_rules! behavior_suite {
             expiry_is_kept_and_cleared,
             a_type_with_a_ttl_lives_while_written,
             a_scope_ends_through_the_compare_and_swap,
+            locked_updates_exclude_each_other,
+            lease_is_renewed_while_the_closure_runs,
+            try_locked_abort_frees_at_once,
+            set_and_remove_wait_for_the_lease,
+            stalled_holder_loses_its_lease,
+            dead_holder_lease_runs_out,
+            waiting_is_bounded_by_the_deadline,
         }
     };
     (@tests $target:expr ; $($case:ident),* $(,)?) => {
@@ -1746,11 +1756,16 @@ pub async fn a_scope_ends_through_the_compare_and_swap(t: &Target) {
 
 #[cfg(test)]
 mod tests {
-    /// Every `pub async fn <name>(t: &Target)` of this file and `cases/schema.rs` is in the
+    /// Every `pub async fn <name>(t: &Target)` of this file, `cases/schema.rs` and
+    /// `cases/lease.rs` is in the
     /// list, once, and nothing else is.
     #[test]
     fn every_case_is_listed_once() {
-        let sources = [include_str!("cases.rs"), include_str!("cases/schema.rs")];
+        let sources = [
+            include_str!("cases.rs"),
+            include_str!("cases/schema.rs"),
+            include_str!("cases/lease.rs"),
+        ];
         let mut defined: Vec<&str> = sources
             .iter()
             .flat_map(|source| source.lines())

@@ -4,6 +4,11 @@
 //! `mp-worker --url URL --prefix P --scope NAME --tasks N --increments M`, or `--secs S` instead
 //! of `--increments` to run for a time; then a last line `# ops p50_us p99_us max_us` follows.
 //!
+//! `mp-worker --url URL --prefix P --scope NAME --tasks N --locked M --lease-ms L --hold-ms H`
+//! runs M exclusive updates (`try_locked`) per task instead, each adding one while holding the
+//! lease for H ms, and prints `start <pid> <µs since 1970>` and `end <pid> <µs>` from inside the
+//! closure, then `ok <count>` or `lost <error>` after it (see `mp_storage_tests::lease`).
+//!
 //! `mp-worker --url URL --prefix P --bank ACCOUNTS --tasks N --secs S --id-base B` runs random
 //! transfers between the accounts instead and prints each one's outcome
 //! (see `mp_storage_tests::bank`).
@@ -22,6 +27,9 @@ struct Args {
     secs: Option<f64>,
     bank: Option<usize>,
     id_base: u64,
+    locked: Option<usize>,
+    lease_ms: u64,
+    hold_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -34,6 +42,9 @@ fn parse_args() -> Result<Args, String> {
         secs: None,
         bank: None,
         id_base: 0,
+        locked: None,
+        lease_ms: 30_000,
+        hold_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +57,9 @@ fn parse_args() -> Result<Args, String> {
             "--tasks" => args.tasks = number()?,
             "--increments" => args.increments = number()?,
             "--bank" => args.bank = Some(number()?),
+            "--locked" => args.locked = Some(number()?),
+            "--lease-ms" => args.lease_ms = number()? as u64,
+            "--hold-ms" => args.hold_ms = number()? as u64,
             "--id-base" => args.id_base = value.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--secs" => args.secs = Some(value.parse::<f64>().map_err(|e| format!("{flag}: {e}"))?),
             other => return Err(format!("unknown flag {other}")),
@@ -74,6 +88,7 @@ async fn main() {
     }
     let st = match Storage::builder()
         .key_prefix(&args.prefix)
+        .lease(std::time::Duration::from_millis(args.lease_ms))
         .open(&args.url)
         .await
     {
@@ -83,6 +98,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(updates) = args.locked {
+        locked_main(&st, &args, updates).await;
+        return;
+    }
     let until = args
         .secs
         .map(|s| std::time::Instant::now() + std::time::Duration::from_secs_f64(s));
@@ -153,6 +172,54 @@ async fn main() {
         );
     }
     let _ = out.flush();
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+/// Microseconds since 1970 (one clock for the processes of one machine).
+fn now_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+/// `--locked`: exclusive updates, each logged from inside its closure.
+async fn locked_main(st: &Storage, args: &Args, updates: usize) {
+    let pid = std::process::id();
+    let hold = std::time::Duration::from_millis(args.hold_ms);
+    let mut joins = Vec::new();
+    for _ in 0..args.tasks {
+        let (st, scope) = (st.clone(), args.scope.clone());
+        joins.push(tokio::spawn(async move {
+            let mut failed = false;
+            for _ in 0..updates {
+                let r = st
+                    .try_locked(&scope, |mut c: Counter| async move {
+                        println!("start {pid} {}", now_us());
+                        tokio::time::sleep(hold).await;
+                        c.count += 1;
+                        let n = c.count;
+                        println!("end {pid} {}", now_us());
+                        Ok::<_, mp_storage::Error>((c, n))
+                    })
+                    .await;
+                match r {
+                    Ok(n) => println!("ok {n}"),
+                    Err(e @ mp_storage::Error::LeaseLost { .. }) => println!("lost {e}"),
+                    Err(e) => {
+                        eprintln!("mp-worker: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = false;
+    for j in joins {
+        failed |= j.await.unwrap_or(true);
+    }
     if failed {
         std::process::exit(1);
     }
