@@ -101,6 +101,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod registry;
+#[cfg(any(feature = "mysql", feature = "postgres", feature = "sqlite"))]
+mod sql_rows;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

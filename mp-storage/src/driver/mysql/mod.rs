@@ -95,9 +95,10 @@ mod probe;
 mod row;
 mod sql;
 
+use crate::driver::sql_rows::prefix_end;
 pub use config::MysqlConfig;
 use error::{backend, connect_error};
-use sql::{prefix_end, Sql};
+use sql::Sql;
 
 /// The URL schemes this driver takes.
 pub const SCHEMES: &[&str] = &["mysql"];
@@ -119,9 +120,6 @@ const NAME: &str = "mysql";
 
 /// Room left in a packet beside the data: the key, the tokens and the statement's own bytes.
 const PACKET_OVERHEAD: usize = 16 << 10;
-
-/// Bytes of one commit token in the `tokens` column.
-const TOKEN_LEN: usize = 8;
 
 /// A MySQL or MariaDB table as a backend. Cheap to clone: clones share the pool.
 ///

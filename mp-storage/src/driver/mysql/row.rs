@@ -3,7 +3,7 @@
 use mysql_async::prelude::FromValue;
 use mysql_async::Row;
 
-use super::TOKEN_LEN;
+use crate::driver::sql_rows::{tokens, TOKEN_LEN};
 use crate::driver::{Record, RECENT_TOKENS};
 use crate::error::shorten;
 use crate::Error;
@@ -76,39 +76,5 @@ pub(super) fn column<T: FromValue>(
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(corrupt(table, key, format!("column {name}: {e}"))),
         None => Err(corrupt(table, key, format!("column {name} is missing"))),
-    }
-}
-
-/// The tokens of the `tokens` column: 8 bytes each, big-endian, at most [`RECENT_TOKENS`].
-fn tokens(raw: &[u8]) -> Option<Vec<u64>> {
-    if !raw.len().is_multiple_of(TOKEN_LEN) || raw.len() > RECENT_TOKENS * TOKEN_LEN {
-        return None;
-    }
-    let tokens = raw
-        .chunks_exact(TOKEN_LEN)
-        .map(|c| {
-            let mut b = [0u8; TOKEN_LEN];
-            b.copy_from_slice(c);
-            u64::from_be_bytes(b)
-        })
-        .collect();
-    Some(tokens)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_are_big_endian_and_bounded() {
-        let raw: Vec<u8> = [1u64, u64::MAX]
-            .iter()
-            .flat_map(|t| t.to_be_bytes())
-            .collect();
-        assert_eq!(tokens(&raw), Some(vec![1, u64::MAX]));
-        assert_eq!(tokens(&[]), Some(vec![]));
-        assert_eq!(tokens(&[0; 7]), None);
-        assert_eq!(tokens(&[0; 8 * 16]).map(|t| t.len()), Some(16));
-        assert_eq!(tokens(&[0; 8 * 17]), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The statements of the driver, formatted once with the checked table name (see the
 //! [statement list](super#statements)).
 
-use super::TOKEN_LEN;
+use crate::driver::sql_rows::TOKEN_LEN;
 use crate::driver::RECENT_TOKENS;
 use crate::MAX_KEY_LEN;
 
@@ -253,32 +253,9 @@ fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-/// The smallest byte string above every string that starts with `prefix`; `None` when there
-/// is none (an empty prefix, or one of `0xFF` bytes only).
-pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_successor() {
-        assert_eq!(prefix_end(b""), None);
-        assert_eq!(prefix_end(b"a"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"a%"), Some(b"a&".to_vec()));
-        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff"), None);
-        assert_eq!(prefix_end(b"a\x7f"), Some(b"a\x80".to_vec()));
-    }
 
     #[test]
     fn statements_quote_the_table_and_bind_every_value() {

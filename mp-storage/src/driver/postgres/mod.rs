@@ -114,9 +114,10 @@ mod error;
 mod row;
 mod sql;
 
+use crate::driver::sql_rows::prefix_end;
 pub use config::PostgresConfig;
 use error::{backend, connect_error};
-use sql::{prefix_end, Sql};
+use sql::Sql;
 
 /// The URL schemes this driver takes.
 pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
@@ -141,9 +142,6 @@ const STALE_RETRIES: usize = 4;
 
 /// The driver's name in errors.
 const NAME: &str = "postgres";
-
-/// Bytes of one commit token in the `tokens` column.
-const TOKEN_LEN: usize = 8;
 
 /// A PostgreSQL table as a backend. Cheap to clone: clones share the pool.
 ///

@@ -108,9 +108,10 @@ mod error;
 mod row;
 mod writer;
 
+use crate::driver::sql_rows::prefix_end;
 pub use config::{SqliteOptions, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_TABLE};
 use error::{is_busy, sql_error, unsent};
-use row::{load_stored, ms_i64, prefix_end, stored, Sql};
+use row::{load_stored, ms_i64, stored, Sql};
 use writer::{Done, Job, OwnedAction, OwnedOp, OwnedWrite, Work};
 
 /// The URL schemes this driver takes.

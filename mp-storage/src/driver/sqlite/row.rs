@@ -4,12 +4,10 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension};
 
 use super::error::sql_error;
+use crate::driver::sql_rows::{tokens, TOKEN_LEN};
 use crate::driver::{Record, RECENT_TOKENS};
 use crate::error::shorten;
 use crate::Error;
-
-/// Bytes of one commit token in the `tokens` column.
-const TOKEN_LEN: usize = 8;
 
 /// The columns a record is read from, in the order [`stored`] takes them.
 const COLUMNS: &str = "version, schema_v, data, tokens, meta, expires_at, res_by, res_until";
@@ -159,11 +157,6 @@ pub(super) fn ms_i64(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-/// The tokens as stored: 8 bytes each, big-endian.
-pub(super) fn token_bytes(tokens: &[u64]) -> Vec<u8> {
-    tokens.iter().flat_map(|t| t.to_be_bytes()).collect()
-}
-
 /// The stored row of `key`, live or not, decoded.
 pub(super) fn load_stored(
     conn: &Connection,
@@ -237,50 +230,14 @@ pub(super) fn stored(
     })
 }
 
-/// The tokens of the `tokens` column: 8 bytes each, big-endian, at most [`RECENT_TOKENS`].
-fn tokens(raw: &[u8]) -> Option<Vec<u64>> {
-    if !raw.len().is_multiple_of(TOKEN_LEN) || raw.len() > RECENT_TOKENS * TOKEN_LEN {
-        return None;
-    }
-    let tokens = raw
-        .chunks_exact(TOKEN_LEN)
-        .map(|c| {
-            let mut b = [0u8; TOKEN_LEN];
-            b.copy_from_slice(c);
-            u64::from_be_bytes(b)
-        })
-        .collect();
-    Some(tokens)
-}
-
-/// The smallest byte string above every string that starts with `prefix`; `None` when there
-/// is none (an empty prefix, or one of `0xFF` bytes only).
-pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn tokens_are_big_endian_and_bounded() {
-        let raw = token_bytes(&[1, u64::MAX]);
-        assert_eq!(tokens(&raw), Some(vec![1, u64::MAX]));
-        assert_eq!(tokens(&[]), Some(vec![]));
-        assert_eq!(tokens(&[0; 7]), None);
-        assert_eq!(tokens(&[0; 8 * 17]), None);
+    fn integers_saturate() {
         assert_eq!(bits(u64::MAX), -1);
         assert_eq!(ms_i64(u64::MAX), i64::MAX);
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b""), None);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::error::{is_busy, kind, sql_error, unsent};
-use super::row::{bits, load_stored, ms_i64, token_bytes, Sql, Stored};
+use super::row::{bits, load_stored, ms_i64, Sql, Stored};
 use super::NAME;
+use crate::driver::sql_rows::token_bytes;
 use crate::driver::{
     now_ms, Action, CommitOutcome, Expiry, Record, Revision, Write, RECENT_TOKENS,
 };
