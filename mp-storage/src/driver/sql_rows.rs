@@ -1,8 +1,31 @@
-//! What the SQL drivers (mysql, postgres, sqlite) store the same way: the `tokens` column (the
-//! last commit tokens, 8 bytes each, big-endian) and listing by prefix as a byte range of the
-//! key column (never `LIKE` with user bytes).
+//! What the SQL drivers (mysql, postgres, sqlite) do the same way: table names that are plain
+//! identifiers, the `tokens` column (the last commit tokens, 8 bytes each, big-endian) and
+//! listing by prefix as a byte range of the key column (never `LIKE` with user bytes).
 
 use super::RECENT_TOKENS;
+#[cfg(any(feature = "mysql", feature = "postgres"))]
+use crate::{error::shorten, Error, MAX_KEY_LEN};
+
+/// Refuses keys longer than the key column holds (`MAX_KEY_LEN` bytes), so that a server
+/// that is not strict never truncates one key into another.
+#[cfg(any(feature = "mysql", feature = "postgres"))]
+pub(crate) fn check_key(key: &str) -> Result<(), Error> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidName {
+            name: shorten(key),
+            reason: "the key is longer than 2048 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// Whether `name` can be a table name as is, never quoted into trouble: 1 to `max_len` ASCII
+/// letters, digits or `_`.
+pub(crate) fn is_identifier(name: &str, max_len: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_len
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
 
 /// Bytes of one commit token in the `tokens` column.
 pub(crate) const TOKEN_LEN: usize = 8;
@@ -46,6 +69,16 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("mp_scopes", 64));
+        assert!(is_identifier(&"a".repeat(64), 64));
+        assert!(!is_identifier(&"a".repeat(65), 64));
+        for bad in ["", "a`b", "a\"b", "a b", "a-b", "tbl;DROP", "é"] {
+            assert!(!is_identifier(bad, 64), "{bad:?}");
+        }
+    }
 
     #[test]
     fn tokens_are_big_endian_and_bounded() {

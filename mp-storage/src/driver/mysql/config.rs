@@ -218,12 +218,7 @@ impl fmt::Debug for MysqlConfig {
 
 /// Checks a table name: `[A-Za-z0-9_]{1,64}`.
 fn check_table(table: &str) -> Result<(), String> {
-    let ok = !table.is_empty()
-        && table.len() <= MAX_TABLE_LEN
-        && table
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
+    if crate::driver::sql_rows::is_identifier(table, MAX_TABLE_LEN) {
         Ok(())
     } else {
         Err(format!(

@@ -86,8 +86,7 @@ use super::{
     Action, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write,
 };
 use crate::driver::net::ServerError;
-use crate::error::shorten;
-use crate::{BackendKind, Error, MAX_KEY_LEN};
+use crate::{BackendKind, Error};
 
 mod config;
 mod error;
@@ -95,7 +94,7 @@ mod probe;
 mod row;
 mod sql;
 
-use crate::driver::sql_rows::prefix_end;
+use crate::driver::sql_rows::{check_key, prefix_end};
 pub use config::MysqlConfig;
 use error::{backend, connect_error};
 use sql::Sql;
@@ -549,18 +548,6 @@ async fn get_conn(pool: &Pool, addr: &str) -> Result<Conn, Error> {
             ),
         )),
     }
-}
-
-/// Refuses keys the column cannot hold, so a non-strict server never truncates one into
-/// another.
-fn check_key(key: &str) -> Result<(), Error> {
-    if key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidName {
-            name: shorten(key),
-            reason: "the key is longer than 2048 bytes",
-        });
-    }
-    Ok(())
 }
 
 #[async_trait]

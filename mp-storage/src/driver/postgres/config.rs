@@ -267,12 +267,7 @@ fn encode(s: &str) -> String {
 
 /// Checks a table name: `[A-Za-z0-9_]{1,63}`.
 fn check_table(table: &str) -> Result<(), String> {
-    let ok = !table.is_empty()
-        && table.len() <= MAX_TABLE_LEN
-        && table
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
+    if crate::driver::sql_rows::is_identifier(table, MAX_TABLE_LEN) {
         Ok(())
     } else {
         Err(format!(

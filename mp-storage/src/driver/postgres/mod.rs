@@ -106,15 +106,14 @@ use super::{
     Action, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write,
 };
 use crate::driver::net::ServerError;
-use crate::error::shorten;
-use crate::{BackendKind, Error, MAX_KEY_LEN};
+use crate::{BackendKind, Error};
 
 mod config;
 mod error;
 mod row;
 mod sql;
 
-use crate::driver::sql_rows::prefix_end;
+use crate::driver::sql_rows::{check_key, prefix_end};
 pub use config::PostgresConfig;
 use error::{backend, connect_error};
 use sql::Sql;
@@ -661,17 +660,6 @@ async fn get_conn(pool: &Pool, addr: &str) -> Result<Object, Error> {
             ),
         )),
     }
-}
-
-/// Refuses keys longer than the driver stores.
-fn check_key(key: &str) -> Result<(), Error> {
-    if key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidName {
-            name: shorten(key),
-            reason: "the key is longer than 2048 bytes",
-        });
-    }
-    Ok(())
 }
 
 #[async_trait]

@@ -111,10 +111,7 @@ impl SqliteOptions {
     /// Refuses a table name that is not an identifier.
     pub(super) fn check(&self) -> Result<(), Error> {
         let t = &self.table;
-        let ok = !t.is_empty()
-            && t.len() <= 64
-            && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if ok {
+        if crate::driver::sql_rows::is_identifier(t, 64) {
             Ok(())
         } else {
             Err(Error::InvalidConfig {
