@@ -24,6 +24,9 @@ pub struct Worker {
     pub p99_us: u64,
     pub max_us: u64,
     pub secs: f64,
+    /// The engine's counters over the run (conflicts, reservations, refusals, backoffs).
+    #[serde(default)]
+    pub stats: Option<serde_json::Value>,
 }
 
 /// One row of the fairness table: `procs` processes × `tasks` tasks.
@@ -65,6 +68,7 @@ impl FairRow {
             "alone_p99_us": self.alone.p99_us,
             "alone_max_us": self.alone.max_us,
             "attempts_per_commit": (attempts as f64 / total * 1000.0).round() / 1000.0,
+            "stats": self.workers.iter().map(|w| w.stats.clone()).collect::<Vec<_>>(),
             "exact": self.exact,
         })
     }
@@ -142,6 +146,10 @@ pub async fn worker(args: &[String]) -> Result<(), BenchError> {
     if let Ok(n) = std::env::var("MP_BENCH_IMMEDIATE_RETRIES") {
         policy = policy.immediate_retries(n.parse()?);
     }
+    // `MP_BENCH_RESERVATION_MS=0` runs them without reservations (10 is the default).
+    if let Ok(ms) = std::env::var("MP_BENCH_RESERVATION_MS") {
+        policy = policy.reservation(Duration::from_millis(ms.parse()?));
+    }
     let st = Storage::builder()
         .key_prefix(prefix)
         .retry(policy)
@@ -204,7 +212,15 @@ async fn run_tasks(st: &Storage, scope: &str, tasks: usize, secs: f64, start: u6
         }
     };
     let after = st.stats();
+    let stats = serde_json::json!({
+        "conflicts": after.conflicts - before.conflicts,
+        "reservations": after.reservations - before.reservations,
+        "refused": after.refused - before.refused,
+        "backoffs": after.backoffs - before.backoffs,
+        "gave_up": after.gave_up - before.gave_up,
+    });
     Worker {
+        stats: Some(stats),
         ops: lat.len() as u64,
         errors,
         attempts: after.attempts - before.attempts,

@@ -9,8 +9,11 @@ use rand::Rng;
 /// A conflict whose reply shows that another writer committed (a newer record) is retried at
 /// once, up to [`RetryPolicy::immediate_retries`] times in a row (default 16): that is another
 /// process making progress, and backing off from it would only let that process commit again
-/// and again meanwhile. Other conflicts, and those beyond that, wait before retry `n` (counting
-/// the waits from 1) a time drawn uniformly from
+/// and again meanwhile. Beyond that, such a conflict waits about one reservation slice (see
+/// [`RetryPolicy::reservation`]; at most 10 ms by default), never a growing backoff: the scope
+/// is moving, and a process asleep for a second meanwhile is one that starves. Other conflicts
+/// (no newer record in the reply), and every conflict when reservations are off, wait before
+/// retry `n` (counting the waits from 1) a time drawn uniformly from
 /// `0 ..= min(max_delay, base_delay * 2^(n-2))` ("full jitter"); the first retry waits nothing,
 /// because a conflict usually hands back the fresh record at no cost. The defaults follow
 /// FoundationDB's: 10 ms base, doubling, 1 s cap.
@@ -84,10 +87,15 @@ impl RetryPolicy {
         self
     }
 
-    /// How long a process that loses a scope to other processes' commits reserves it (on drivers
-    /// that have reservations): for this time slice its writes of the scope go through and the
-    /// others' wait, so that several processes on one hot scope take turns by slices instead of
-    /// one of them starving. Default 10 ms; zero turns reservations off.
+    /// The longest time slice for which a process that loses a scope to other processes'
+    /// commits reserves it (on drivers that have reservations): for the slice its writes of the
+    /// scope go through and the others' wait, so that several processes on one hot scope take
+    /// turns by slices instead of one of them starving. The slice is eight commits' worth at the
+    /// round trip the engine measures (at least 1 ms), up to this bound: a few commits a turn,
+    /// so that a process waiting for its turn waits a few commits, on a fast store as on a slow
+    /// one. A process refused by another's slice asks again after about a slice, sooner the
+    /// more often it was refused, so the one that waited longest gets the next turn. Default
+    /// 10 ms; zero turns reservations off.
     pub fn reservation(mut self, ttl: Duration) -> Self {
         self.reservation = ttl;
         self

@@ -49,6 +49,10 @@ pub struct Stats {
     pub lease_waits: u64,
     /// Leases that ran out (by this process's clock) and were written over.
     pub leases_taken_over: u64,
+    /// Compare-and-swaps refused by another process's reservation (sent again after a wait).
+    pub refused: u64,
+    /// Conflicts after which the update waited before it retried.
+    pub backoffs: u64,
 }
 
 /// One counter of [`Counters`].
@@ -70,9 +74,11 @@ pub(crate) enum Counter {
     LeaseRenewals,
     LeaseWaits,
     LeasesTakenOver,
+    Refused,
+    Backoffs,
 }
 
-const COUNTERS: usize = 16;
+const COUNTERS: usize = 18;
 const STRIPES: usize = 8;
 
 /// The engine's counters, striped by thread so that tasks on different cores do not fight over
@@ -124,6 +130,8 @@ impl Counters {
             lease_renewals: sum(Counter::LeaseRenewals),
             lease_waits: sum(Counter::LeaseWaits),
             leases_taken_over: sum(Counter::LeasesTakenOver),
+            refused: sum(Counter::Refused),
+            backoffs: sum(Counter::Backoffs),
         }
     }
 }

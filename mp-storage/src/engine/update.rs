@@ -94,6 +94,10 @@ pub(super) struct Run<'a> {
     waits: u32,
     /// Conflicts retried at once because another writer had made progress.
     streak: u32,
+    /// Compare-and-swaps refused by another process's reservation.
+    refusals: u32,
+    /// Until when (by this process's clock) this call holds the reservation it took.
+    reserved_until: Option<Instant>,
 }
 
 /// Runs `f` on the scope of `key` until its change commits, it changes nothing, it aborts, or
@@ -128,6 +132,8 @@ where
         attempts: 0,
         waits: 0,
         streak: 0,
+        refusals: 0,
+        reserved_until: None,
     };
     async move {
         run.queue_if_busy().await;
@@ -378,26 +384,30 @@ impl<'a> Run<'a> {
             .with_meta(meta)
             .with_claimant(self.engine.claimant)
             .with_expiry(expiry);
-        let mut held = Duration::from_micros(200);
         let outcome = loop {
+            let sent = Instant::now();
             let result = self
                 .engine
                 .driver
                 .cas(self.key.as_str(), expected, write)
                 .await;
             match result {
-                // Refused at the expected revision: another process reserved its turn. Wait
-                // for its write (or the end of its short reservation), then send this again.
+                // Refused at the expected revision: another process holds a reservation. Wait
+                // for part of its slice, then send this again (its commits meanwhile turn the
+                // answer into a conflict with the newer record, and this call reserves next).
                 Ok(CasOutcome::Conflict(Some(r))) if Some(r.revision()) == expected => {
                     if self.out_of_time() {
                         break Ok(CasOutcome::Conflict(Some(r)));
                     }
-                    tokio::time::sleep(held).await;
-                    held = (held * 2).min(Duration::from_millis(5));
+                    tokio::time::sleep(self.refused_wait()).await;
                     write = new_write(schema, &data)
                         .with_meta(meta)
                         .with_claimant(self.engine.claimant)
                         .with_expiry(expiry);
+                }
+                Ok(CasOutcome::Committed(v)) => {
+                    self.engine.note_commit_rtt(sent.elapsed());
+                    break Ok(CasOutcome::Committed(v));
                 }
                 other => break other,
             }
@@ -434,6 +444,24 @@ impl<'a> Run<'a> {
             }
             CasOutcome::Conflict(fresh) => self.on_conflict(base, fresh).await.map(Next::Retry),
         }
+    }
+
+    /// How long a call refused by another process's reservation waits before it asks again.
+    /// The first refusal waits about a slice (the holder's reservation is at most that old);
+    /// each refusal after halves the wait, down to the timers' 1 ms. So the process that has
+    /// waited longest asks again first when a slice ends, and the one that just held a slice
+    /// (refused once, by its successor) asks last: slices go round instead of between two
+    /// processes while the others starve.
+    fn refused_wait(&mut self) -> Duration {
+        // Being paced by the holder's slice is not a race: no backoff for the conflicts it
+        // causes.
+        self.streak = 0;
+        self.engine.bump(Counter::Refused);
+        let slice = self.engine.reservation_slice();
+        let wait = slice / (1u32 << self.refusals.min(4));
+        self.refusals += 1;
+        wait.mul_f64(rand::rng().random_range(0.75..1.0))
+            .max(Duration::from_millis(1))
     }
 
     /// After a lost compare-and-swap: caches what the conflict returned, gives up when the
@@ -491,28 +519,44 @@ impl<'a> Run<'a> {
             self.streak += 1;
             // Lost to another process: it may commit back to back while this one keeps
             // arriving one revision late. Reserve the next turn so they wait for it.
-            let ttl = engine.policy.reservation_ttl();
-            if self.streak >= 1 && !ttl.is_zero() {
+            // (Not again while the reservation this call took is live: one write less, which
+            // on a SQL store is one flush less.)
+            let ttl = engine.reservation_slice();
+            let holding = self.reserved_until.is_some_and(|t| Instant::now() < t);
+            if !ttl.is_zero() && !holding {
+                let asked = Instant::now();
                 match engine
                     .driver
                     .reserve(self.key.as_str(), engine.claimant, ttl)
                     .await
                 {
-                    Ok(true) => engine.bump(Counter::Reservations),
+                    Ok(true) => {
+                        engine.bump(Counter::Reservations);
+                        self.reserved_until = Some(asked + ttl);
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::debug!(error = %e, "reservation failed"),
                 }
             }
             return Ok(start);
         }
-        self.waits += 1;
-        let mut delay = engine.policy.delay_for_retry(self.waits);
+        let slice = engine.reservation_slice();
+        let mut delay = if progress && !slice.is_zero() {
+            // Still losing to others' commits: progress, not a livelock, so no growing backoff
+            // (which left a process asleep for up to a second while the others took every
+            // turn); wait about a slice, so the holders' turns end and this call gets one.
+            slice.mul_f64(rand::rng().random_range(0.5..1.0))
+        } else {
+            self.waits += 1;
+            engine.policy.delay_for_retry(self.waits)
+        };
         if let Some(d) = deadline {
             delay = delay.min(d.saturating_sub(elapsed));
         }
         if delay.is_zero() {
             return Ok(start);
         }
+        engine.bump(Counter::Backoffs);
         tokio::time::sleep(delay).await;
         // The record the conflict returned is old news after a wait: start from the cache,
         // which this process's other tasks keep fresh (a stale entry costs one compare-and-swap
