@@ -244,7 +244,9 @@ impl Driver for MemoryDriver {
         coop().await;
         let mut store = self.map();
         if store.reserved_for_other(key, write.claimant) {
-            return Ok(CasOutcome::Conflict(store.live(key).map(|r| Record::clone(r))));
+            return Ok(CasOutcome::Conflict(
+                store.live(key).map(|r| Record::clone(r)),
+            ));
         }
         match store.live(key) {
             Some(current) if expected.is_some_and(|e| e.matches(current)) => {
