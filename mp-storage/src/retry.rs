@@ -9,14 +9,14 @@ use rand::Rng;
 /// A conflict whose reply shows that another writer committed (a newer record) is retried at
 /// once, up to [`RetryPolicy::immediate_retries`] times in a row (default 16): that is another
 /// process making progress, and backing off from it would only let that process commit again
-/// and again meanwhile. Beyond that, such a conflict waits about one reservation slice (see
-/// [`RetryPolicy::reservation`]; at most 10 ms by default), never a growing backoff: the scope
-/// is moving, and a process asleep for a second meanwhile is one that starves. Other conflicts
-/// (no newer record in the reply), and every conflict when reservations are off, wait before
-/// retry `n` (counting the waits from 1) a time drawn uniformly from
+/// and again meanwhile. Other conflicts, and those beyond that, wait before retry `n` (counting
+/// the waits from 1) a time drawn uniformly from
 /// `0 ..= min(max_delay, base_delay * 2^(n-2))` ("full jitter"); the first retry waits nothing,
 /// because a conflict usually hands back the fresh record at no cost. The defaults follow
-/// FoundationDB's: 10 ms base, doubling, 1 s cap.
+/// FoundationDB's: 10 ms base, doubling, 1 s cap. For a conflict that shows another writer's
+/// progress the bound stops growing at one reservation slice (see
+/// [`RetryPolicy::reservation`]; at most 10 ms by default) unless reservations are off: the
+/// scope is moving, and a process asleep for a second meanwhile is one that starves.
 ///
 /// ```
 /// use std::time::Duration;

@@ -540,16 +540,15 @@ impl<'a> Run<'a> {
             }
             return Ok(start);
         }
+        self.waits += 1;
+        let mut delay = engine.policy.delay_for_retry(self.waits);
         let slice = engine.reservation_slice();
-        let mut delay = if progress && !slice.is_zero() {
-            // Still losing to others' commits: progress, not a livelock, so no growing backoff
-            // (which left a process asleep for up to a second while the others took every
-            // turn); wait about a slice, so the holders' turns end and this call gets one.
-            slice.mul_f64(rand::rng().random_range(0.5..1.0))
-        } else {
-            self.waits += 1;
-            engine.policy.delay_for_retry(self.waits)
-        };
+        if progress && !slice.is_zero() {
+            // Still losing to others' commits: progress, not a livelock, so the backoff stops
+            // growing at a slice (up to a second left a process asleep, holding its turn, while
+            // the others took every turn); by then the holders' slices have ended.
+            delay = delay.min(slice);
+        }
         if let Some(d) = deadline {
             delay = delay.min(d.saturating_sub(elapsed));
         }
