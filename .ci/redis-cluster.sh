@@ -21,7 +21,8 @@ start_node() { # port
   mkdir -p "$dir/$port"
   redis-server --port "$port" --bind 127.0.0.1 --daemonize yes \
     --cluster-enabled yes --cluster-config-file "$dir/$port/nodes.conf" \
-    --cluster-node-timeout "$timeout_ms" --save "" --appendonly no \
+    --cluster-node-timeout "$timeout_ms" --cluster-replica-validity-factor 0 \
+    --save "" --appendonly no \
     --dir "$dir/$port" --logfile "$dir/$port/redis.log" --pidfile "$dir/$port/redis.pid"
 }
 
@@ -93,5 +94,9 @@ case "${1:-}" in
   stop) stop ;;
   status) all_ok && echo ok ;;
   url) url ;;
-  *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+  restart-node)
+    start_node "${2:?restart-node needs a port}"
+    wait_until "node $2 answering" 10 node_up "$2"
+    ;;
+  *) echo "usage: $0 start|stop|status|url|restart-node PORT" >&2; exit 2 ;;
 esac

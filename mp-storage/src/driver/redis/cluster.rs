@@ -154,7 +154,12 @@ impl sealed::Link for Cluster {
     }
 
     async fn send(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
-        self.con.clone().req_packed_command(cmd).await
+        // A server's error reply as an error (the cluster client hands it back as a value).
+        self.con
+            .clone()
+            .req_packed_command(cmd)
+            .await
+            .and_then(Value::extract_error)
     }
 
     async fn send_pipe(&self, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {

@@ -111,7 +111,12 @@ impl sealed::Link for Node {
     }
 
     async fn send(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
-        self.manager.clone().req_packed_command(cmd).await
+        // A server's error reply as an error (the cluster client hands it back as a value).
+        self.manager
+            .clone()
+            .req_packed_command(cmd)
+            .await
+            .and_then(Value::extract_error)
     }
 
     async fn send_pipe(&self, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>> {
