@@ -923,7 +923,11 @@ fn print_cluster_ratios(rows: &[Row]) {
                 r.tasks,
                 r.ops_per_sec,
                 o.ops_per_sec,
-                if o.ops_per_sec > 0.0 { r.ops_per_sec / o.ops_per_sec } else { 0.0 },
+                if o.ops_per_sec > 0.0 {
+                    r.ops_per_sec / o.ops_per_sec
+                } else {
+                    0.0
+                },
                 r.p50_us,
                 o.p50_us,
             ));

@@ -94,7 +94,14 @@ pub async fn count_keys(addr: &str, pattern: &str) -> usize {
     let mut n = 0;
     loop {
         let reply = c
-            .cmd(&[b"SCAN", &cursor, b"MATCH", pattern.as_bytes(), b"COUNT", b"1000"])
+            .cmd(&[
+                b"SCAN",
+                &cursor,
+                b"MATCH",
+                pattern.as_bytes(),
+                b"COUNT",
+                b"1000",
+            ])
             .await;
         let Resp::Array(Some(mut parts)) = reply else {
             panic!("SCAN on {addr}: {reply:?}");
@@ -127,7 +134,11 @@ impl OwnCluster {
             dir: format!("/tmp/mp-redis-cluster-{first}"),
         };
         let out = c.script(&["start"]);
-        assert!(out.status.success(), "cannot start a cluster on {first}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "cannot start a cluster on {first}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         c
     }
 
@@ -171,11 +182,20 @@ impl OwnCluster {
     /// failed over).
     pub fn restart(&self, port: u16) {
         let out = self.script(&["restart-node", &port.to_string()]);
-        assert!(out.status.success(), "restart {port}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "restart {port}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Waits until a node other than `dead` serves `slot` as a master; returns it and when.
-    pub async fn wait_for_new_master(&self, dead: &str, slot: u16, limit: Duration) -> (Node, Instant) {
+    pub async fn wait_for_new_master(
+        &self,
+        dead: &str,
+        slot: u16,
+        limit: Duration,
+    ) -> (Node, Instant) {
         let deadline = Instant::now() + limit;
         loop {
             for port in self.first..self.first + 6 {
@@ -191,7 +211,10 @@ impl OwnCluster {
                     return (m, Instant::now());
                 }
             }
-            assert!(Instant::now() < deadline, "no replica took over slot {slot} within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no replica took over slot {slot} within {limit:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

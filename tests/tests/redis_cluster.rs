@@ -58,12 +58,18 @@ async fn scopes_spread_over_every_master() {
     assert!(masters.len() >= 3, "{masters:?}");
     let mut per_master = BTreeMap::new();
     for m in &masters {
-        per_master.insert(m.addr.clone(), count_keys(&m.addr, &format!("{prefix}*")).await);
+        per_master.insert(
+            m.addr.clone(),
+            count_keys(&m.addr, &format!("{prefix}*")).await,
+        );
     }
     eprintln!("keys per master: {per_master:?}");
     assert_eq!(per_master.values().sum::<usize>(), 300, "{per_master:?}");
     for (addr, n) in &per_master {
-        assert!(*n >= 50, "master {addr} holds only {n} of 300 keys: {per_master:?}");
+        assert!(
+            *n >= 50,
+            "master {addr} holds only {n} of 300 keys: {per_master:?}"
+        );
     }
     // list scans every master; get_many reads across slots.
     let mut listed = st.list("user:").await.unwrap();
@@ -125,7 +131,10 @@ async fn several_scopes_commit_in_one_slot_and_are_refused_across_slots() {
         .unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, Error::InvalidName { .. }), "{e:?}");
-    assert!(text.contains("bob:wallet") && text.contains("hash tag"), "{text}");
+    assert!(
+        text.contains("bob:wallet") && text.contains("hash tag"),
+        "{text}"
+    );
     assert!(text.contains("{alice}:wallet and {alice}:cart"), "{text}");
     assert!(!text.to_uppercase().contains("CROSSSLOT"), "{text}");
     let none: Vec<Option<serde_json::Value>> = st.get_many(&apart).await.unwrap();
@@ -257,7 +266,11 @@ async fn replica_wait_holds_writes_until_a_replica_has_them() {
     let Some(url) = server_url() else { return };
     let prefix = private_prefix("wait");
     // One replica per master: waiting for it succeeds.
-    let st = open_storage(&with_query(&url, "replica_wait=1&replica_timeout=1s"), &prefix).await;
+    let st = open_storage(
+        &with_query(&url, "replica_wait=1&replica_timeout=1s"),
+        &prefix,
+    )
+    .await;
     for i in 0..20 {
         st.scoped(&format!("w{i}"), |n: &mut u64| *n += 1)
             .await
@@ -270,10 +283,7 @@ async fn replica_wait_holds_writes_until_a_replica_has_them() {
         &prefix,
     )
     .await;
-    let e = st2
-        .scoped("w0", |n: &mut u64| *n += 1)
-        .await
-        .unwrap_err();
+    let e = st2.scoped("w0", |n: &mut u64| *n += 1).await.unwrap_err();
     assert!(matches!(e, Error::CommitUnknown { .. }), "{e:?}");
     assert!(e.may_have_happened());
     assert!(e.to_string().contains("1 of the 2 replicas"), "{e}");
@@ -287,19 +297,22 @@ async fn a_cluster_that_is_down_is_a_connection_error_within_the_bound() {
     let Some(_) = server_url() else { return };
     // Nothing listens on 7199.
     let started = Instant::now();
-    let e = Storage::open("redis-cluster://127.0.0.1:7199/?connect_timeout=500ms")
-        .await
-        .err()
-        .expect("no cluster there");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let Err(e) = Storage::open("redis-cluster://127.0.0.1:7199/?connect_timeout=500ms").await
+    else {
+        panic!("no cluster there");
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(e.backend_kind(), Some(BackendKind::Connection), "{e:?}");
     assert!(e.to_string().contains("redis-cluster"), "{e}");
     assert!(e.to_string().contains("127.0.0.1:7199"), "{e}");
     // A URL with a database is refused before connecting.
-    let e = Storage::open("redis-cluster://127.0.0.1:7101/3")
-        .await
-        .err()
-        .expect("a database in a cluster URL");
+    let Err(e) = Storage::open("redis-cluster://127.0.0.1:7101/3").await else {
+        panic!("a database in a cluster URL");
+    };
     assert!(matches!(e, Error::InvalidUrl { .. }), "{e:?}");
 }
 
@@ -340,12 +353,8 @@ async fn failover_phase(
     let resumed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for name in names.clone() {
-        let (st, stop, killed_at, resumed) = (
-            st.clone(),
-            stop.clone(),
-            killed_at.clone(),
-            resumed.clone(),
-        );
+        let (st, stop, killed_at, resumed) =
+            (st.clone(), stop.clone(), killed_at.clone(), resumed.clone());
         tasks.push(tokio::spawn(async move {
             let mut seen = Seen::default();
             while !stop.load(Ordering::Relaxed) {
@@ -422,7 +431,14 @@ async fn failover_phase(
         );
     }
     clear(&check).await;
-    (lost, promoted - kill, resume, errors, unknown, every_one_resumed)
+    (
+        lost,
+        promoted - kill,
+        resume,
+        errors,
+        unknown,
+        every_one_resumed,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -444,7 +460,10 @@ async fn a_killed_master_fails_over_under_load() {
     );
     assert!(resumed, "a task never updated again after the failover");
     assert!(resume < Duration::from_secs(15), "{resume:?}");
-    assert_eq!(lost, 0, "acknowledged updates were lost with the replica wait on");
+    assert_eq!(
+        lost, 0,
+        "acknowledged updates were lost with the replica wait on"
+    );
 
     // Without it, the loss (often none on loopback, where a replica is a few µs behind) is
     // measured and printed.

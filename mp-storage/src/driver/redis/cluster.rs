@@ -59,14 +59,14 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
-use std::fmt;
 use async_trait::async_trait;
 use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisResult, Value};
+use std::collections::BTreeMap;
+use std::fmt;
 
 use super::config::{RedisConfig, OPTIONS};
 use super::error::connect_error;
@@ -533,7 +533,8 @@ mod tests {
         );
         assert_eq!(c.addrs(), "127.0.0.1:7101,127.0.0.1:7102,[::1]:7103");
         assert_eq!(c.get_options().get_prefix(), super::super::DEFAULT_PREFIX);
-        let c = parse("redis-cluster://u:hunter2@h:1?prefix=p:&replica_wait=2&replica_timeout=50ms");
+        let c =
+            parse("redis-cluster://u:hunter2@h:1?prefix=p:&replica_wait=2&replica_timeout=50ms");
         assert_eq!(c.get_nodes(), [("h".to_owned(), 1)]);
         assert_eq!(c.get_options().get_username(), Some("u"));
         assert_eq!(c.get_options().get_prefix(), "p:");
@@ -542,7 +543,10 @@ mod tests {
             (2, Duration::from_millis(50))
         );
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(parse("redis-cluster://h/0").get_nodes(), [("h".to_owned(), 6379)]);
+        assert_eq!(
+            parse("redis-cluster://h/0").get_nodes(),
+            [("h".to_owned(), 6379)]
+        );
         assert!(refused("redis-cluster://h:1/2").contains("one database"));
         assert!(refused("redis-cluster://h:1,,h:2/").contains("empty host"));
         assert!(refused("redis-cluster:h:1").contains("expected redis-cluster://"));

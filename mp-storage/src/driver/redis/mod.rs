@@ -11,15 +11,17 @@
 //! | `prefix` | `mp:` | put before every key, so several applications can share a database |
 //! | `connect_timeout` | `2s` | the longest a connection attempt may take (`500ms`, `2s`, `1.5`) |
 //! | `response_timeout` | `5s` | the longest a command may wait for its reply |
+//! | `replica_wait` | `0` | after each write, wait until this many replicas have it (`WAIT` in the same pipeline); fewer in `replica_timeout` is [`Error::CommitUnknown`] |
+//! | `replica_timeout` | `500ms` | how long a write waits for them (below `response_timeout`) |
 //! | `protocol` | `resp3` | `resp3` or `resp2`; RESP3 lets a connection the server closed be noticed at once (a write to a server that went down then fails as not sent); a server older than Redis 6 is spoken to in RESP2 |
 //!
 //! A server that is down or unreachable is an [`Error::Backend`] of kind
-//! [`BackendKind::Connection`] (or [`BackendKind::Timeout`]) within `connect_timeout`, whose
+//! [`BackendKind::Connection`](crate::BackendKind::Connection) (or [`BackendKind::Timeout`](crate::BackendKind::Timeout)) within `connect_timeout`, whose
 //! message names the server (`cannot connect to 127.0.0.1:6380: connection refused`): at
 //! [`Storage::open`](crate::Storage::open), which connects at once, and on any later call while
 //! the connection is being made again (the connection reconnects by itself, one attempt per
 //! failed call). A server that answers but not in the Redis protocol (a URL pointed at a MySQL
-//! port, say) fails the open at once, also with [`BackendKind::Connection`] (no Redis server
+//! port, say) fails the open at once, also with [`BackendKind::Connection`](crate::BackendKind::Connection) (no Redis server
 //! could be reached there): `the server at 127.0.0.1:3306 does not speak the redis protocol`.
 //! `rediss://` (TLS) is not supported by this build.
 //!
@@ -55,7 +57,13 @@
 //!   closed, a restart) is sent once more on the new connection; writes are not: the engine
 //!   settles a write whose reply was lost from the commit tokens.
 //!
-//! Every script touches only `KEYS[1]`, so scopes can shard across a Redis Cluster.
+//! Every script but the several-scope commit touches only `KEYS[1]`, so scopes shard across a
+//! Redis Cluster: the same driver runs over a cluster through `Cluster` (feature
+//! `redis-cluster`, `redis-cluster://`; see `cluster`), where the commit's keys must share a
+//! hash slot.
+//!
+//! With `replica_wait=N`, every write (the scripts and `DEL`) is sent in one pipeline with
+//! `WAIT N timeout`, on the same connection: the reply counts the replicas that have it.
 //!
 //! A record whose fields are missing or malformed (or a key that is not a hash) is
 //! [`Error::Corrupt`] naming the key; it is left untouched (remove it to start over).
@@ -109,7 +117,7 @@ pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A driver over Redis: one server (or one Redis-compatible server such as Valkey) through
 /// [`Node`], the default, or a Redis Cluster through [`Cluster`]
-/// ([`RedisClusterDriver`](cluster::RedisClusterDriver), feature `redis-cluster`). The scripts,
+/// (`RedisClusterDriver`, feature `redis-cluster`). The scripts,
 /// the record layout and every call are the same; the connection routes each command to the
 /// server that holds its key.
 ///
@@ -274,7 +282,12 @@ impl<C: Connection> RedisDriver<C> {
                 )
                 .await
                 .map_err(error)?;
-            check_acked(keys.first().copied().unwrap_or_default(), acked, replicas, timeout)?;
+            check_acked(
+                keys.first().copied().unwrap_or_default(),
+                acked,
+                replicas,
+                timeout,
+            )?;
             return Ok(reply);
         }
         match self.con.send(&lua.evalsha(rkeys, args)).await {
@@ -300,8 +313,11 @@ impl<C: Connection> RedisDriver<C> {
         timeout: Duration,
     ) -> redis::RedisResult<(Value, i64)> {
         let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas)
-            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+        wait.arg(replicas).arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
         let mut tries = 0u32;
         loop {
             tries += 1;
