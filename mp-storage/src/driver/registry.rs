@@ -342,7 +342,10 @@ mod tests {
                 1,
                 "{s} is in two rows"
             );
-            assert!(s.bytes().all(|b| b.is_ascii_lowercase()), "{s}");
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{s}"
+            );
         }
         assert_eq!(driver_for_scheme("REDISS").map(|d| d.name()), Some("redis"));
         assert_eq!(
