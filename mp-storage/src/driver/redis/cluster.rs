@@ -239,7 +239,9 @@ impl sealed::Link for Cluster {
                 async move {
                     let route =
                         SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
-                    con.route_command(cmd, RoutingInfo::SingleNode(route)).await
+                    con.route_command(cmd, RoutingInfo::SingleNode(route))
+                        .await
+                        .and_then(Value::extract_error)
                 }
             })
         });
