@@ -46,6 +46,7 @@ mod error;
 mod finite;
 mod idempotent;
 mod migrate;
+mod raw;
 mod retry;
 mod scope;
 mod stats;
@@ -69,6 +70,7 @@ pub use migrate::{
     MigrateAll, MigrationFailure, MigrationProgress, MigrationReport, DEFAULT_BATCH_SIZE,
     MAX_LISTED_FAILURES,
 };
+pub use raw::{RawScope, MAX_RAW_BATCH};
 pub use retry::RetryPolicy;
 pub use scope::Scope;
 pub use stats::Stats;

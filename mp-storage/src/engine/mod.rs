@@ -344,46 +344,68 @@ impl Engine {
     pub(crate) async fn set<T: Scope>(&self, name: &str, value: &T) -> Result<(), Error> {
         let key = self.key(T::NAMESPACE, name)?;
         let data = self.encode::<T>(&key, value)?;
-        let schema = if T::UNTYPED {
-            // An untyped value keeps the schema the record has: read it rather than trust
-            // whatever the cache holds.
-            match self.slots.get(key.as_str()) {
-                Some(r) => r.schema,
-                None => self.load(&key).await?.map_or(0, |r| r.schema),
-            }
-        } else {
-            T::VERSION
-        };
         self.check_expiry::<T>()?;
+        // An untyped value keeps the schema the record has.
+        let schema = (!T::UNTYPED).then_some(T::VERSION);
+        self.write(&key, schema, data, expiry_of::<T>(), false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes `data` to `key` at `schema` (`None`: the schema the record has, 0 for a new one)
+    /// with `expiry`: whatever is stored, or, `only_if_absent`, only when the scope is absent.
+    /// Returns whether it wrote.
+    pub(crate) async fn write(
+        &self,
+        key: &Key,
+        schema: Option<u32>,
+        data: Vec<u8>,
+        expiry: crate::driver::Expiry,
+        only_if_absent: bool,
+    ) -> Result<bool, Error> {
+        self.check_size(key, &data)?;
+        let slot = self.slots.slot(key.as_str());
+        let keep_schema = schema.is_none();
+        let mut schema = match schema {
+            Some(s) => s,
+            // Read the schema rather than trust whatever the cache holds.
+            None if only_if_absent => 0,
+            None => match slot.get() {
+                Some(r) => r.schema,
+                None => self.load(key).await?.map_or(0, |r| r.schema),
+            },
+        };
         // A compare-and-swap rather than a blind put: a scope leased by an exclusive update
         // waits for it, and the write must not land over a lease taken meanwhile.
-        let slot = self.slots.slot(key.as_str());
         let started = tokio::time::Instant::now();
         // Uncached, it first tries to create the scope: one round trip for a new scope, and an
         // existing one comes back with the conflict (contract rule 6).
-        let mut current = slot.get();
+        let mut current = if only_if_absent { None } else { slot.get() };
         let mut from_cache = current.is_some();
         loop {
             if current
                 .as_ref()
                 .is_some_and(|r| lease::lease_of(&r.meta).is_some())
             {
-                current = lease::wait_free(self, &key, &slot, current, from_cache, started).await?;
+                current = lease::wait_free(self, key, &slot, current, from_cache, started).await?;
+            }
+            if let (true, Some(r)) = (keep_schema, &current) {
+                schema = r.schema;
             }
             let expected = current.as_ref().map(|r| r.revision());
             let write = update::new_write(schema, &data)
                 .with_claimant(self.claimant)
-                .with_expiry(expiry_of::<T>());
+                .with_expiry(expiry);
             let token = write.token;
             let outcome = match self.driver.cas(key.as_str(), expected, write).await {
                 Ok(o) => o,
                 Err(e) if e.outcome_unknown() => {
                     self.slots.set(&slot, None);
-                    match settle::settle(self, &key, &slot, expected, token, None, e).await? {
+                    match settle::settle(self, key, &slot, expected, token, None, e).await? {
                         settle::Settled::Committed(_) => {
                             self.bump(Counter::Settled);
                             self.bump(Counter::Commits);
-                            return Ok(());
+                            return Ok(true);
                         }
                         settle::Settled::NotApplied(fresh) => CasOutcome::Conflict(fresh),
                     }
@@ -402,9 +424,22 @@ impl Engine {
                     };
                     let record = Record::new(version, schema, data, tokens);
                     self.slots.set(&slot, Some(Arc::new(record)));
-                    return Ok(());
+                    return Ok(true);
                 }
                 CasOutcome::Conflict(fresh) => {
+                    if only_if_absent {
+                        match fresh {
+                            Some(r) => {
+                                self.slots.set(&slot, Some(Arc::new(r)));
+                                return Ok(false);
+                            }
+                            // Present but not read at once, or gone again: look.
+                            None if update::load(self, key, &slot).await?.is_some() => {
+                                return Ok(false)
+                            }
+                            None => {}
+                        }
+                    }
                     let elapsed = started.elapsed();
                     if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
                         self.bump(Counter::GaveUp);
@@ -413,6 +448,9 @@ impl Engine {
                             attempts: 0,
                             elapsed,
                         });
+                    }
+                    if only_if_absent {
+                        continue;
                     }
                     let same = fresh.as_ref().map(|r| r.revision()) == expected;
                     if same {
@@ -427,7 +465,7 @@ impl Engine {
                             self.slots.set(&slot, Some(r.clone()));
                             Some(r)
                         }
-                        None => update::load(self, &key, &slot).await?,
+                        None => update::load(self, key, &slot).await?,
                     };
                     from_cache = false;
                 }
@@ -528,7 +566,11 @@ impl Engine {
         Ok(data)
     }
 
-    fn check_size(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+    pub(crate) fn max_data_len(&self) -> usize {
+        self.max_data_len
+    }
+
+    pub(crate) fn check_size(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
         if data.len() > self.max_data_len {
             return Err(Error::TooLarge {
                 scope: crate::error::shorten(key.scope()),
