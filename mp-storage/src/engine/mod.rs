@@ -370,7 +370,7 @@ impl Engine {
             Some(s) => s,
             // Read the schema rather than trust whatever the cache holds.
             None if only_if_absent => 0,
-            None => match slot.get() {
+            None => match self.slots.get(key.as_str()) {
                 Some(r) => r.schema,
                 None => self.load(key).await?.map_or(0, |r| r.schema),
             },

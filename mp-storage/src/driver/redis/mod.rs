@@ -40,7 +40,8 @@
 //!
 //! # Commands
 //!
-//! - load: one `HGETALL`.
+//! - load: one `EVALSHA` of a script that reads the hash (`HGETALL`) and its expiry
+//!   (`PEXPIRETIME`) together; `load_many` pipelines one per key, one round trip.
 //! - compare-and-swap: one `EVALSHA` of a script that compares the revision (the version and
 //!   the last token, or absence), writes every field and appends the token; on a conflict it
 //!   returns the current record in the same reply, so a warm uncontended update costs one
@@ -113,8 +114,10 @@ pub struct RedisDriver {
     reserve: std::sync::Arc<Lua>,
     commit: std::sync::Arc<Lua>,
     expire: std::sync::Arc<Lua>,
+    load: std::sync::Arc<Lua>,
     /// The server's `host:port`, for errors and `Debug`.
     addr: String,
+
     db: i64,
 }
 
@@ -200,6 +203,7 @@ impl RedisDriver {
             reserve: std::sync::Arc::new(Lua::new(scripts::RESERVE_SCRIPT.to_owned())),
             commit: std::sync::Arc::new(Lua::new(scripts::COMMIT_SCRIPT.to_owned())),
             expire: std::sync::Arc::new(Lua::new(scripts::EXPIRE_SCRIPT.to_owned())),
+            load: std::sync::Arc::new(Lua::new(scripts::LOAD_SCRIPT.to_owned())),
             put: std::sync::Arc::new(Lua::new(format!(
                 "{}{}",
                 scripts::PUT_CHECK,
@@ -253,6 +257,73 @@ impl RedisDriver {
                     .query_async(&mut self.con.clone())
                     .await
             }
+            other => other,
+        }
+    }
+
+    /// Reads the records of `keys` with their expiry, in one round trip: one `EVALSHA` of the
+    /// read script per key, pipelined (see [`scripts::LOAD_SCRIPT`]). A read is sent once more
+    /// when the connection turns out to be dropped (see [`RedisDriver::read`]), and as `EVAL`
+    /// when the server lost the script.
+    async fn read_records(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let pipe = |by_sha: bool| {
+            let mut pipe = redis::pipe();
+            for rkey in &rkeys {
+                pipe.add_command(if by_sha {
+                    self.load.evalsha(&[rkey], &[])
+                } else {
+                    self.load.eval(&[rkey], &[])
+                });
+            }
+            pipe
+        };
+        let replies = match self.read_pipe(&pipe(true)).await {
+            Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.read_pipe(&pipe(false)).await
+            }
+            other => other,
+        }
+        .map_err(|e| match (keys.first(), rkeys.first()) {
+            (Some(k), Some(r)) => command_error(e, &self.addr, k, r),
+            _ => backend_error(e, &self.addr),
+        })?;
+        if let (true, Some(k), Some(r)) = (replies.len() != keys.len(), keys.first(), rkeys.first())
+        {
+            return Err(corrupt(k, r, "unexpected reply to a read"));
+        }
+        keys.iter()
+            .zip(&rkeys)
+            .zip(replies)
+            .map(|((key, rkey), reply)| {
+                let Value::Array(mut parts) = reply else {
+                    return Err(corrupt(key, rkey, "unexpected reply to a read"));
+                };
+                let (Some(at), Some(hash), None) = (parts.pop(), parts.pop(), parts.pop()) else {
+                    return Err(corrupt(key, rkey, "unexpected reply to a read"));
+                };
+                let expires_at = match at {
+                    // Negative: no expiry (or the key is absent, and so is the hash).
+                    Value::Int(ms) => u64::try_from(ms).ok(),
+                    _ => return Err(corrupt(key, rkey, "unexpected reply to an expiry read")),
+                };
+                if hash == Value::Int(0) {
+                    return Err(corrupt(
+                        key,
+                        rkey,
+                        "the key holds a value that is not a hash",
+                    ));
+                }
+                Ok(parse_record(hash, key, rkey)?.map(|r| r.with_expiry(expires_at)))
+            })
+            .collect()
+    }
+
+    /// Sends a pipeline that only reads, once more when the connection turns out to be
+    /// dropped (see [`RedisDriver::read`]).
+    async fn read_pipe(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
+        match pipe.query_async(&mut self.con.clone()).await {
+            Err(e) if e.is_connection_dropped() => pipe.query_async(&mut self.con.clone()).await,
             other => other,
         }
     }
@@ -334,14 +405,8 @@ impl Driver for RedisDriver {
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
-        let rkey = self.redis_key(key);
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(&rkey);
-        let reply: Value = self
-            .read(&cmd)
-            .await
-            .map_err(|e| command_error(e, &self.addr, key, &rkey))?;
-        parse_record(reply, key, &rkey)
+        let mut records = self.read_records(&[key]).await?;
+        Ok(records.pop().flatten())
     }
 
     async fn cas(
@@ -439,25 +504,7 @@ impl Driver for RedisDriver {
     }
 
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
-        // One round trip: the HGETALLs pipelined.
-        let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
-        let mut pipe = redis::pipe();
-        for rkey in &rkeys {
-            pipe.cmd("HGETALL").arg(rkey);
-        }
-        let replies: Vec<Value> = match pipe.query_async(&mut self.con.clone()).await {
-            Err(e) if e.is_connection_dropped() => pipe.query_async(&mut self.con.clone()).await,
-            other => other,
-        }
-        .map_err(|e| match (keys.first(), rkeys.first()) {
-            (Some(k), Some(r)) => command_error(e, &self.addr, k, r),
-            _ => backend_error(e, &self.addr),
-        })?;
-        keys.iter()
-            .zip(&rkeys)
-            .zip(replies)
-            .map(|((k, r), reply)| parse_record(reply, k, r))
-            .collect()
+        self.read_records(keys).await
     }
 
     async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
