@@ -39,6 +39,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod builder;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 pub mod driver;
 mod engine;
