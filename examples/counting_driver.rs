@@ -150,6 +150,11 @@ impl Driver for CountingDriver {
         self.inner.load(key).await
     }
 
+    async fn load_shared(&self, key: &str) -> Result<Option<Arc<Record>>, Error> {
+        count(&self.load);
+        self.inner.load_shared(key).await
+    }
+
     async fn cas(
         &self,
         key: &str,
