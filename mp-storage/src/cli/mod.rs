@@ -13,7 +13,7 @@
 //!   stats [PREFIX]           counts, sizes, schema versions
 //! ```
 //!
-//! Exit codes ([`ExitCode`](std::process::ExitCode)): 0 done; 1 not found (`get`, `rm`); 2 bad
+//! Exit codes (the constants below): 0 done; 1 not found (`get`, `rm`); 2 bad
 //! input (arguments, a URL, JSON, a line of an import); 3 the backend failed, or some records
 //! could not be read (an export, a copy or stats goes on past them, names each on stderr, and
 //! exits 3 at the end). Passwords in URLs are never printed.

@@ -46,13 +46,16 @@ fn bar(progress: bool, len: Option<u64>, what: &str) -> ProgressBar {
     bar
 }
 
+/// A scope read: its name, and its stored form or why it cannot be read.
+type Read<'a> = (&'a str, Result<RawScope, Error>);
+
 /// Reads the scopes `names` in order, batch by batch: each comes with its stored form, or the
 /// error that names it when its record cannot be read. Scopes gone (or expired) since the
 /// listing are left out.
 fn read_all<'a>(
     st: &'a Storage,
     names: &'a [String],
-) -> impl futures::Stream<Item = Result<Vec<(&'a str, Result<RawScope, Error>)>, Error>> + 'a {
+) -> impl futures::Stream<Item = Result<Vec<Read<'a>>, Error>> + 'a {
     futures::stream::iter(names.chunks(READ_BATCH))
         .map(move |chunk| async move {
             let got = st.get_raw_many(chunk).await?;
