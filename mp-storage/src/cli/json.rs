@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn pretty_matches_serde_json_and_keeps_numbers() {
         for json in [
-            r#"{"a":[1,2,{"b":null}],"c":{},"d":[],"e":"x, y: {z} \" [","f":-1.5e3}"#,
+            r#"{"a":[1,2,{"b":null}],"c":{},"d":[],"e":"x, y: {z} \" [","f":-1.5}"#,
             r#"[]"#,
             r#""s""#,
             r#"{ "a" : [ ] , "b" : { } }"#,
@@ -164,8 +164,8 @@ mod tests {
             assert_eq!(minify(json), serde_json::to_string(&v).unwrap(), "{json}");
         }
         assert_eq!(
-            pretty("{\"n\":123456789012345678901234567890}"),
-            "{\n  \"n\": 123456789012345678901234567890\n}"
+            pretty("{\"n\":123456789012345678901234567890, \"f\": -1.5e3}"),
+            "{\n  \"n\": 123456789012345678901234567890,\n  \"f\": -1.5e3\n}"
         );
     }
 
