@@ -37,11 +37,16 @@ fn bar(progress: bool, len: Option<u64>, what: &str) -> ProgressBar {
         None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
     };
     let template = match len {
-        Some(_) => format!("{{bar:40}} {{pos}}/{{len}} scopes {what} ({{per_sec}}, {{eta}} left)"),
-        None => format!("{{spinner}} {{pos}} scopes {what} ({{per_sec}})"),
+        Some(_) => format!("{{bar:40}} {{pos}}/{{len}} scopes {what} ({{rate}}, {{eta}} left)"),
+        None => format!("{{spinner}} {{pos}} scopes {what} ({{rate}})"),
     };
     if let Ok(style) = ProgressStyle::with_template(&template) {
-        bar.set_style(style);
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} scopes/s", state.per_sec());
+            },
+        ));
     }
     bar
 }
