@@ -278,7 +278,8 @@ fn bad_line(sink: &Sink<'_>, err: &mut dyn Write, number: u64, reason: &str) -> 
 pub(super) trait AsRead: AsyncRead + Unpin + Send {}
 impl<T: AsyncRead + Unpin + Send> AsRead for T {}
 
-/// `copy --to URL [PREFIX]`.
+/// `copy --to URL [PREFIX]`: the reads of the next scopes go on while the last ones are
+/// written.
 pub(super) async fn copy(
     st: &Storage,
     prefix: &str,
@@ -288,26 +289,45 @@ pub(super) async fn copy(
 ) -> Result<u8, Failure> {
     let names = st.list(prefix).await?;
     let bar = bar(progress, Some(names.len() as u64), "copied");
-    let mut skipped = 0u64;
-    let mut items = Vec::with_capacity(WRITE_BATCH);
-    let mut batches = std::pin::pin!(read_all(st, &names));
-    // Names come from one listing: distinct, so a read batch is a write batch as it is.
-    while let Some(batch) = batches.try_next().await? {
-        for (name, raw) in batch {
-            match raw {
-                Ok(raw) => items.push((name.to_owned(), raw)),
-                Err(e) => {
-                    skipped += 1;
-                    unreadable(err, name, &e);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(String, RawScope)>>(READS_IN_FLIGHT);
+    let read = async {
+        let mut skipped = 0u64;
+        let mut batches = std::pin::pin!(read_all(st, &names));
+        while let Some(batch) = batches.try_next().await? {
+            let mut items = Vec::with_capacity(batch.len());
+            for (name, raw) in batch {
+                match raw {
+                    Ok(raw) => items.push((name.to_owned(), raw)),
+                    Err(e) => {
+                        skipped += 1;
+                        unreadable(err, name, &e);
+                    }
                 }
             }
+            if tx.send(items).await.is_err() {
+                // The writes stopped: their error is the one to report.
+                break;
+            }
         }
-        if items.len() >= WRITE_BATCH - READ_BATCH {
-            sink.write(&mut items).await?;
+        drop(tx);
+        Ok::<u64, Failure>(skipped)
+    };
+    let write = async {
+        // Names come from one listing: distinct, so a read batch is a write batch as it is.
+        while let Some(mut items) = rx.recv().await {
+            let n = items.len() as u64;
+            let written = sink.write(&mut items).await;
+            if written.is_err() {
+                rx.close();
+                return written;
+            }
+            bar.inc(n);
         }
-        bar.inc(READ_BATCH as u64);
-    }
-    sink.write(&mut items).await?;
+        Ok(())
+    };
+    let (skipped, written) = futures::join!(read, write);
+    written?;
+    let skipped = skipped?;
     bar.finish_and_clear();
     sink.report(err, "copied");
     Ok(finish_reading(err, skipped))
