@@ -229,6 +229,86 @@ impl Storage {
         self.write_raw(name.as_ref(), raw, true).await
     }
 
+    /// Writes several scopes like [`Storage::set_raw`], many in one transaction (or one
+    /// script) where the driver commits several scopes at once: what an import or a copy of a
+    /// whole store needs. Not all or nothing: a batch that meets a concurrent change is written
+    /// scope by scope; on an error, the scopes before it may have been written.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// let st = mp_storage::Storage::open("memory://").await?;
+    /// let scopes: Vec<(String, mp_storage::RawScope)> = (0..100)
+    ///     .map(|i| Ok((format!("n{i}"), mp_storage::RawScope::new(i.to_string(), 0)?)))
+    ///     .collect::<Result<_, mp_storage::Error>>()?;
+    /// st.set_raw_many(&scopes).await?;
+    /// assert_eq!(st.get::<u64>("n42").await?, Some(42));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn set_raw_many<N: AsRef<str>>(&self, scopes: &[(N, RawScope)]) -> Result<(), Error> {
+        self.write_raw_many(scopes, false).await.map(|_| ())
+    }
+
+    /// Like [`Storage::set_raw_many`], each scope only when it is absent (or expired), like
+    /// [`Storage::create_raw`]; returns, per scope, whether it wrote.
+    pub async fn create_raw_many<N: AsRef<str>>(
+        &self,
+        scopes: &[(N, RawScope)],
+    ) -> Result<Vec<bool>, Error> {
+        self.write_raw_many(scopes, true).await
+    }
+
+    async fn write_raw_many<N: AsRef<str>>(
+        &self,
+        scopes: &[(N, RawScope)],
+        only_if_absent: bool,
+    ) -> Result<Vec<bool>, Error> {
+        let engine = self.engine();
+        let now = now_ms();
+        let mut entries = Vec::with_capacity(scopes.len());
+        let mut passed = Vec::with_capacity(scopes.len());
+        for (name, raw) in scopes {
+            let key = engine.key("", name.as_ref())?;
+            check_json(&raw.json).map_err(|e| Error::Encode {
+                scope: shorten(key.scope()),
+                type_name: JSON,
+                reason: e.to_string(),
+            })?;
+            let expiry = self.expiry_of(raw)?;
+            // Absent either way: nothing to create.
+            let gone = only_if_absent && raw.expires_at.is_some_and(|at| at <= now);
+            passed.push(gone);
+            if !gone {
+                entries.push((key, raw.schema, raw.json.as_bytes(), expiry));
+            }
+        }
+        let mut wrote = engine
+            .write_many(&entries, only_if_absent)
+            .await?
+            .into_iter();
+        Ok(passed
+            .into_iter()
+            .map(|gone| !gone && wrote.next().unwrap_or(false))
+            .collect())
+    }
+
+    /// What a write of `raw` does to the expiry.
+    fn expiry_of(&self, raw: &RawScope) -> Result<Expiry, Error> {
+        let driver = self.engine().driver();
+        let capable = driver.capabilities().expiry;
+        Ok(match raw.expires_at {
+            Some(_) if !capable => {
+                return Err(Error::Unsupported {
+                    driver: driver.name(),
+                    capability: "expiry (the scope has an expiry)",
+                })
+            }
+            Some(at) => Expiry::At(at.max(1)),
+            None if capable => Expiry::Never,
+            None => Expiry::Keep,
+        })
+    }
+
     /// Writes the JSON text `json` to scope `name` (taken as stored), whatever is stored,
     /// keeping the schema version (0 for a new scope) and the expiry the scope has: what an
     /// operator's fix by hand needs. JSON that does not parse is [`Error::Encode`], and nothing
@@ -276,18 +356,7 @@ impl Storage {
             type_name: JSON,
             reason: e.to_string(),
         })?;
-        let expiry_capable = engine.driver().capabilities().expiry;
-        let expiry = match raw.expires_at {
-            Some(_) if !expiry_capable => {
-                return Err(Error::Unsupported {
-                    driver: engine.driver().name(),
-                    capability: "expiry (the scope has an expiry)",
-                })
-            }
-            Some(at) => Expiry::At(at.max(1)),
-            None if expiry_capable => Expiry::Never,
-            None => Expiry::Keep,
-        };
+        let expiry = self.expiry_of(raw)?;
         // An expiry already passed: the scope is absent either way.
         if only_if_absent && raw.expires_at.is_some_and(|at| at <= now_ms()) {
             return Ok(false);
@@ -351,6 +420,53 @@ mod tests {
             st.get_raw("").await,
             Err(Error::InvalidName { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn many_at_once_write_like_one_by_one() {
+        let st = Storage::open("memory://").await.unwrap();
+        let raw = |json: &str, schema| RawScope::new(json, schema).unwrap();
+        st.set_raw("b", &raw("\"old\"", 1)).await.unwrap();
+        let at = now_ms() + 60_000;
+        let scopes: Vec<(String, RawScope)> = (0..150)
+            .map(|i| {
+                let name = if i == 1 {
+                    "b".to_owned()
+                } else {
+                    format!("n{i}")
+                };
+                (
+                    name,
+                    raw(&i.to_string(), 2).with_expires_at((i % 2 == 0).then_some(at)),
+                )
+            })
+            .collect();
+        // Only when absent: "b" stays, the rest is written, in commits of 64 and the remainder.
+        let wrote = st.create_raw_many(&scopes).await.unwrap();
+        assert_eq!(wrote.iter().filter(|w| !**w).count(), 1);
+        assert!(!wrote[1]);
+        assert_eq!(st.get_raw("b").await.unwrap(), Some(raw("\"old\"", 1)));
+        assert_eq!(
+            st.get_raw("n2").await.unwrap(),
+            Some(raw("2", 2).with_expires_at(Some(at)))
+        );
+        assert_eq!(st.list("").await.unwrap().len(), 150);
+        // Over whatever is stored: "b" too, and expiries as given.
+        let again: Vec<(String, RawScope)> = scopes
+            .iter()
+            .map(|(n, r)| (n.clone(), raw(&format!("[{}]", r.json()), 3)))
+            .collect();
+        st.set_raw_many(&again).await.unwrap();
+        for (name, r) in &again {
+            assert_eq!(st.get_raw(name).await.unwrap().as_ref(), Some(r), "{name}");
+        }
+        // A passed expiry creates nothing; a bad name writes nothing of the batch.
+        let old = [("gone", raw("1", 0).with_expires_at(Some(1)))];
+        assert_eq!(st.create_raw_many(&old).await.unwrap(), [false]);
+        assert_eq!(st.get_raw("gone").await.unwrap(), None);
+        let bad = [("x", raw("1", 0)), ("", raw("1", 0))];
+        assert!(st.set_raw_many(&bad).await.is_err());
+        assert_eq!(st.get_raw("x").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -1,9 +1,9 @@
 //! Moving many scopes: `export`, `import`, `copy` (the two in one process) and `stats`.
 //!
 //! Reads go by batches of [`READ_BATCH`] names, a few batches at once, in the order of the
-//! names. Writes go by batches too, [`WRITE_CONCURRENCY`] at once (which a SQLite store commits
-//! together, and a server store answers in parallel); a batch never holds one name twice, so
-//! when an input names a scope twice, the later line wins.
+//! names. Writes go by batches too, in commits of [`WRITE_CHUNK`] scopes (one transaction or
+//! script each), [`WRITE_CONCURRENCY`] at once; a batch never holds one name twice, so when an
+//! input names a scope twice, the later line wins.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -24,8 +24,10 @@ const READ_BATCH: usize = 256;
 const READS_IN_FLIGHT: usize = 4;
 /// Lines written in one batch.
 const WRITE_BATCH: usize = 1024;
-/// Writes in flight at once.
-const WRITE_CONCURRENCY: usize = 64;
+/// Scopes one write call takes (one commit where the driver commits several scopes at once).
+const WRITE_CHUNK: usize = crate::MAX_COMMIT_KEYS;
+/// Write calls in flight at once.
+const WRITE_CONCURRENCY: usize = 16;
 
 /// A progress bar on stderr when it is a terminal, else nothing at all.
 fn bar(progress: bool, len: Option<u64>, what: &str) -> ProgressBar {
@@ -146,29 +148,29 @@ impl<'a> Sink<'a> {
         }
     }
 
-    /// Writes a batch (distinct names), several at once; the first error stops it.
+    /// Writes a batch (distinct names), [`WRITE_CHUNK`] scopes a call (one transaction where
+    /// the driver commits several at once), several calls at once; the first error stops it.
     async fn write(&self, batch: &mut Vec<(String, RawScope)>) -> Result<(), Failure> {
-        let result = futures::stream::iter(batch.iter())
-            .map(|(name, raw)| async move {
+        let result = futures::stream::iter(batch.chunks(WRITE_CHUNK))
+            .map(|chunk| async move {
                 let wrote = if self.if_absent {
-                    self.st.create_raw(name, raw).await
+                    self.st.create_raw_many(chunk).await
                 } else {
-                    self.st.set_raw(name, raw).await.map(|()| true)
+                    self.st
+                        .set_raw_many(chunk)
+                        .await
+                        .map(|()| vec![true; chunk.len()])
                 };
                 match wrote {
-                    Ok(true) => self.written.fetch_add(1, Ordering::Relaxed),
-                    Ok(false) => self.present.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        return Err(Failure::new(
-                            Failure::of(&e),
-                            format!(
-                                "writing {}: {e}",
-                                serde_json::to_string(name).unwrap_or_default()
-                            ),
-                        ))
+                    Ok(wrote) => {
+                        let n = wrote.iter().filter(|w| **w).count() as u64;
+                        self.written.fetch_add(n, Ordering::Relaxed);
+                        self.present
+                            .fetch_add(wrote.len() as u64 - n, Ordering::Relaxed);
+                        Ok(())
                     }
-                };
-                Ok(())
+                    Err(e) => Err(Failure::new(Failure::of(&e), format!("writing: {e}"))),
+                }
             })
             .buffer_unordered(WRITE_CONCURRENCY)
             .try_collect::<()>()

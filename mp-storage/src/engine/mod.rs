@@ -472,6 +472,104 @@ impl Engine {
         }
     }
 
+    /// Writes several scopes like [`Engine::write`] (each at its schema, with its expiry), in
+    /// commits of up to [`MAX_COMMIT_KEYS`](crate::MAX_COMMIT_KEYS) scopes, each one
+    /// transaction or script where the driver commits several scopes at once: first the
+    /// revisions are read in one round trip (not when `only_if_absent`), then written all or
+    /// nothing. A commit that conflicts, meets a leased or unreadable record, or whose reply was
+    /// lost is done again scope by scope through [`Engine::write`] (writing the same value
+    /// twice is harmless for these writes). Returns, per scope, whether it wrote.
+    pub(crate) async fn write_many(
+        &self,
+        entries: &[(Key, u32, &[u8], crate::driver::Expiry)],
+        only_if_absent: bool,
+    ) -> Result<Vec<bool>, Error> {
+        for (key, _, data, _) in entries {
+            self.check_size(key, data)?;
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(crate::MAX_COMMIT_KEYS) {
+            match self.commit_chunk(chunk, only_if_absent).await? {
+                true => out.extend(std::iter::repeat_n(true, chunk.len())),
+                false => {
+                    for (key, schema, data, expiry) in chunk {
+                        out.push(
+                            self.write(key, Some(*schema), data.to_vec(), *expiry, only_if_absent)
+                                .await?,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One commit of [`Engine::write_many`]: whether it wrote every scope (`false`: nothing
+    /// known written, do them one by one).
+    async fn commit_chunk(
+        &self,
+        chunk: &[(Key, u32, &[u8], crate::driver::Expiry)],
+        only_if_absent: bool,
+    ) -> Result<bool, Error> {
+        if chunk.len() < 2 || !self.driver.capabilities().multi_key_commit {
+            return Ok(false);
+        }
+        let keys: Vec<&str> = chunk.iter().map(|(k, ..)| k.as_str()).collect();
+        let expected: Vec<Option<crate::driver::Revision>> = if only_if_absent {
+            vec![None; chunk.len()]
+        } else {
+            self.bump(Counter::Loads);
+            let records = match self.driver.load_many(&keys).await {
+                Ok(r) => r,
+                Err(Error::Corrupt { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if records
+                .iter()
+                .flatten()
+                .any(|r| lease::lease_of(&r.meta).is_some())
+            {
+                return Ok(false);
+            }
+            records
+                .iter()
+                .map(|r| r.as_ref().map(|r| r.revision()))
+                .collect()
+        };
+        let ops: Vec<crate::driver::Op<'_>> = chunk
+            .iter()
+            .zip(&expected)
+            .map(
+                |((key, schema, data, expiry), expected)| crate::driver::Op {
+                    key: key.as_str(),
+                    expected: *expected,
+                    action: crate::driver::Action::Write(
+                        update::new_write(*schema, data)
+                            .with_claimant(self.claimant)
+                            .with_expiry(*expiry),
+                    ),
+                },
+            )
+            .collect();
+        let outcome = self.driver.commit(&ops).await;
+        for key in &keys {
+            self.slots.put(key, None);
+        }
+        match outcome {
+            Ok(crate::driver::CommitOutcome::Committed(_)) => {
+                self.bump(Counter::Commits);
+                self.bump(Counter::MultiCommits);
+                Ok(true)
+            }
+            Ok(crate::driver::CommitOutcome::Conflict(_)) => {
+                self.bump(Counter::Conflicts);
+                Ok(false)
+            }
+            Err(e) if e.outcome_unknown() || matches!(e, Error::Corrupt { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Deletes the record of `key`; whether it existed. A scope leased by an exclusive update
     /// waits for it, and the delete is checked against the revision read.
     pub(crate) async fn remove(&self, key: &Key) -> Result<bool, Error> {
