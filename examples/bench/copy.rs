@@ -5,7 +5,8 @@
 //!
 //! The pairs: file → sqlite, sqlite → redis, redis → postgres, sqlite → mysql (the server ones
 //! when `MP_TEST_*_URL` names them). The scopes are small JSON objects, every other one with an
-//! expiry, written under a name prefix of the run's own and removed afterwards.
+//! expiry, written under a name prefix of the run's own and removed afterwards. Each pair runs
+//! export, import (into the empty destination), then copy (into the destination emptied again).
 //!
 //! The binary must be built first, with the drivers it should reach:
 //! `cargo build --release -p mp-storage --features cli,redis,mysql,postgres`; it is looked up
@@ -86,19 +87,22 @@ fn timed(
     Ok(secs)
 }
 
-/// Writes `n` scopes under `prefix`, many at once.
+/// Writes `n` scopes under `prefix`, in commits of 64, 16 at once.
 async fn fill(st: &Storage, prefix: &str, n: usize) -> Result<(), BenchError> {
     let at = mp_storage::driver::now_ms() + 3_600_000;
-    futures::stream::iter(0..n)
-        .map(|i| async move {
+    let scopes = (0..n)
+        .map(|i| {
             let raw = RawScope::new(
                 format!("{{\"count\":{i},\"owner\":\"user-{i}\",\"tags\":[\"a\",\"b\"]}}"),
                 1,
             )?
             .with_expires_at((i % 2 == 0).then_some(at));
-            st.set_raw(format!("{prefix}{i:06}"), &raw).await
+            Ok((format!("{prefix}{i:06}"), raw))
         })
-        .buffer_unordered(64)
+        .collect::<Result<Vec<_>, mp_storage::Error>>()?;
+    futures::stream::iter(scopes.chunks(64))
+        .map(|chunk| st.set_raw_many(chunk))
+        .buffer_unordered(16)
         .try_collect::<()>()
         .await?;
     Ok(())
@@ -110,7 +114,7 @@ async fn clean(st: &Storage, prefix: &str) -> Result<usize, BenchError> {
     let n = names.len();
     futures::stream::iter(names)
         .map(|name| async move { st.remove(&name).await.map(|_| ()) })
-        .buffer_unordered(64)
+        .buffer_unordered(16)
         .try_collect::<()>()
         .await?;
     Ok(n)
@@ -128,7 +132,8 @@ fn pairs(dir: &Path) -> Vec<(String, String)> {
     let mut pairs = vec![(file, sqlite.clone())];
     let redis = env("MP_TEST_REDIS_URL").map(|u| with(u, "prefix=mp-bench-copy:"));
     let postgres = env("MP_TEST_POSTGRES_URL").map(|u| with(u, "table=mp_bench_copy"));
-    let mysql = env("MP_TEST_MYSQL_URL").map(|u| with(u, "table=mp_bench_copy"));
+    // A pool of 16: the server's connections are shared (max_connections).
+    let mysql = env("MP_TEST_MYSQL_URL").map(|u| with(u, "table=mp_bench_copy&pool_max=16"));
     if let Some(r) = &redis {
         pairs.push((sqlite.clone(), r.clone()));
         if let Some(p) = &postgres {
