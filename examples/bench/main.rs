@@ -1,6 +1,10 @@
 //! mp-bench: mp-storage against what a user would write instead, side by side in one run.
 //!
 //! Run: `cargo run --release -p mp-storage-examples --bin mp-bench -- --storage URL [--storage URL …]`
+//! With `MP_TEST_REDIS_CLUSTER_URL` set (or a `redis-cluster://` URL given), the same scenarios
+//! run on the cluster and a table sets each cluster row against the single-server Redis row of
+//! the same run; a URL with `replica_wait=N` is labelled `+wait` and set against the rows that do
+//! not wait (the cost of waiting for replicas).
 //! (`--quick` for a smoke run of a few seconds; `--secs S` per measurement, default 3).
 //! Without `--storage`, it benches `memory://`, a `file:` directory and a `sqlite:` database in
 //! the system temp dir, and the servers named by `MP_TEST_REDIS_URL`, `MP_TEST_MYSQL_URL` and
@@ -166,9 +170,21 @@ struct Profile {
     contended_tasks: usize,
 }
 
+/// The driver's name in the rows, `+wait` added when the URL makes writes wait for replicas.
+fn driver_label(name: &str, url: &str) -> String {
+    let waits = url
+        .split(['?', '&'])
+        .any(|kv| kv.starts_with("replica_wait=") && kv != "replica_wait=0");
+    if waits {
+        format!("{name}+wait")
+    } else {
+        name.to_owned()
+    }
+}
+
 fn profile(driver: &str) -> Profile {
-    match driver {
-        "redis" => Profile {
+    match driver.trim_end_matches("+wait") {
+        "redis" | "redis-cluster" => Profile {
             tasks: 64,
             scopes: 64,
             contended_tasks: 64,
@@ -520,7 +536,7 @@ async fn bench_driver(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(),
         .key_prefix(format!("mp-bench:{run}:"))
         .open(url)
         .await?;
-    let driver = st.driver_name().to_owned();
+    let driver = driver_label(st.driver_name(), url);
     let p = profile(&driver);
     let base_tasks = p.tasks.max(p.contended_tasks);
     let baselines: Vec<Arc<dyn Subject>> = baseline::for_url(url, base_tasks)
@@ -755,7 +771,7 @@ async fn ttl_row(
     let finished = (stats.commits - before.commits) + (stats.noops - before.noops);
     let (ops_per_sec, base_rate) = (lib.ops_per_sec(), base.ops_per_sec());
     let row = Row {
-        driver: st.driver_name().to_owned(),
+        driver: driver_label(st.driver_name(), url),
         scenario: "ttl",
         tasks,
         scopes: n_scopes,
@@ -787,11 +803,13 @@ async fn ttl_row(
 /// accounts of their own; one row per baseline (one without a baseline where there is none).
 async fn bench_transfer(url: &str, args: &Args, rows: &mut Vec<Row>) -> Result<(), BenchError> {
     let run = format!("{:08x}", rand::random::<u32>());
+    // A hash tag in the prefix: in a Redis Cluster the accounts share one slot, so any two can
+    // be moved between in one commit (elsewhere the braces are two more characters).
     let st = Storage::builder()
-        .key_prefix(format!("mp-bench:{run}:"))
+        .key_prefix(format!("mp-bench:{{{run}}}:"))
         .open(url)
         .await?;
-    let driver = st.driver_name().to_owned();
+    let driver = driver_label(st.driver_name(), url);
     let library: Arc<dyn transfer::Mover> = Arc::new(transfer::Library { st: st.clone() });
     let baselines: Vec<Arc<dyn transfer::Mover>> = transfer::baselines(url)
         .await?
@@ -879,6 +897,7 @@ fn default_urls() -> Vec<String> {
     urls.push(format!("sqlite:{}", dir.join("bench.db").display()));
     for var in [
         "MP_TEST_REDIS_URL",
+        "MP_TEST_REDIS_CLUSTER_URL",
         "MP_TEST_MYSQL_URL",
         "MP_TEST_POSTGRES_URL",
     ] {
@@ -889,6 +908,52 @@ fn default_urls() -> Vec<String> {
         }
     }
     urls
+}
+
+/// The Redis Cluster rows against the single-server Redis rows of the same run (same scenario
+/// and tasks), and the rows that wait for a replica against those that do not.
+fn print_cluster_ratios(rows: &[Row]) {
+    let find = |driver: &str, r: &Row| {
+        rows.iter()
+            .find(|o| o.driver == driver && o.scenario == r.scenario && o.tasks == r.tasks)
+    };
+    let mut lines = Vec::new();
+    for r in rows.iter().filter(|r| r.driver.starts_with("redis")) {
+        let against = match r.driver.as_str() {
+            "redis-cluster" => "redis",
+            "redis-cluster+wait" => "redis-cluster",
+            "redis+wait" => "redis",
+            _ => continue,
+        };
+        if let Some(o) = find(against, r) {
+            lines.push(format!(
+                "{:<19} {:<14} {:>5} {:>10.0} {:>10.0} {:>7.2} {:>8} {:>8}   against {against}",
+                r.driver,
+                r.scenario,
+                r.tasks,
+                r.ops_per_sec,
+                o.ops_per_sec,
+                if o.ops_per_sec > 0.0 {
+                    r.ops_per_sec / o.ops_per_sec
+                } else {
+                    0.0
+                },
+                r.p50_us,
+                o.p50_us,
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<19} {:<14} {:>5} {:>10} {:>10} {:>7} {:>8} {:>8}",
+        "driver", "scenario", "tasks", "ops/s", "other", "ratio", "p50 us", "other"
+    );
+    for l in lines {
+        println!("{l}");
+    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -1044,6 +1109,7 @@ async fn main() {
         (embedded_rows, fill_rows)
     };
     print_table(&rows);
+    print_cluster_ratios(&rows);
     if rows.iter().any(|r| r.driver == "postgres") {
         println!(
             "(postgres calls/op: counted on the client side, the engine's driver calls, one \

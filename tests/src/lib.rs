@@ -16,6 +16,7 @@
 //! unreachable server fails them.
 
 pub mod bank;
+pub mod cluster;
 pub mod faults;
 pub mod kill;
 pub mod lease;

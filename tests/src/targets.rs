@@ -51,6 +51,15 @@ pub async fn redis() -> Option<Target> {
     open_server("redis", "MP_TEST_REDIS_URL").await
 }
 
+/// The Redis Cluster driver on `MP_TEST_REDIS_CLUSTER_URL`. Each case's prefix is a hash tag of
+/// its own (`t{<random>}/`): its scopes share one slot, so its several-scope commits can run,
+/// and the cases spread over the masters.
+pub async fn redis_cluster() -> Option<Target> {
+    let target = open_server("redis-cluster", "MP_TEST_REDIS_CLUSTER_URL").await?;
+    let tag = mp_storage::testkit::unique_prefix("rc");
+    Some(target.with_prefix(format!("t{{{}}}/", tag.trim_end_matches('/'))))
+}
+
 /// The MySQL driver on `MP_TEST_MYSQL_URL`.
 pub async fn mysql() -> Option<Target> {
     open_server("mysql", "MP_TEST_MYSQL_URL").await

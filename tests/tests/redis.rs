@@ -1326,3 +1326,24 @@ async fn a_stopped_lease_holder_is_refused() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Waiting for replicas (`replica_wait`): a server with none never acknowledges.
+
+#[tokio::test]
+async fn a_write_no_replica_acknowledged_is_of_unknown_outcome() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("wait");
+    let st = open_storage(
+        &with_query(&url, "replica_wait=1&replica_timeout=50ms"),
+        &prefix,
+    )
+    .await;
+    let e = st.scoped("w", |n: &mut u64| *n += 1).await.unwrap_err();
+    assert!(matches!(e, Error::CommitUnknown { .. }), "{e:?}");
+    assert!(e.to_string().contains("0 of the 1 replicas"), "{e}");
+    // It stands on the server: the waiting changed what the caller is told, not the write.
+    let plain = open_storage(&url, &prefix).await;
+    assert_eq!(plain.get::<u64>("w").await.unwrap(), Some(1));
+    assert!(plain.remove("w").await.unwrap());
+}

@@ -5,6 +5,7 @@
 //! | `memory://`, `memory://NAME` | [`memory`](super::memory): in-process map, private or shared by name | always | none |
 //! | `file:<dir>`, `file:///abs/dir` | `file`: one file per scope, readable with `cat` | `file` (default) | `fsync`, `lock_timeout` |
 //! | `redis://[user:pass@]host:port/db` | `redis`: one hash per scope | `redis` | `prefix`, `connect_timeout`, `response_timeout`, `protocol` |
+//! | `redis-cluster://[user:pass@]host:port[,host:port…]/` | `redis-cluster`: the redis driver over a Redis Cluster, one hash per scope on its slot's master | `redis-cluster` | those of `redis`; `replica_wait`, `replica_timeout` (both drivers) |
 //! | `mysql://user[:pass]@host:port/db` | `mysql`: one row per scope | `mysql` | `table`; the rest go to `mysql_async` |
 //! | `postgres://user[:pass]@host:port/db`, `postgresql://…` | `postgres`: one row per scope; no TLS | `postgres` | `table`, `pool_max`; the rest go to `tokio-postgres` |
 //! | `sqlite:<path>`, `sqlite:///abs/path` | `sqlite`: one row per scope in one file, group commit; the default store | `sqlite` (default) | `synchronous`, `fsync`, `busy_timeout`, `table` |
@@ -75,6 +76,8 @@ mod absent {
     pub(super) const FILE: &[&str] = &["file"];
     #[cfg(any(test, not(feature = "redis")))]
     pub(super) const REDIS: &[&str] = &["redis", "rediss"];
+    #[cfg(any(test, not(feature = "redis-cluster")))]
+    pub(super) const REDIS_CLUSTER: &[&str] = &["redis-cluster"];
     #[cfg(any(test, not(feature = "mysql")))]
     pub(super) const MYSQL: &[&str] = &["mysql"];
     #[cfg(any(test, not(feature = "postgres")))]
@@ -117,6 +120,20 @@ static DRIVERS: &[DriverEntry] = &[
         name: "redis",
         schemes: absent::REDIS,
         feature: Some("redis"),
+        opener: None,
+    },
+    #[cfg(feature = "redis-cluster")]
+    DriverEntry {
+        name: "redis-cluster",
+        schemes: super::redis::cluster::SCHEMES,
+        feature: Some("redis-cluster"),
+        opener: Some(open_redis_cluster),
+    },
+    #[cfg(not(feature = "redis-cluster"))]
+    DriverEntry {
+        name: "redis-cluster",
+        schemes: absent::REDIS_CLUSTER,
+        feature: Some("redis-cluster"),
         opener: None,
     },
     #[cfg(feature = "mysql")]
@@ -183,6 +200,14 @@ fn open_file(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
 fn open_redis(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
     Box::pin(async move {
         let driver = super::redis::RedisDriver::open(url).await?;
+        Ok(Arc::new(driver) as Arc<dyn Driver>)
+    })
+}
+
+#[cfg(feature = "redis-cluster")]
+fn open_redis_cluster(url: &str) -> BoxFuture<'_, Result<Arc<dyn Driver>, Error>> {
+    Box::pin(async move {
+        let driver = super::redis::RedisClusterDriver::open_cluster(url).await?;
         Ok(Arc::new(driver) as Arc<dyn Driver>)
     })
 }
@@ -284,6 +309,8 @@ mod tests {
         assert_eq!(absent::FILE, super::super::file::SCHEMES);
         #[cfg(feature = "redis")]
         assert_eq!(absent::REDIS, super::super::redis::SCHEMES);
+        #[cfg(feature = "redis-cluster")]
+        assert_eq!(absent::REDIS_CLUSTER, super::super::redis::cluster::SCHEMES);
         #[cfg(feature = "mysql")]
         assert_eq!(absent::MYSQL, super::super::mysql::SCHEMES);
         #[cfg(feature = "postgres")]
@@ -302,6 +329,7 @@ mod tests {
                 "file",
                 "redis",
                 "rediss",
+                "redis-cluster",
                 "mysql",
                 "postgres",
                 "postgresql",
@@ -314,7 +342,10 @@ mod tests {
                 1,
                 "{s} is in two rows"
             );
-            assert!(s.bytes().all(|b| b.is_ascii_lowercase()), "{s}");
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{s}"
+            );
         }
         assert_eq!(driver_for_scheme("REDISS").map(|d| d.name()), Some("redis"));
         assert_eq!(
@@ -328,6 +359,7 @@ mod tests {
                 "memory" => true,
                 "file" => cfg!(feature = "file"),
                 "redis" => cfg!(feature = "redis"),
+                "redis-cluster" => cfg!(feature = "redis-cluster"),
                 "mysql" => cfg!(feature = "mysql"),
                 "postgres" => cfg!(feature = "postgres"),
                 "sqlite" => cfg!(feature = "sqlite"),
@@ -352,7 +384,7 @@ mod tests {
             e.as_deref(),
             Some(
                 "unknown storage scheme \"ftp\" in \"ftp://u:***@x\" \
-                 (known: memory, file, redis, rediss, mysql, postgres, postgresql, sqlite)"
+                 (known: memory, file, redis, rediss, redis-cluster, mysql, postgres, postgresql, sqlite)"
             )
         );
         assert!(open("memory://host/path").await.is_err());

@@ -36,6 +36,14 @@ impl Target {
         }
     }
 
+    /// The same target with `prefix` instead of its random one (keep it unique to the case): for
+    /// a store that gives a prefix a meaning, such as a Redis Cluster hash tag
+    /// (`t{<random>}/`) that keeps a case's scopes in one slot.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Target {
+        self.prefix = prefix.into();
+        self
+    }
+
     /// Marks the store as one that outlives the case (a server, a directory other runs use):
     /// [`run`](Target::run) deletes every key under the case's prefix once the case is over,
     /// passed or failed.

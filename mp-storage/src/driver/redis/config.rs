@@ -6,13 +6,21 @@ use std::time::Duration;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 
 use super::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_RESPONSE_TIMEOUT, SCHEMES,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_REPLICA_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT, SCHEMES,
 };
 use crate::driver::net;
 use crate::Error;
 
 /// The URL options this driver reads (the table on [`RedisConfig`]).
-const OPTIONS: &[&str] = &["prefix", "connect_timeout", "response_timeout", "protocol"];
+pub(super) const OPTIONS: &[&str] = &[
+    "prefix",
+    "connect_timeout",
+    "response_timeout",
+    "protocol",
+    "replica_wait",
+    "replica_timeout",
+];
 
 /// The settings of a [`RedisDriver`](super::RedisDriver): where the server is, how to log in,
 /// the key prefix and the timeouts.
@@ -32,6 +40,8 @@ const OPTIONS: &[&str] = &["prefix", "connect_timeout", "response_timeout", "pro
 /// | `connect_timeout` | `2s` | [`connect_timeout`](Self::connect_timeout) | the longest a connection attempt may take (`500ms`, `2s`, `1.5`) |
 /// | `response_timeout` | `5s` | [`response_timeout`](Self::response_timeout) | the longest a command may wait for its reply |
 /// | `protocol` | `resp3` | [`resp3`](Self::resp3) | `resp3` or `resp2` (also `3`, `2`): the protocol spoken to the server (RESP2 to one older than Redis 6) |
+/// | `replica_wait` | `0` | [`replica_wait`](Self::replica_wait) | after each write, wait until this many replicas have it (`WAIT` on the write's connection); `0`: do not wait |
+/// | `replica_timeout` | `500ms` | [`replica_wait`](Self::replica_wait) | how long a write waits for those replicas, below `response_timeout` |
 ///
 /// Any other option is an [`Error::InvalidUrl`] that names it. Durations are positive and at
 /// most a day. `Debug` never shows the password.
@@ -64,6 +74,8 @@ pub struct RedisConfig {
     connect_timeout: Duration,
     response_timeout: Duration,
     resp3: bool,
+    replicas: u32,
+    replica_timeout: Duration,
 }
 
 impl RedisConfig {
@@ -80,6 +92,8 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             resp3: true,
+            replicas: 0,
+            replica_timeout: DEFAULT_REPLICA_TIMEOUT,
         }
     }
 
@@ -103,6 +117,14 @@ impl RedisConfig {
         let mut config = RedisConfig::new(host.as_str()).port(*port).db(login.db());
         config.username = login.username().map(str::to_owned);
         config.password = login.password().map(str::to_owned);
+        config.read_options(&parsed)?;
+        Ok(config)
+    }
+
+    /// Reads the options of the [table](Self#url) from a parsed URL (the redis-cluster driver
+    /// takes the same).
+    pub(super) fn read_options(&mut self, parsed: &crate::url::Parsed<'_>) -> Result<(), Error> {
+        let mut config = self.clone();
         if let Some(prefix) = parsed.option("prefix") {
             config = config.prefix(prefix);
         }
@@ -123,7 +145,20 @@ impl RedisConfig {
                 }
             });
         }
-        Ok(config)
+        if let Some(n) = parsed.option("replica_wait") {
+            let n: u32 = n.parse().map_err(|_| {
+                parsed.invalid(format!(
+                    "option replica_wait must be a number of replicas (0 to wait for none), not \
+                     {n:?}"
+                ))
+            })?;
+            config.replicas = n;
+        }
+        if let Some(timeout) = parsed.duration_option("replica_timeout")? {
+            config.replica_timeout = timeout;
+        }
+        *self = config;
+        Ok(())
     }
 
     /// The server's port. Default 6379.
@@ -177,6 +212,24 @@ impl RedisConfig {
         self
     }
 
+    /// Makes every write wait until `replicas` replicas have it, for at most `timeout`: the
+    /// driver sends `WAIT replicas timeout` right after the write, on the same connection, in
+    /// one pipeline. A write that fewer replicas acknowledged in time is
+    /// [`Error::CommitUnknown`]: it stands on the master, but the master failing before a
+    /// replica copies it would lose it. `0` (the default) does not wait: Redis replicates
+    /// asynchronously, and a master that fails right after acknowledging a write can lose it.
+    /// The timeout must be below the response timeout.
+    pub fn replica_wait(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = replicas;
+        self.replica_timeout = timeout;
+        self
+    }
+
+    /// How many replicas a write waits for (0: none), and for how long at most.
+    pub fn get_replica_wait(&self) -> (u32, Duration) {
+        (self.replicas, self.replica_timeout)
+    }
+
     /// The server's host.
     pub fn get_host(&self) -> &str {
         &self.host
@@ -195,6 +248,12 @@ impl RedisConfig {
     /// The user to log in as, if any.
     pub fn get_username(&self) -> Option<&str> {
         self.username.as_deref()
+    }
+
+    /// The password to log in with, if any (not public: it stays inside).
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
+    pub(super) fn get_password(&self) -> Option<&str> {
+        self.password.as_deref()
     }
 
     /// The prefix put before every key.
@@ -241,6 +300,11 @@ impl RedisConfig {
             "the connect timeout is zero"
         } else if self.response_timeout.is_zero() {
             "the response timeout is zero"
+        } else if self.replicas > 0 && self.replica_timeout.is_zero() {
+            "the replica timeout is zero"
+        } else if self.replicas > 0 && self.replica_timeout >= self.response_timeout {
+            "the replica timeout must be below the response timeout (a write waits for its \
+             replicas within its reply)"
         } else {
             return Ok(());
         };
@@ -283,6 +347,8 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("resp3", &self.resp3)
+            .field("replicas", &self.replicas)
+            .field("replica_timeout", &self.replica_timeout)
             .finish()
     }
 }
@@ -356,6 +422,12 @@ mod tests {
         assert!(!parse("redis://h/?protocol=2").get_resp3());
         assert!(parse("redis://h/?protocol=RESP3").get_resp3());
         assert_eq!(parse("redis://h/?prefix=").get_prefix(), "");
+        assert_eq!(c.get_replica_wait(), (0, DEFAULT_REPLICA_TIMEOUT));
+        let c = parse("redis://h/?replica_wait=2&replica_timeout=100ms");
+        assert_eq!(c.get_replica_wait(), (2, Duration::from_millis(100)));
+        assert!(c.check().is_ok());
+        let c = parse("redis://h/?replica_wait=1&replica_timeout=5s&response_timeout=5s");
+        assert!(c.check().is_err(), "the wait must fit in the reply's time");
         // The last value of an option wins.
         assert_eq!(parse("redis://h/?prefix=a&prefix=b").get_prefix(), "b");
     }
@@ -366,6 +438,8 @@ mod tests {
         assert!(refused("redis://h/?connect_timeout=soon").contains("connect_timeout"));
         assert!(refused("redis://h/?response_timeout=0").contains("response_timeout"));
         assert!(refused("redis://h/?protocol=resp4").contains("resp2 or resp3"));
+        assert!(refused("redis://h/?replica_wait=-1").contains("replica_wait"));
+        assert!(refused("redis://h/?replica_timeout=x").contains("replica_timeout"));
         assert!(refused("redis://h/notadb").contains("redis crate refused"));
         assert!(refused("rediss://h/").contains("TLS"));
         assert!(refused("mysql://h/").contains("redis driver takes"));

@@ -4,17 +4,22 @@
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use super::record::corrupt;
-use super::NAME;
 use crate::driver::net::ServerError;
 use crate::{BackendKind, BoxError, Error};
 
 /// Maps an error of a command on one key: a record that is not ours to read is
 /// [`Error::Corrupt`], the rest goes through [`backend_error`].
-pub(super) fn command_error(e: RedisError, addr: &str, key: &str, rkey: &str) -> Error {
+pub(super) fn command_error(
+    e: RedisError,
+    driver: &'static str,
+    addr: &str,
+    key: &str,
+    rkey: &str,
+) -> Error {
     match e.code() {
         Some("WRONGTYPE") => corrupt(key, rkey, "the key holds a value that is not a hash"),
         Some("MPCORRUPT") => corrupt(key, rkey, e.detail().unwrap_or("malformed record")),
-        _ => backend_error(e, addr),
+        _ => backend_error(e, driver, addr),
     }
 }
 
@@ -23,11 +28,11 @@ pub(super) fn command_error(e: RedisError, addr: &str, key: &str, rkey: &str) ->
 /// `addr`. A refused connection is one the connection manager could not make: the command was
 /// never sent (an established connection is reset, never refused), so it is an unsent error and
 /// the engine knows that a write did not happen.
-pub(super) fn backend_error(e: RedisError, addr: &str) -> Error {
+pub(super) fn backend_error(e: RedisError, driver: &'static str, addr: &str) -> Error {
     let kind = backend_kind(&e);
     if e.is_connection_refusal() {
         let source = ServerError::cannot_connect(addr, reason(&e), Some(e.into()));
-        return Error::backend_unsent(NAME, kind, source);
+        return Error::backend_unsent(driver, kind, source);
     }
     let source: BoxError = if e.is_timeout() {
         Box::new(ServerError::new(
@@ -42,16 +47,16 @@ pub(super) fn backend_error(e: RedisError, addr: &str) -> Error {
     } else {
         Box::new(e)
     };
-    Error::backend(NAME, kind, source)
+    Error::backend(driver, kind, source)
 }
 
 /// Maps an error of the first connection to the server at `addr`. A reply that does not parse
 /// means something other than Redis answered: no Redis server could be reached there, a
 /// [`BackendKind::Connection`] failure like a refused connection.
-pub(super) fn connect_error(e: RedisError, addr: &str) -> Error {
+pub(super) fn connect_error(e: RedisError, driver: &'static str, addr: &str) -> Error {
     if matches!(e.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType) {
         return Error::backend(
-            NAME,
+            driver,
             BackendKind::Connection,
             ServerError::wrong_protocol(addr, "redis", None, Some(e.into())),
         );
@@ -59,12 +64,12 @@ pub(super) fn connect_error(e: RedisError, addr: &str) -> Error {
     let kind = backend_kind(&e);
     if matches!(kind, BackendKind::Connection | BackendKind::Timeout) && !is_server_reply(&e) {
         return Error::backend(
-            NAME,
+            driver,
             kind,
             ServerError::cannot_connect(addr, reason(&e), Some(e.into())),
         );
     }
-    backend_error(e, addr)
+    backend_error(e, driver, addr)
 }
 
 /// Whether the error is a reply of the server (`LOADING`, `MASTERDOWN`, …), not a failure to
@@ -138,14 +143,14 @@ mod tests {
     #[test]
     fn connection_errors_name_the_server() {
         let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        let e = connect_error(refused.clone(), "127.0.0.1:6380");
+        let e = connect_error(refused.clone(), "redis", "127.0.0.1:6380");
         assert_eq!(e.backend_kind(), Some(BackendKind::Connection));
         assert_eq!(
             e.to_string(),
             "redis backend error (connection): cannot connect to 127.0.0.1:6380: \
              connection refused"
         );
-        let e = backend_error(refused, "h:1");
+        let e = backend_error(refused, "redis", "h:1");
         assert!(e.to_string().contains("cannot connect to h:1"), "{e}");
         // Nothing was sent on a connection that could not be made.
         assert!(
@@ -160,7 +165,7 @@ mod tests {
             "{e:?}"
         );
         let reset = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        let e = backend_error(reset, "h:1");
+        let e = backend_error(reset, "redis", "h:1");
         assert_eq!(e.backend_kind(), Some(BackendKind::Connection));
         // A reset connection may have carried the command: its outcome is unknown.
         assert!(matches!(e, Error::Backend { sent: true, .. }), "{e:?}");
@@ -169,7 +174,7 @@ mod tests {
             "{e}"
         );
         let oom = redis::make_extension_error("OOM".to_owned(), None);
-        let e = backend_error(oom, "h:1");
+        let e = backend_error(oom, "redis", "h:1");
         assert!(!e.to_string().contains("h:1"), "{e}");
     }
 
@@ -177,6 +182,7 @@ mod tests {
     fn a_reply_that_does_not_parse_is_another_protocol() {
         let e = connect_error(
             RedisError::from((ErrorKind::Parse, "parse error", "Unexpected `0`".to_owned())),
+            "redis",
             "127.0.0.1:3306",
         );
         assert_eq!(e.backend_kind(), Some(BackendKind::Connection));

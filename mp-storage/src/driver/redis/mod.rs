@@ -11,15 +11,17 @@
 //! | `prefix` | `mp:` | put before every key, so several applications can share a database |
 //! | `connect_timeout` | `2s` | the longest a connection attempt may take (`500ms`, `2s`, `1.5`) |
 //! | `response_timeout` | `5s` | the longest a command may wait for its reply |
+//! | `replica_wait` | `0` | after each write, wait until this many replicas have it (`WAIT` in the same pipeline); fewer in `replica_timeout` is [`Error::CommitUnknown`] |
+//! | `replica_timeout` | `500ms` | how long a write waits for them (below `response_timeout`) |
 //! | `protocol` | `resp3` | `resp3` or `resp2`; RESP3 lets a connection the server closed be noticed at once (a write to a server that went down then fails as not sent); a server older than Redis 6 is spoken to in RESP2 |
 //!
 //! A server that is down or unreachable is an [`Error::Backend`] of kind
-//! [`BackendKind::Connection`] (or [`BackendKind::Timeout`]) within `connect_timeout`, whose
+//! [`BackendKind::Connection`](crate::BackendKind::Connection) (or [`BackendKind::Timeout`](crate::BackendKind::Timeout)) within `connect_timeout`, whose
 //! message names the server (`cannot connect to 127.0.0.1:6380: connection refused`): at
 //! [`Storage::open`](crate::Storage::open), which connects at once, and on any later call while
 //! the connection is being made again (the connection reconnects by itself, one attempt per
 //! failed call). A server that answers but not in the Redis protocol (a URL pointed at a MySQL
-//! port, say) fails the open at once, also with [`BackendKind::Connection`] (no Redis server
+//! port, say) fails the open at once, also with [`BackendKind::Connection`](crate::BackendKind::Connection) (no Redis server
 //! could be reached there): `the server at 127.0.0.1:3306 does not speak the redis protocol`.
 //! `rediss://` (TLS) is not supported by this build.
 //!
@@ -56,33 +58,44 @@
 //!   closed, a restart) is sent once more on the new connection; writes are not: the engine
 //!   settles a write whose reply was lost from the commit tokens.
 //!
-//! Every script touches only `KEYS[1]`, so scopes can shard across a Redis Cluster.
+//! Every script but the several-scope commit touches only `KEYS[1]`, so scopes shard across a
+//! Redis Cluster: the same driver runs over a cluster through `Cluster` (feature
+//! `redis-cluster`, `redis-cluster://`; see `cluster`), where the commit's keys must share a
+//! hash slot.
+//!
+//! With `replica_wait=N`, every write (the scripts and `DEL`) is sent in one pipeline with
+//! `WAIT N timeout`, on the same connection: the reply counts the replicas that have it.
 //!
 //! A record whose fields are missing or malformed (or a key that is not a hash) is
 //! [`Error::Corrupt`] naming the key; it is left untouched (remove it to start over).
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, Value};
 
 use super::{
     Action, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write,
 };
-use crate::driver::net::ServerError;
-use crate::{BackendKind, Error};
+use crate::Error;
 use scripts::Lua;
 
+#[cfg(feature = "redis-cluster")]
+pub mod cluster;
 mod config;
 mod error;
+mod link;
 mod record;
 mod scripts;
 
+#[cfg(feature = "redis-cluster")]
+pub use cluster::{Cluster, RedisClusterConfig, RedisClusterDriver};
 pub use config::RedisConfig;
-use error::{backend_error, command_error, connect_error};
+use error::{backend_error, command_error};
+pub use link::{Connection, Node};
 use record::{corrupt, parse_record, parse_version, token_hex};
 
 /// The URL schemes this driver takes (`rediss` only to refuse it: this build has no TLS).
@@ -100,38 +113,60 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a command may wait for its reply when the URL does not say.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-const NAME: &str = "redis";
+/// How long a write waits for its replicas (option `replica_wait`) when the URL does not say.
+pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A driver over one Redis server (or one Redis-compatible server such as Valkey).
+/// A driver over Redis: one server (or one Redis-compatible server such as Valkey) through
+/// [`Node`], the default, or a Redis Cluster through [`Cluster`]
+/// (`RedisClusterDriver`, feature `redis-cluster`). The scripts,
+/// the record layout and every call are the same; the connection routes each command to the
+/// server that holds its key.
 ///
-/// Cheap to clone: clones share one multiplexed connection that reconnects by itself.
+/// Cheap to clone: clones share one multiplexed connection (one per node in a cluster) that
+/// reconnects by itself.
 #[derive(Clone)]
-pub struct RedisDriver {
-    con: ConnectionManager,
+pub struct RedisDriver<C: Connection = Node> {
+    con: C,
     prefix: String,
-    cas: std::sync::Arc<Lua>,
-    put: std::sync::Arc<Lua>,
-    reserve: std::sync::Arc<Lua>,
-    commit: std::sync::Arc<Lua>,
-    expire: std::sync::Arc<Lua>,
-    load: std::sync::Arc<Lua>,
-    /// The server's `host:port`, for errors and `Debug`.
-    addr: String,
-
-    db: i64,
+    scripts: Arc<Scripts>,
+    /// Replicas each write waits for, and for how long (`None`: no waiting).
+    replicas: Option<(u32, Duration)>,
 }
 
-impl fmt::Debug for RedisDriver {
+/// The scripts, loaded once per driver.
+struct Scripts {
+    cas: Lua,
+    put: Lua,
+    reserve: Lua,
+    commit: Lua,
+    expire: Lua,
+    load: Lua,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            cas: Lua::new(scripts::CAS_SCRIPT.to_owned()),
+            reserve: Lua::new(scripts::RESERVE_SCRIPT.to_owned()),
+            commit: Lua::new(scripts::COMMIT_SCRIPT.to_owned()),
+            expire: Lua::new(scripts::EXPIRE_SCRIPT.to_owned()),
+            load: Lua::new(scripts::LOAD_SCRIPT.to_owned()),
+            put: Lua::new(format!("{}{}", scripts::PUT_CHECK, scripts::PUT_SCRIPT)),
+        }
+    }
+}
+
+impl<C: Connection> fmt::Debug for RedisDriver<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisDriver")
-            .field("addr", &self.addr)
-            .field("db", &self.db)
+            .field("con", &self.con)
             .field("prefix", &self.prefix)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
 
-impl RedisDriver {
+impl RedisDriver<Node> {
     /// Connects to the server `url` names (see [`RedisConfig`] for the options).
     ///
     /// ```no_run
@@ -161,57 +196,21 @@ impl RedisDriver {
     /// ```
     pub async fn connect(config: RedisConfig) -> Result<RedisDriver, Error> {
         config.check()?;
-        let addr = config.addr();
-        let connect_timeout = config.get_connect_timeout();
-        // RESP3 by default: the connection manager then hears at once of a connection the
-        // server closed, so a write to a server that went down fails as "not sent" instead of
-        // being handed to a dead connection. A server older than Redis 6 does not know HELLO:
-        // speak RESP2 to it.
-        let con = match connect_manager(&config, config.get_resp3()).await {
-            Err(e)
-                if config.get_resp3()
-                    && e.as_redis()
-                        .is_some_and(|r| r.to_string().contains("HELLO")) =>
-            {
-                connect_manager(&config, false).await
-            }
-            other => other,
-        };
-        let con = match con {
-            Ok(con) => con,
-            Err(Connect::Redis(e)) if e.kind() == ErrorKind::InvalidClientConfig => {
-                return Err(crate::url::invalid(&config.redacted_url(), e.to_string()));
-            }
-            Err(Connect::Redis(e)) => return Err(connect_error(e, &addr)),
-            Err(Connect::Config(e)) => return Err(e),
-            Err(Connect::TimedOut) => {
-                return Err(Error::backend(
-                    NAME,
-                    BackendKind::Timeout,
-                    ServerError::cannot_connect(
-                        &addr,
-                        format_args!("no answer within {connect_timeout:?}"),
-                        None,
-                    ),
-                ))
-            }
-        };
-        Ok(RedisDriver {
+        let con = link::connect_node(&config).await?;
+        Ok(RedisDriver::over(con, &config))
+    }
+}
+
+impl<C: Connection> RedisDriver<C> {
+    /// The driver over an open connection, with the prefix and replica wait of `config`.
+    fn over(con: C, config: &RedisConfig) -> RedisDriver<C> {
+        let (replicas, timeout) = config.get_replica_wait();
+        RedisDriver {
             con,
             prefix: config.get_prefix().to_owned(),
-            cas: std::sync::Arc::new(Lua::new(scripts::CAS_SCRIPT.to_owned())),
-            reserve: std::sync::Arc::new(Lua::new(scripts::RESERVE_SCRIPT.to_owned())),
-            commit: std::sync::Arc::new(Lua::new(scripts::COMMIT_SCRIPT.to_owned())),
-            expire: std::sync::Arc::new(Lua::new(scripts::EXPIRE_SCRIPT.to_owned())),
-            load: std::sync::Arc::new(Lua::new(scripts::LOAD_SCRIPT.to_owned())),
-            put: std::sync::Arc::new(Lua::new(format!(
-                "{}{}",
-                scripts::PUT_CHECK,
-                scripts::PUT_SCRIPT
-            ))),
-            addr,
-            db: config.get_db(),
-        })
+            scripts: Arc::new(Scripts::new()),
+            replicas: (replicas > 0).then_some((replicas, timeout)),
+        }
     }
 
     /// The prefix put before every key.
@@ -219,112 +218,154 @@ impl RedisDriver {
         &self.prefix
     }
 
-    /// The server's address, `host:port`.
+    /// The server's address, `host:port` (in a cluster, the addresses the driver was given,
+    /// comma-separated).
     pub fn addr(&self) -> &str {
-        &self.addr
+        self.con.addr()
+    }
+
+    /// The connection the driver speaks through.
+    pub fn connection(&self) -> &C {
+        &self.con
+    }
+
+    fn command_error(&self, e: redis::RedisError, key: &str, rkey: &str) -> Error {
+        command_error(e, C::NAME, self.con.addr(), key, rkey)
+    }
+
+    fn backend_error(&self, e: redis::RedisError) -> Error {
+        backend_error(e, C::NAME, self.con.addr())
     }
 
     /// Sends a command that only reads. When the connection turns out to be dropped (the server
     /// restarted, or closed an idle connection), it is sent once more on the new connection:
     /// reading twice is harmless, and a handle idle for a while should not fail its first read.
-    async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
-        match cmd.query_async(&mut self.con.clone()).await {
-            Err(e) if e.is_connection_dropped() => cmd.query_async(&mut self.con.clone()).await,
+    async fn read(&self, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
+        match self.con.send(cmd).await {
+            Err(e) if e.is_connection_dropped() => self.con.send(cmd).await,
             other => other,
         }
+    }
+
+    /// Runs a script on one key; see [`RedisDriver::run_script_on`].
+    async fn run_script(
+        &self,
+        lua: &Lua,
+        key: &str,
+        rkey: &str,
+        args: &[&[u8]],
+        waits: bool,
+    ) -> Result<Value, Error> {
+        self.run_script_on(lua, &[key], &[rkey], args, waits).await
     }
 
     /// Runs a script: `EVALSHA`, then `EVAL` when the server lost it. A write is sent once as
-    /// `EVALSHA`; `NOSCRIPT` means the server did not run it, so sending `EVAL` is safe.
-    async fn run_script(&self, lua: &Lua, rkey: &str, args: &[&[u8]]) -> redis::RedisResult<Value> {
-        self.run_script_on(lua, &[rkey], args).await
-    }
-
-    /// [`RedisDriver::run_script`] over several keys.
+    /// `EVALSHA`; `NOSCRIPT` means the server did not run it, so sending `EVAL` is safe. A
+    /// script that `waits` (a write) is followed by `WAIT` when the driver waits for replicas.
     async fn run_script_on(
         &self,
         lua: &Lua,
+        keys: &[&str],
         rkeys: &[&str],
         args: &[&[u8]],
-    ) -> redis::RedisResult<Value> {
-        match lua
-            .evalsha(rkeys, args)
-            .query_async(&mut self.con.clone())
-            .await
-        {
-            Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                lua.eval(rkeys, args)
-                    .query_async(&mut self.con.clone())
-                    .await
-            }
-            other => other,
-        }
-    }
-
-    /// Reads the records of `keys` with their expiry, in one round trip: one `EVALSHA` of the
-    /// read script per key, pipelined (see [`scripts::LOAD_SCRIPT`]). A read is sent once more
-    /// when the connection turns out to be dropped (see [`RedisDriver::read`]), and as `EVAL`
-    /// when the server lost the script.
-    async fn read_records(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
-        let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
-        let pipe = |by_sha: bool| {
-            let mut pipe = redis::pipe();
-            for rkey in &rkeys {
-                pipe.add_command(if by_sha {
-                    self.load.evalsha(&[rkey], &[])
-                } else {
-                    self.load.eval(&[rkey], &[])
-                });
-            }
-            pipe
+        waits: bool,
+    ) -> Result<Value, Error> {
+        let error = |e| match (keys.first(), rkeys.first()) {
+            (Some(k), Some(r)) => self.command_error(e, k, r),
+            _ => self.backend_error(e),
         };
-        let replies = match self.read_pipe(&pipe(true)).await {
+        if let (true, Some((replicas, timeout))) = (waits, self.replicas) {
+            let (reply, acked) = self
+                .waited(
+                    lua.evalsha(rkeys, args),
+                    Some(lua.eval(rkeys, args)),
+                    rkeys,
+                    replicas,
+                    timeout,
+                )
+                .await
+                .map_err(error)?;
+            check_acked(
+                keys.first().copied().unwrap_or_default(),
+                acked,
+                replicas,
+                timeout,
+            )?;
+            return Ok(reply);
+        }
+        match self.con.send(&lua.evalsha(rkeys, args)).await {
             Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.read_pipe(&pipe(false)).await
+                self.con.send(&lua.eval(rkeys, args)).await
             }
             other => other,
         }
-        .map_err(|e| match (keys.first(), rkeys.first()) {
-            (Some(k), Some(r)) => command_error(e, &self.addr, k, r),
-            _ => backend_error(e, &self.addr),
-        })?;
-        if let (true, Some(k), Some(r)) = (replies.len() != keys.len(), keys.first(), rkeys.first())
-        {
-            return Err(corrupt(k, r, "unexpected reply to a read"));
-        }
-        keys.iter()
-            .zip(&rkeys)
-            .zip(replies)
-            .map(|((key, rkey), reply)| {
-                let Value::Array(mut parts) = reply else {
-                    return Err(corrupt(key, rkey, "unexpected reply to a read"));
-                };
-                let (Some(at), Some(hash), None) = (parts.pop(), parts.pop(), parts.pop()) else {
-                    return Err(corrupt(key, rkey, "unexpected reply to a read"));
-                };
-                let expires_at = match at {
-                    // Negative: no expiry (or the key is absent, and so is the hash).
-                    Value::Int(ms) => u64::try_from(ms).ok(),
-                    _ => return Err(corrupt(key, rkey, "unexpected reply to an expiry read")),
-                };
-                if hash == Value::Int(0) {
-                    return Err(corrupt(
-                        key,
-                        rkey,
-                        "the key holds a value that is not a hash",
-                    ));
-                }
-                Ok(parse_record(hash, key, rkey)?.map(|r| r.with_expiry(expires_at)))
-            })
-            .collect()
+        .map_err(error)
     }
 
-    /// Sends a pipeline that only reads, once more when the connection turns out to be
-    /// dropped (see [`RedisDriver::read`]).
-    async fn read_pipe(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
-        match pipe.query_async(&mut self.con.clone()).await {
-            Err(e) if e.is_connection_dropped() => pipe.query_async(&mut self.con.clone()).await,
-            other => other,
+    /// The script then `WAIT replicas timeout`, in one pipeline on the connection of the
+    /// script's key: `WAIT` counts the replicas that have every write of that connection so
+    /// far, this one included. Returns the script's reply and the count. A script the server
+    /// did not run (`NOSCRIPT`, or a cluster redirect before the client has the new map of
+    /// slots) is sent again.
+    async fn waited(
+        &self,
+        mut script: redis::Cmd,
+        mut fallback: Option<redis::Cmd>,
+        rkeys: &[&str],
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<(Value, i64)> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let mut pipe = redis::pipe();
+            pipe.add_command(script.clone()).add_command(wait.clone());
+            let mut replies = self.con.send_pipe(&pipe).await?.into_iter();
+            let (Some(reply), Some(acked)) = (replies.next(), replies.next()) else {
+                return Err(redis::RedisError::from((
+                    ErrorKind::UnexpectedReturnType,
+                    "a write and WAIT replied with fewer than two replies",
+                )));
+            };
+            match reply.extract_error() {
+                Err(e)
+                    if fallback.is_some()
+                        && e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script = fallback.take().unwrap_or(script);
+                }
+                // Not run: the slot moved (a failover, a resharding). A routed read teaches the
+                // client the new map; then the pipeline goes to the new master.
+                Err(e) if tries < 8 && is_redirect(&e) => {
+                    if let Some(rkey) = rkeys.first() {
+                        let mut probe = redis::cmd("EXISTS");
+                        probe.arg(*rkey);
+                        let _ = self.con.send(&probe).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(25 << tries.min(5))).await;
+                }
+                Err(e) => return Err(e),
+                Ok(reply) => {
+                    let acked = match acked {
+                        Value::Int(n) => n,
+                        other => {
+                            return Err(other.extract_error().err().unwrap_or_else(|| {
+                                redis::RedisError::from((
+                                    ErrorKind::UnexpectedReturnType,
+                                    "WAIT did not reply with a number",
+                                ))
+                            }))
+                        }
+                    };
+                    return Ok((reply, acked));
+                }
+            }
         }
     }
 
@@ -334,6 +375,60 @@ impl RedisDriver {
         k.push_str(key);
         k
     }
+}
+
+/// A write that fewer replicas than asked acknowledged in time: its outcome, as far as a
+/// failover goes, is unknown.
+fn check_acked(key: &str, acked: i64, replicas: u32, timeout: Duration) -> Result<(), Error> {
+    if acked >= i64::from(replicas) {
+        return Ok(());
+    }
+    Err(Error::CommitUnknown {
+        scope: crate::error::shorten(key),
+        reason: format!(
+            "the write is on the master, but {acked} of the {replicas} replicas it waits for \
+             acknowledged it within {timeout:?}: the master failing before a replica copies it \
+             would lose it"
+        ),
+    })
+}
+
+/// Whether a server's error says the command was not run here: the key's slot is served
+/// elsewhere, or the cluster cannot serve it yet.
+fn is_redirect(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            redis::ServerErrorKind::Moved
+                | redis::ServerErrorKind::Ask
+                | redis::ServerErrorKind::TryAgain
+                | redis::ServerErrorKind::ClusterDown
+        )
+    )
+}
+
+/// The record of the read script's reply `{hash, at}` (see [`scripts::LOAD_SCRIPT`]), with its
+/// expiry.
+fn parse_loaded(reply: Value, key: &str, rkey: &str) -> Result<Option<Record>, Error> {
+    let Value::Array(mut parts) = reply else {
+        return Err(corrupt(key, rkey, "unexpected reply to a read"));
+    };
+    let (Some(at), Some(hash), None) = (parts.pop(), parts.pop(), parts.pop()) else {
+        return Err(corrupt(key, rkey, "unexpected reply to a read"));
+    };
+    let expires_at = match at {
+        // Negative: no expiry (or the key is absent, and so is the hash).
+        Value::Int(ms) => u64::try_from(ms).ok(),
+        _ => return Err(corrupt(key, rkey, "unexpected reply to an expiry read")),
+    };
+    if hash == Value::Int(0) {
+        return Err(corrupt(
+            key,
+            rkey,
+            "the key holds a value that is not a hash",
+        ));
+    }
+    Ok(parse_record(hash, key, rkey)?.map(|r| r.with_expiry(expires_at)))
 }
 
 /// The expiry kind and value arguments of the scripts.
@@ -349,64 +444,23 @@ fn expiry_args(expiry: Expiry) -> (&'static [u8], String) {
     }
 }
 
-/// Why a first connection failed.
-enum Connect {
-    Redis(redis::RedisError),
-    Config(Error),
-    TimedOut,
-}
-
-impl Connect {
-    fn as_redis(&self) -> Option<&redis::RedisError> {
-        match self {
-            Connect::Redis(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// Makes the connection manager of `config`, speaking RESP3 or RESP2, within the connect
-/// timeout (name resolution included).
-async fn connect_manager(config: &RedisConfig, resp3: bool) -> Result<ConnectionManager, Connect> {
-    let connect_timeout = config.get_connect_timeout();
-    let info = config
-        .clone()
-        .resp3(resp3)
-        .connection_info()
-        .map_err(Connect::Config)?;
-    let client = redis::Client::open(info).map_err(|e| {
-        Connect::Config(crate::url::invalid(
-            &config.redacted_url(),
-            format!("the redis crate refused it: {e}"),
-        ))
-    })?;
-    // One connection attempt per call that needs one, so that a server that is down fails a
-    // call within `connect_timeout` instead of after a series of retries.
-    let manager = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(config.get_response_timeout()))
-        .set_number_of_retries(0)
-        .set_max_delay(Duration::from_secs(1));
-    match tokio::time::timeout(
-        connect_timeout,
-        ConnectionManager::new_with_config(client, manager),
-    )
-    .await
-    {
-        Ok(r) => r.map_err(Connect::Redis),
-        Err(_) => Err(Connect::TimedOut),
-    }
-}
-
 #[async_trait]
-impl Driver for RedisDriver {
+impl<C: Connection> Driver for RedisDriver<C> {
     fn name(&self) -> &'static str {
-        NAME
+        C::NAME
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
-        let mut records = self.read_records(&[key]).await?;
-        Ok(records.pop().flatten())
+        let rkey = self.redis_key(key);
+        let lua = &self.scripts.load;
+        let reply = match self.read(&lua.evalsha(&[&rkey], &[])).await {
+            Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.read(&lua.eval(&[&rkey], &[])).await
+            }
+            other => other,
+        }
+        .map_err(|e| self.command_error(e, key, &rkey))?;
+        parse_loaded(reply, key, &rkey)
     }
 
     async fn cas(
@@ -448,15 +502,17 @@ impl Driver for RedisDriver {
             value.as_bytes(),
         ];
         let reply = self
-            .run_script(&self.cas, &rkey, &args)
-            .await
-            .map_err(|e| command_error(e, &self.addr, key, &rkey))?;
+            .run_script(&self.scripts.cas, key, &rkey, &args, true)
+            .await?;
         match reply {
             Value::Int(1) => Ok(CasOutcome::Committed(version)),
-            other => {
+            other => match parse_record(other, key, &rkey)? {
+                // This very write, sent again by the client after its reply was lost (a cluster
+                // connection resends a command whose connection broke): it took effect once.
+                Some(r) if r.tokens.contains(&write.token) => Ok(CasOutcome::Committed(version)),
                 // At the expected revision too, when another claimant reserved the scope.
-                Ok(CasOutcome::Conflict(parse_record(other, key, &rkey)?))
-            }
+                other => Ok(CasOutcome::Conflict(other)),
+            },
         }
     }
 
@@ -478,9 +534,8 @@ impl Driver for RedisDriver {
             value.as_bytes(),
         ];
         let reply = self
-            .run_script(&self.put, &rkey, &args)
-            .await
-            .map_err(|e| command_error(e, &self.addr, key, &rkey))?;
+            .run_script(&self.scripts.put, key, &rkey, &args, true)
+            .await?;
         match &reply {
             Value::BulkString(b) => parse_version(b),
             Value::SimpleString(s) => parse_version(s.as_bytes()),
@@ -497,14 +552,80 @@ impl Driver for RedisDriver {
         let rkey = self.redis_key(key);
         let (kind, value) = expiry_args(expiry);
         let reply = self
-            .run_script(&self.expire, &rkey, &[kind, value.as_bytes()])
-            .await
-            .map_err(|e| command_error(e, &self.addr, key, &rkey))?;
+            .run_script(
+                &self.scripts.expire,
+                key,
+                &rkey,
+                &[kind, value.as_bytes()],
+                true,
+            )
+            .await?;
         Ok(matches!(reply, Value::Int(1)))
     }
 
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
-        self.read_records(keys).await
+        // One round trip per group of keys the connection serves together (all of them on one
+        // server; one slot each in a cluster, sent at once): the reads pipelined, each the
+        // script that reads a record with its expiry (sent again as EVAL when the server lost
+        // it).
+        let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let groups = self.con.groups(&rkeys);
+        let rkeys = &rkeys;
+        let lua = &self.scripts.load;
+        let replies = futures::future::try_join_all(groups.iter().map(|group| async move {
+            let pipe = |by_sha: bool| {
+                let mut pipe = redis::pipe();
+                for &i in group {
+                    pipe.add_command(if by_sha {
+                        lua.evalsha(&[&rkeys[i]], &[])
+                    } else {
+                        lua.eval(&[&rkeys[i]], &[])
+                    });
+                }
+                pipe
+            };
+            let send = |pipe: redis::Pipeline| async move {
+                match self.con.send_pipe(&pipe).await {
+                    Err(e) if e.is_connection_dropped() => self.con.send_pipe(&pipe).await,
+                    other => other,
+                }
+            };
+            let no_script = |e: &redis::RedisError| {
+                e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            };
+            let replies = match send(pipe(true)).await {
+                Ok(replies)
+                    if replies
+                        .iter()
+                        .any(|r| r.clone().extract_error().is_err_and(|e| no_script(&e))) =>
+                {
+                    send(pipe(false)).await
+                }
+                Err(e) if no_script(&e) => send(pipe(false)).await,
+                other => other,
+            };
+            replies.map_err(|e| match group.first() {
+                Some(&i) => self.command_error(e, keys[i], &rkeys[i]),
+                None => self.backend_error(e),
+            })
+        }))
+        .await?;
+        let mut out: Vec<Option<Record>> = vec![None; keys.len()];
+        for (group, replies) in groups.iter().zip(replies) {
+            if replies.len() != group.len() {
+                return Err(self.backend_error(redis::RedisError::from((
+                    ErrorKind::UnexpectedReturnType,
+                    "a pipeline of reads replied with a different number of replies",
+                ))));
+            }
+            for (&i, reply) in group.iter().zip(replies) {
+                let reply = reply
+                    .extract_error()
+                    .map_err(|e| self.command_error(e, keys[i], &rkeys[i]))?;
+                out[i] = parse_loaded(reply, keys[i], &rkeys[i])?;
+            }
+        }
+        Ok(out)
     }
 
     async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
@@ -520,6 +641,7 @@ impl Driver for RedisDriver {
             });
         }
         let rkeys: Vec<String> = ops.iter().map(|op| self.redis_key(op.key)).collect();
+        self.con.one_slot(&rkeys, |i| ops[i].key)?;
         let claimant = ops
             .iter()
             .find_map(|op| match op.action {
@@ -573,13 +695,10 @@ impl Driver for RedisDriver {
         }
         let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
         let keys: Vec<&str> = rkeys.iter().map(String::as_str).collect();
+        let names: Vec<&str> = ops.iter().map(|op| op.key).collect();
         let reply = self
-            .run_script_on(&self.commit, &keys, &args)
-            .await
-            .map_err(|e| match (ops.first(), rkeys.first()) {
-                (Some(op), Some(r)) => command_error(e, &self.addr, op.key, r),
-                _ => backend_error(e, &self.addr),
-            })?;
+            .run_script_on(&self.scripts.commit, &names, &keys, &args, true)
+            .await?;
         match reply {
             Value::Int(1) => Ok(CommitOutcome::Committed(versions)),
             Value::Array(items) => {
@@ -598,6 +717,15 @@ impl Driver for RedisDriver {
                     };
                     failed.push((i, parse_record(record, ops[i].key, &rkeys[i])?));
                 }
+                // This very commit, sent again by the client after its reply was lost: a written
+                // scope holds its token, so all of it took effect once.
+                let ours = failed.iter().any(|(i, r)| match (&ops[*i].action, r) {
+                    (Action::Write(w), Some(r)) => r.tokens.contains(&w.token),
+                    _ => false,
+                });
+                if ours {
+                    return Ok(CommitOutcome::Committed(versions));
+                }
                 Ok(CommitOutcome::Conflict(failed))
             }
             _ => Err(corrupt(
@@ -615,55 +743,61 @@ impl Driver for RedisDriver {
             ttl.as_millis().clamp(1, 86_400_000).to_string(),
         );
         let reply = self
-            .run_script(&self.reserve, &rkey, &[claimant.as_bytes(), ttl.as_bytes()])
-            .await
-            .map_err(|e| command_error(e, &self.addr, key, &rkey))?;
+            .run_script(
+                &self.scripts.reserve,
+                key,
+                &rkey,
+                &[claimant.as_bytes(), ttl.as_bytes()],
+                false,
+            )
+            .await?;
         Ok(matches!(reply, Value::Int(1)))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
         let rkey = self.redis_key(key);
-        let removed: i64 = redis::cmd("DEL")
-            .arg(&rkey)
-            .query_async(&mut self.con.clone())
-            .await
-            .map_err(|e| command_error(e, &self.addr, key, &rkey))?;
-        Ok(removed > 0)
+        let mut del = redis::cmd("DEL");
+        del.arg(&rkey);
+        let reply = match self.replicas {
+            Some((replicas, timeout)) => {
+                let (reply, acked) = self
+                    .waited(del, None, &[&rkey], replicas, timeout)
+                    .await
+                    .map_err(|e| self.command_error(e, key, &rkey))?;
+                check_acked(key, acked, replicas, timeout)?;
+                reply
+            }
+            None => self
+                .con
+                .send(&del)
+                .await
+                .map_err(|e| self.command_error(e, key, &rkey))?,
+        };
+        Ok(matches!(reply, Value::Int(n) if n > 0))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
         let full = self.redis_key(prefix);
         let mut pattern = glob_escape(&full);
         pattern.push('*');
+        // Every server that holds keys (every master of a cluster), SCAN … MATCH … COUNT 1000.
+        let raw = self
+            .con
+            .scan(&pattern)
+            .await
+            .map_err(|e| self.backend_error(e))?;
         // A key can come back more than once while the table grows: keep each once.
         let mut keys = BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .read(&cmd)
-                .await
-                .map_err(|e| backend_error(e, &self.addr))?;
-            for raw in batch {
-                // Keys that are not UTF-8 are not ours.
-                let Ok(k) = String::from_utf8(raw) else {
-                    continue;
-                };
-                if let Some(name) = k.strip_prefix(&self.prefix) {
-                    if name.starts_with(prefix) {
-                        keys.insert(name.to_owned());
-                    }
+        for raw in raw {
+            // Keys that are not UTF-8 are not ours.
+            let Ok(k) = String::from_utf8(raw) else {
+                continue;
+            };
+            if let Some(name) = k.strip_prefix(&self.prefix) {
+                if name.starts_with(prefix) {
+                    keys.insert(name.to_owned());
                 }
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         Ok(keys.into_iter().collect())
     }
