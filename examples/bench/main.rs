@@ -18,10 +18,12 @@
 //! side (`embedded`: 1, 8 and 64 tasks on scopes of their own, durable, the ratio sqlite / file)
 //! and fills N one-counter scopes into each to measure the disk space per scope (`fill`,
 //! `--fill N`, default 100,000, 2,000 with `--quick`; the file driver gets at most 20,000).
-//! `--only scenarios|ttl|transfer|fairness|embedded|fill|locked` runs one part (`ttl`: warm
+//! `--only scenarios|ttl|transfer|fairness|embedded|fill|locked|copy` runs one part (`ttl`: warm
 //! updates of a type with `ttl_secs` against the same type without, calls per update included);
 //! `locked` (only when asked for) compares an uncontended exclusive update with
-//! `SELECT … FOR UPDATE` (see `locked.rs`).
+//! `SELECT … FOR UPDATE` (see `locked.rs`); `copy` (only when asked for) times the `mp-storage`
+//! command-line tool's export, import and copy of `--fill N` scopes (default 100,000) between
+//! two drivers (see `copy.rs`; build the binary first).
 //!
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
@@ -36,6 +38,7 @@
 //! scenario alone, `--only fairness` the fairness rows.
 
 mod baseline;
+mod copy;
 #[cfg(feature = "sqlite")]
 mod embedded;
 mod fair;
@@ -484,14 +487,21 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--only" => {
                 let part = it.next().ok_or(
-                    "--only needs scenarios, ttl, transfer, fairness, embedded, fill or locked",
+                    "--only needs scenarios, ttl, transfer, fairness, embedded, fill, locked or copy",
                 )?;
                 if !matches!(
                     part.as_str(),
-                    "scenarios" | "ttl" | "transfer" | "fairness" | "embedded" | "fill" | "locked"
+                    "scenarios"
+                        | "ttl"
+                        | "transfer"
+                        | "fairness"
+                        | "embedded"
+                        | "fill"
+                        | "locked"
+                        | "copy"
                 ) {
                     return Err(format!(
-                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded, fill or locked"
+                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded, fill, locked or copy"
                     ));
                 }
                 args.only = Some(part);
@@ -507,7 +517,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: mp-bench [--storage URL]… [--secs S] [--quick] \
-                     [--only scenarios|ttl|transfer|fairness|embedded|fill|locked] [--fill N]"
+                     [--only scenarios|ttl|transfer|fairness|embedded|fill|locked|copy] [--fill N]"
                 );
                 std::process::exit(0);
             }
@@ -1026,6 +1036,16 @@ async fn main() {
             }
         }
     }
+    let mut copy_rows = Vec::new();
+    if args.only.as_deref() == Some("copy") {
+        let n = args
+            .fill
+            .unwrap_or(if args.quick { 2_000 } else { 100_000 });
+        if let Err(e) = copy::bench(n, &mut copy_rows).await {
+            eprintln!("mp-bench: copy: {e}");
+            failed = true;
+        }
+    }
     for url in &urls {
         if args.only.is_some()
             && !part("scenarios")
@@ -1097,6 +1117,7 @@ async fn main() {
         );
     }
     fair::print_table(&fair_rows);
+    copy::print_table(&copy_rows);
     #[cfg(feature = "sqlite")]
     embedded::print_tables(&embedded_rows, &fill_rows);
     for url in &urls {

@@ -39,6 +39,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod builder;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 pub mod driver;
 mod engine;
@@ -46,6 +48,7 @@ mod error;
 mod finite;
 mod idempotent;
 mod migrate;
+mod raw;
 mod retry;
 mod scope;
 mod stats;
@@ -69,6 +72,7 @@ pub use migrate::{
     MigrateAll, MigrationFailure, MigrationProgress, MigrationReport, DEFAULT_BATCH_SIZE,
     MAX_LISTED_FAILURES,
 };
+pub use raw::{RawScope, MAX_RAW_BATCH};
 pub use retry::RetryPolicy;
 pub use scope::Scope;
 pub use stats::Stats;

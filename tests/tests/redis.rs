@@ -106,6 +106,51 @@ async fn cas_put_delete_follow_the_contract() {
 }
 
 #[tokio::test]
+async fn load_reports_the_expiry_exactly() {
+    use mp_storage::Expiry;
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("expiry-load");
+    let d = open_driver(&url, &prefix).await;
+    let at = mp_storage::driver::now_ms() + 3_600_123;
+    d.put("at", write(b"1", 1, 10).with_expiry(Expiry::At(at)))
+        .await
+        .unwrap();
+    d.put("never", write(b"2", 2, 10)).await.unwrap();
+    let before = mp_storage::driver::now_ms();
+    d.put(
+        "after",
+        write(b"3", 3, 10).with_expiry(Expiry::After(Duration::from_secs(60))),
+    )
+    .await
+    .unwrap();
+    let after = mp_storage::driver::now_ms();
+    let r = d.load("at").await.unwrap().unwrap();
+    assert_eq!((r.data.as_slice(), r.expires_at), (&b"1"[..], Some(at)));
+    assert_eq!(d.load("never").await.unwrap().unwrap().expires_at, None);
+    let got = d.load("after").await.unwrap().unwrap().expires_at.unwrap();
+    // The server's clock: within a second of this machine's.
+    assert!(
+        got + 1000 >= before + 60_000 && got <= after + 60_000 + 1000,
+        "{got} for {before}..{after} + 60 s"
+    );
+    let many = d.load_many(&["never", "absent", "at"]).await.unwrap();
+    let expiries: Vec<Option<Option<u64>>> = many
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.expires_at))
+        .collect();
+    assert_eq!(expiries, [Some(None), None, Some(Some(at))]);
+    // Cleared: none again; a record with an expiry copied elsewhere keeps it to the ms.
+    assert!(d.expire("at", Expiry::Never).await.unwrap());
+    assert_eq!(d.load("at").await.unwrap().unwrap().expires_at, None);
+    let st = open_storage(&url, &prefix).await;
+    let raw = mp_storage::RawScope::new("{}", 4)
+        .unwrap()
+        .with_expires_at(Some(at));
+    st.set_raw("copied", &raw).await.unwrap();
+    assert_eq!(st.get_raw("copied").await.unwrap(), Some(raw));
+}
+
+#[tokio::test]
 async fn tokens_keep_the_last_sixteen_and_versions_stay_exact() {
     let Some(url) = server_url() else { return };
     let prefix = private_prefix("tokens");

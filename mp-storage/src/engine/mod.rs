@@ -379,46 +379,68 @@ impl Engine {
     pub(crate) async fn set<T: Scope>(&self, name: &str, value: &T) -> Result<(), Error> {
         let key = self.key(T::NAMESPACE, name)?;
         let data = self.encode::<T>(&key, value)?;
-        let schema = if T::UNTYPED {
-            // An untyped value keeps the schema the record has: read it rather than trust
-            // whatever the cache holds.
-            match self.slots.get(key.as_str()) {
-                Some(r) => r.schema,
-                None => self.load(&key).await?.map_or(0, |r| r.schema),
-            }
-        } else {
-            T::VERSION
-        };
         self.check_expiry::<T>()?;
+        // An untyped value keeps the schema the record has.
+        let schema = (!T::UNTYPED).then_some(T::VERSION);
+        self.write(&key, schema, data, expiry_of::<T>(), false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes `data` to `key` at `schema` (`None`: the schema the record has, 0 for a new one)
+    /// with `expiry`: whatever is stored, or, `only_if_absent`, only when the scope is absent.
+    /// Returns whether it wrote.
+    pub(crate) async fn write(
+        &self,
+        key: &Key,
+        schema: Option<u32>,
+        data: Vec<u8>,
+        expiry: crate::driver::Expiry,
+        only_if_absent: bool,
+    ) -> Result<bool, Error> {
+        self.check_size(key, &data)?;
+        let slot = self.slots.slot(key.as_str());
+        let keep_schema = schema.is_none();
+        let mut schema = match schema {
+            Some(s) => s,
+            // Read the schema rather than trust whatever the cache holds.
+            None if only_if_absent => 0,
+            None => match self.slots.get(key.as_str()) {
+                Some(r) => r.schema,
+                None => self.load(key).await?.map_or(0, |r| r.schema),
+            },
+        };
         // A compare-and-swap rather than a blind put: a scope leased by an exclusive update
         // waits for it, and the write must not land over a lease taken meanwhile.
-        let slot = self.slots.slot(key.as_str());
         let started = tokio::time::Instant::now();
         // Uncached, it first tries to create the scope: one round trip for a new scope, and an
         // existing one comes back with the conflict (contract rule 6).
-        let mut current = slot.get();
+        let mut current = if only_if_absent { None } else { slot.get() };
         let mut from_cache = current.is_some();
         loop {
             if current
                 .as_ref()
                 .is_some_and(|r| lease::lease_of(&r.meta).is_some())
             {
-                current = lease::wait_free(self, &key, &slot, current, from_cache, started).await?;
+                current = lease::wait_free(self, key, &slot, current, from_cache, started).await?;
+            }
+            if let (true, Some(r)) = (keep_schema, &current) {
+                schema = r.schema;
             }
             let expected = current.as_ref().map(|r| r.revision());
             let write = update::new_write(schema, &data)
                 .with_claimant(self.claimant)
-                .with_expiry(expiry_of::<T>());
+                .with_expiry(expiry);
             let token = write.token;
             let outcome = match self.driver.cas(key.as_str(), expected, write).await {
                 Ok(o) => o,
                 Err(e) if e.outcome_unknown() => {
                     self.slots.set(&slot, None);
-                    match settle::settle(self, &key, &slot, expected, token, None, e).await? {
+                    match settle::settle(self, key, &slot, expected, token, None, e).await? {
                         settle::Settled::Committed(_) => {
                             self.bump(Counter::Settled);
                             self.bump(Counter::Commits);
-                            return Ok(());
+                            return Ok(true);
                         }
                         settle::Settled::NotApplied(fresh) => CasOutcome::Conflict(fresh),
                     }
@@ -437,9 +459,22 @@ impl Engine {
                     };
                     let record = Record::new(version, schema, data, tokens);
                     self.slots.set(&slot, Some(Arc::new(record)));
-                    return Ok(());
+                    return Ok(true);
                 }
                 CasOutcome::Conflict(fresh) => {
+                    if only_if_absent {
+                        match fresh {
+                            Some(r) => {
+                                self.slots.set(&slot, Some(Arc::new(r)));
+                                return Ok(false);
+                            }
+                            // Present but not read at once, or gone again: look.
+                            None if update::load(self, key, &slot).await?.is_some() => {
+                                return Ok(false)
+                            }
+                            None => {}
+                        }
+                    }
                     let elapsed = started.elapsed();
                     if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
                         self.bump(Counter::GaveUp);
@@ -448,6 +483,9 @@ impl Engine {
                             attempts: 0,
                             elapsed,
                         });
+                    }
+                    if only_if_absent {
+                        continue;
                     }
                     let same = fresh.as_ref().map(|r| r.revision()) == expected;
                     if same {
@@ -462,11 +500,109 @@ impl Engine {
                             self.slots.set(&slot, Some(r.clone()));
                             Some(r)
                         }
-                        None => update::load(self, &key, &slot).await?,
+                        None => update::load(self, key, &slot).await?,
                     };
                     from_cache = false;
                 }
             }
+        }
+    }
+
+    /// Writes several scopes like [`Engine::write`] (each at its schema, with its expiry), in
+    /// commits of up to [`MAX_COMMIT_KEYS`](crate::MAX_COMMIT_KEYS) scopes, each one
+    /// transaction or script where the driver commits several scopes at once: first the
+    /// revisions are read in one round trip (not when `only_if_absent`), then written all or
+    /// nothing. A commit that conflicts, meets a leased or unreadable record, or whose reply was
+    /// lost is done again scope by scope through [`Engine::write`] (writing the same value
+    /// twice is harmless for these writes). Returns, per scope, whether it wrote.
+    pub(crate) async fn write_many(
+        &self,
+        entries: &[(Key, u32, &[u8], crate::driver::Expiry)],
+        only_if_absent: bool,
+    ) -> Result<Vec<bool>, Error> {
+        for (key, _, data, _) in entries {
+            self.check_size(key, data)?;
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(crate::MAX_COMMIT_KEYS) {
+            match self.commit_chunk(chunk, only_if_absent).await? {
+                true => out.extend(std::iter::repeat_n(true, chunk.len())),
+                false => {
+                    for (key, schema, data, expiry) in chunk {
+                        out.push(
+                            self.write(key, Some(*schema), data.to_vec(), *expiry, only_if_absent)
+                                .await?,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One commit of [`Engine::write_many`]: whether it wrote every scope (`false`: nothing
+    /// known written, do them one by one).
+    async fn commit_chunk(
+        &self,
+        chunk: &[(Key, u32, &[u8], crate::driver::Expiry)],
+        only_if_absent: bool,
+    ) -> Result<bool, Error> {
+        if chunk.len() < 2 || !self.driver.capabilities().multi_key_commit {
+            return Ok(false);
+        }
+        let keys: Vec<&str> = chunk.iter().map(|(k, ..)| k.as_str()).collect();
+        let expected: Vec<Option<crate::driver::Revision>> = if only_if_absent {
+            vec![None; chunk.len()]
+        } else {
+            self.bump(Counter::Loads);
+            let records = match self.driver.load_many(&keys).await {
+                Ok(r) => r,
+                Err(Error::Corrupt { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            if records
+                .iter()
+                .flatten()
+                .any(|r| lease::lease_of(&r.meta).is_some())
+            {
+                return Ok(false);
+            }
+            records
+                .iter()
+                .map(|r| r.as_ref().map(|r| r.revision()))
+                .collect()
+        };
+        let ops: Vec<crate::driver::Op<'_>> = chunk
+            .iter()
+            .zip(&expected)
+            .map(
+                |((key, schema, data, expiry), expected)| crate::driver::Op {
+                    key: key.as_str(),
+                    expected: *expected,
+                    action: crate::driver::Action::Write(
+                        update::new_write(*schema, data)
+                            .with_claimant(self.claimant)
+                            .with_expiry(*expiry),
+                    ),
+                },
+            )
+            .collect();
+        let outcome = self.driver.commit(&ops).await;
+        for key in &keys {
+            self.slots.put(key, None);
+        }
+        match outcome {
+            Ok(crate::driver::CommitOutcome::Committed(_)) => {
+                self.bump(Counter::Commits);
+                self.bump(Counter::MultiCommits);
+                Ok(true)
+            }
+            Ok(crate::driver::CommitOutcome::Conflict(_)) => {
+                self.bump(Counter::Conflicts);
+                Ok(false)
+            }
+            Err(e) if e.outcome_unknown() || matches!(e, Error::Corrupt { .. }) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -563,7 +699,11 @@ impl Engine {
         Ok(data)
     }
 
-    fn check_size(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+    pub(crate) fn max_data_len(&self) -> usize {
+        self.max_data_len
+    }
+
+    pub(crate) fn check_size(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
         if data.len() > self.max_data_len {
             return Err(Error::TooLarge {
                 scope: crate::error::shorten(key.scope()),

@@ -42,7 +42,8 @@
 //!
 //! # Commands
 //!
-//! - load: one `HGETALL`.
+//! - load: one `EVALSHA` of a script that reads the hash (`HGETALL`) and its expiry
+//!   (`PEXPIRETIME`) together; `load_many` pipelines one per key, one round trip.
 //! - compare-and-swap: one `EVALSHA` of a script that compares the revision (the version and
 //!   the last token, or absence), writes every field and appends the token; on a conflict it
 //!   returns the current record in the same reply, so a warm uncontended update costs one
@@ -139,6 +140,7 @@ struct Scripts {
     reserve: Lua,
     commit: Lua,
     expire: Lua,
+    load: Lua,
 }
 
 impl Scripts {
@@ -148,6 +150,7 @@ impl Scripts {
             reserve: Lua::new(scripts::RESERVE_SCRIPT.to_owned()),
             commit: Lua::new(scripts::COMMIT_SCRIPT.to_owned()),
             expire: Lua::new(scripts::EXPIRE_SCRIPT.to_owned()),
+            load: Lua::new(scripts::LOAD_SCRIPT.to_owned()),
             put: Lua::new(format!("{}{}", scripts::PUT_CHECK, scripts::PUT_SCRIPT)),
         }
     }
@@ -404,6 +407,30 @@ fn is_redirect(e: &redis::RedisError) -> bool {
     )
 }
 
+/// The record of the read script's reply `{hash, at}` (see [`scripts::LOAD_SCRIPT`]), with its
+/// expiry.
+fn parse_loaded(reply: Value, key: &str, rkey: &str) -> Result<Option<Record>, Error> {
+    let Value::Array(mut parts) = reply else {
+        return Err(corrupt(key, rkey, "unexpected reply to a read"));
+    };
+    let (Some(at), Some(hash), None) = (parts.pop(), parts.pop(), parts.pop()) else {
+        return Err(corrupt(key, rkey, "unexpected reply to a read"));
+    };
+    let expires_at = match at {
+        // Negative: no expiry (or the key is absent, and so is the hash).
+        Value::Int(ms) => u64::try_from(ms).ok(),
+        _ => return Err(corrupt(key, rkey, "unexpected reply to an expiry read")),
+    };
+    if hash == Value::Int(0) {
+        return Err(corrupt(
+            key,
+            rkey,
+            "the key holds a value that is not a hash",
+        ));
+    }
+    Ok(parse_record(hash, key, rkey)?.map(|r| r.with_expiry(expires_at)))
+}
+
 /// The expiry kind and value arguments of the scripts.
 fn expiry_args(expiry: Expiry) -> (&'static [u8], String) {
     match expiry {
@@ -425,13 +452,15 @@ impl<C: Connection> Driver for RedisDriver<C> {
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
         let rkey = self.redis_key(key);
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(&rkey);
-        let reply = self
-            .read(&cmd)
-            .await
-            .map_err(|e| self.command_error(e, key, &rkey))?;
-        parse_record(reply, key, &rkey)
+        let lua = &self.scripts.load;
+        let reply = match self.read(&lua.evalsha(&[&rkey], &[])).await {
+            Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.read(&lua.eval(&[&rkey], &[])).await
+            }
+            other => other,
+        }
+        .map_err(|e| self.command_error(e, key, &rkey))?;
+        parse_loaded(reply, key, &rkey)
     }
 
     async fn cas(
@@ -536,20 +565,46 @@ impl<C: Connection> Driver for RedisDriver<C> {
 
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         // One round trip per group of keys the connection serves together (all of them on one
-        // server; one slot each in a cluster, sent at once): the HGETALLs pipelined.
+        // server; one slot each in a cluster, sent at once): the reads pipelined, each the
+        // script that reads a record with its expiry (sent again as EVAL when the server lost
+        // it).
         let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
         let groups = self.con.groups(&rkeys);
         let rkeys = &rkeys;
+        let lua = &self.scripts.load;
         let replies = futures::future::try_join_all(groups.iter().map(|group| async move {
-            let mut pipe = redis::pipe();
-            for &i in group {
-                pipe.cmd("HGETALL").arg(&rkeys[i]);
-            }
-            match self.con.send_pipe(&pipe).await {
-                Err(e) if e.is_connection_dropped() => self.con.send_pipe(&pipe).await,
+            let pipe = |by_sha: bool| {
+                let mut pipe = redis::pipe();
+                for &i in group {
+                    pipe.add_command(if by_sha {
+                        lua.evalsha(&[&rkeys[i]], &[])
+                    } else {
+                        lua.eval(&[&rkeys[i]], &[])
+                    });
+                }
+                pipe
+            };
+            let send = |pipe: redis::Pipeline| async move {
+                match self.con.send_pipe(&pipe).await {
+                    Err(e) if e.is_connection_dropped() => self.con.send_pipe(&pipe).await,
+                    other => other,
+                }
+            };
+            let no_script = |e: &redis::RedisError| {
+                e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            };
+            let replies = match send(pipe(true)).await {
+                Ok(replies)
+                    if replies
+                        .iter()
+                        .any(|r| r.clone().extract_error().is_err_and(|e| no_script(&e))) =>
+                {
+                    send(pipe(false)).await
+                }
+                Err(e) if no_script(&e) => send(pipe(false)).await,
                 other => other,
-            }
-            .map_err(|e| match group.first() {
+            };
+            replies.map_err(|e| match group.first() {
                 Some(&i) => self.command_error(e, keys[i], &rkeys[i]),
                 None => self.backend_error(e),
             })
@@ -567,7 +622,7 @@ impl<C: Connection> Driver for RedisDriver<C> {
                 let reply = reply
                     .extract_error()
                     .map_err(|e| self.command_error(e, keys[i], &rkeys[i]))?;
-                out[i] = parse_record(reply, keys[i], &rkeys[i])?;
+                out[i] = parse_loaded(reply, keys[i], &rkeys[i])?;
             }
         }
         Ok(out)

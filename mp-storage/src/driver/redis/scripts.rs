@@ -178,6 +178,22 @@ end
 return 1
 ";
 
+/// Reads a record with its expiry. Replies `{hash, at}`: the hash as `HGETALL` gives it (empty
+/// when absent) and its expiry in ms since 1970 (negative: none); `{0, -2}` when the key holds
+/// another type than a hash. A server older than Redis 7 has no `PEXPIRETIME`: the expiry is
+/// then the server's time plus `PTTL`.
+pub(super) const LOAD_SCRIPT: &str = r"
+local read, h = pcall(redis.call, 'HGETALL', KEYS[1])
+if not read then return {0, -2} end
+if #h == 0 then return {h, -2} end
+local ok, at = pcall(redis.call, 'PEXPIRETIME', KEYS[1])
+if ok then return {h, at} end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then return {h, ttl} end
+local now = redis.call('TIME')
+return {h, now[1] * 1000 + math.floor(now[2] / 1000) + ttl}
+";
+
 /// A script and its SHA-1, sent as `EVALSHA` and, when the server does not have it
 /// (`NOSCRIPT`: a restart, a failover, `SCRIPT FLUSH`), as `EVAL` with its body, which cannot
 /// miss: no window in which another `SCRIPT FLUSH` loses it again.
