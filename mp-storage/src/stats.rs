@@ -49,6 +49,12 @@ pub struct Stats {
     pub lease_waits: u64,
     /// Leases that ran out (by this process's clock) and were written over.
     pub leases_taken_over: u64,
+    /// Change subscriptions opened for watchers ([`Storage::watch`](crate::Storage::watch)):
+    /// one while any scope is watched, however many watchers there are, plus one per reopening
+    /// after the driver's change stream ended.
+    pub watch_feeds: u64,
+    /// Reads of watched scopes after a change hint (the first read of each included).
+    pub watch_reads: u64,
 }
 
 /// One counter of [`Counters`].
@@ -124,6 +130,9 @@ impl Counters {
             lease_renewals: sum(Counter::LeaseRenewals),
             lease_waits: sum(Counter::LeaseWaits),
             leases_taken_over: sum(Counter::LeasesTakenOver),
+            // Filled in by the engine from its watchers' hub.
+            watch_feeds: 0,
+            watch_reads: 0,
         }
     }
 }

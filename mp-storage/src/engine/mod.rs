@@ -15,6 +15,7 @@ mod schema;
 mod settle;
 mod slots;
 mod update;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use lease::{DEFAULT_LEASE, MIN_LEASE};
 pub use receipts::{MAX_IDEMPOTENCY_KEY_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN, RECEIPT_TTL};
 pub(crate) use schema::Rewritten;
 use slots::Slots;
+pub use watch::Watch;
 
 /// The default largest encoded scope, in bytes (16 MiB); a driver may allow less.
 pub const DEFAULT_MAX_DATA_LEN: usize = 16 << 20;
@@ -74,6 +76,8 @@ pub(crate) struct Engine {
     claimant: u64,
     /// The lease length of this engine's exclusive updates.
     lease: std::time::Duration,
+    /// The watchers' hub: one change subscription for all of them.
+    hub: Arc<watch::Hub>,
     /// Dropped with the engine, which ends its sweeper.
     _sweeper: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -129,6 +133,7 @@ impl Engine {
             claimant: rand::random_range(1..=u64::MAX),
             lease: settings.lease,
             _sweeper: start_sweeper(&driver),
+            hub: watch::Hub::new(driver.clone()),
             driver,
         }
     }
@@ -146,7 +151,23 @@ impl Engine {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        let mut stats = self.counters.snapshot();
+        let hub = self.hub.stats();
+        stats.watch_feeds = hub.feeds;
+        stats.watch_reads = hub.reads;
+        stats
+    }
+
+    /// Watches scope `name` as `T` (see `watch.rs`).
+    pub(crate) fn watch<T: Scope>(&self, name: &str) -> Result<Watch<T>, Error> {
+        let key = self.key(T::NAMESPACE, name)?;
+        if !self.driver.capabilities().watch {
+            return Err(Error::Unsupported {
+                driver: self.driver.name(),
+                capability: "watching scopes (change hints)",
+            });
+        }
+        Ok(self.hub.watch::<T>(key.as_str(), key.scope()))
     }
 
     fn bump(&self, counter: Counter) {
