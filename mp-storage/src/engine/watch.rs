@@ -250,7 +250,7 @@ impl Hub {
             for chunk in batch.chunks(RESYNC_BATCH) {
                 let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
                 hub.reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                match hub.driver.load_many(&keys).await {
+                match hub.driver.watch_load(&keys).await {
                     Ok(records) if records.len() == keys.len() => {
                         for (key, record) in chunk.iter().zip(records) {
                             hub.finish_read(key, Ok(record));
@@ -261,7 +261,7 @@ impl Hub {
                             let e = Error::backend(
                                 hub.driver.name(),
                                 crate::BackendKind::Other,
-                                "load_many returned a record count other than the key count",
+                                "watch_load returned a record count other than the key count",
                             );
                             hub.finish_read(key, Err(e));
                         }
@@ -292,7 +292,19 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             hub.reads.fetch_add(1, Ordering::Relaxed);
-            let read = hub.driver.load(&key).await;
+            let read = hub
+                .driver
+                .watch_load(&[key.as_str()])
+                .await
+                .and_then(|mut r| {
+                    r.pop().ok_or_else(|| {
+                        Error::backend(
+                            hub.driver.name(),
+                            crate::BackendKind::Other,
+                            "watch_load returned no record for the key",
+                        )
+                    })
+                });
             hub.finish_read(&key, read);
         });
     }

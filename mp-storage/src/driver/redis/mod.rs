@@ -50,7 +50,7 @@
 //!   counts under their own names (so does `total_commands_processed`): count `evalsha` for what
 //!   the client sends.
 //! - put: one `EVALSHA` (the version rises by one; the record's tokens are kept).
-//! - delete: `DEL`. list: `SCAN … MATCH <escaped prefix>* COUNT 1000`, never `KEYS`.
+//! - delete: one `EVALSHA` (`DEL`, and the change hint when the key existed). list: `SCAN … MATCH <escaped prefix>* COUNT 1000`, never `KEYS`.
 //! - A load or a list whose connection turns out to be dropped (an idle connection the server
 //!   closed, a restart) is sent once more on the new connection; writes are not: the engine
 //!   settles a write whose reply was lost from the commit tokens.
@@ -69,16 +69,18 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, Value};
 
 use super::{
-    Action, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write,
+    Action, Capabilities, CasOutcome, ChangeStream, CommitOutcome, Driver, Expiry, Op, Record,
+    Revision, WatchSet, Write,
 };
 use crate::driver::net::ServerError;
 use crate::{BackendKind, Error};
-use scripts::Lua;
+use scripts::{with_publish, Lua, PUBLISH};
 
 mod config;
 mod error;
 mod record;
 mod scripts;
+mod watch;
 
 pub use config::RedisConfig;
 use error::{backend_error, command_error, connect_error};
@@ -113,8 +115,12 @@ pub struct RedisDriver {
     reserve: std::sync::Arc<Lua>,
     commit: std::sync::Arc<Lua>,
     expire: std::sync::Arc<Lua>,
+    delete: std::sync::Arc<Lua>,
+    /// The client that opens the change subscription's own connection (contract rule 17).
+    client: redis::Client,
     /// The server's `host:port`, for errors and `Debug`.
     addr: String,
+    connect_timeout: Duration,
     db: i64,
 }
 
@@ -174,8 +180,8 @@ impl RedisDriver {
             }
             other => other,
         };
-        let con = match con {
-            Ok(con) => con,
+        let (con, client) = match con {
+            Ok(connected) => connected,
             Err(Connect::Redis(e)) if e.kind() == ErrorKind::InvalidClientConfig => {
                 return Err(crate::url::invalid(&config.redacted_url(), e.to_string()));
             }
@@ -196,16 +202,18 @@ impl RedisDriver {
         Ok(RedisDriver {
             con,
             prefix: config.get_prefix().to_owned(),
-            cas: std::sync::Arc::new(Lua::new(scripts::CAS_SCRIPT.to_owned())),
+            cas: std::sync::Arc::new(Lua::new(with_publish(PUBLISH, scripts::CAS_SCRIPT))),
             reserve: std::sync::Arc::new(Lua::new(scripts::RESERVE_SCRIPT.to_owned())),
-            commit: std::sync::Arc::new(Lua::new(scripts::COMMIT_SCRIPT.to_owned())),
-            expire: std::sync::Arc::new(Lua::new(scripts::EXPIRE_SCRIPT.to_owned())),
-            put: std::sync::Arc::new(Lua::new(format!(
-                "{}{}",
-                scripts::PUT_CHECK,
-                scripts::PUT_SCRIPT
+            commit: std::sync::Arc::new(Lua::new(with_publish(PUBLISH, scripts::COMMIT_SCRIPT))),
+            expire: std::sync::Arc::new(Lua::new(with_publish(PUBLISH, scripts::EXPIRE_SCRIPT))),
+            delete: std::sync::Arc::new(Lua::new(with_publish(PUBLISH, scripts::DELETE_SCRIPT))),
+            put: std::sync::Arc::new(Lua::new(with_publish(
+                PUBLISH,
+                &format!("{}{}", scripts::PUT_CHECK, scripts::PUT_SCRIPT),
             ))),
+            client,
             addr,
+            connect_timeout,
             db: config.get_db(),
         })
     }
@@ -232,6 +240,17 @@ impl RedisDriver {
 
     /// Runs a script: `EVALSHA`, then `EVAL` when the server lost it. A write is sent once as
     /// `EVALSHA`; `NOSCRIPT` means the server did not run it, so sending `EVAL` is safe.
+    /// A pipeline of reads, sent once more when the connection turned out to be dropped.
+    async fn read_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        match pipe.query_async(&mut self.con.clone()).await {
+            Err(e) if e.is_connection_dropped() => pipe.query_async(&mut self.con.clone()).await,
+            other => other,
+        }
+    }
+
     async fn run_script(&self, lua: &Lua, rkey: &str, args: &[&[u8]]) -> redis::RedisResult<Value> {
         self.run_script_on(lua, &[rkey], args).await
     }
@@ -296,7 +315,10 @@ impl Connect {
 
 /// Makes the connection manager of `config`, speaking RESP3 or RESP2, within the connect
 /// timeout (name resolution included).
-async fn connect_manager(config: &RedisConfig, resp3: bool) -> Result<ConnectionManager, Connect> {
+async fn connect_manager(
+    config: &RedisConfig,
+    resp3: bool,
+) -> Result<(ConnectionManager, redis::Client), Connect> {
     let connect_timeout = config.get_connect_timeout();
     let info = config
         .clone()
@@ -318,11 +340,11 @@ async fn connect_manager(config: &RedisConfig, resp3: bool) -> Result<Connection
         .set_max_delay(Duration::from_secs(1));
     match tokio::time::timeout(
         connect_timeout,
-        ConnectionManager::new_with_config(client, manager),
+        ConnectionManager::new_with_config(client.clone(), manager),
     )
     .await
     {
-        Ok(r) => r.map_err(Connect::Redis),
+        Ok(r) => r.map(|con| (con, client)).map_err(Connect::Redis),
         Err(_) => Err(Connect::TimedOut),
     }
 }
@@ -425,7 +447,20 @@ impl Driver for RedisDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit().with_expiry()
+        Capabilities::NONE
+            .with_multi_key_commit()
+            .with_expiry()
+            .with_watch()
+    }
+
+    fn changes(&self, watched: std::sync::Arc<WatchSet>) -> Option<ChangeStream> {
+        Some(watch::changes(
+            self.client.clone(),
+            self.prefix.clone(),
+            self.addr.clone(),
+            self.connect_timeout,
+            watched,
+        ))
     }
 
     async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
@@ -436,6 +471,36 @@ impl Driver for RedisDriver {
             .await
             .map_err(|e| command_error(e, &self.addr, key, &rkey))?;
         Ok(matches!(reply, Value::Int(1)))
+    }
+
+    async fn watch_load(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        // One round trip: each HGETALL with a PTTL, for the expiry a load leaves out.
+        let rkeys: Vec<String> = keys.iter().map(|k| self.redis_key(k)).collect();
+        let mut pipe = redis::pipe();
+        for rkey in &rkeys {
+            pipe.cmd("HGETALL").arg(rkey).cmd("PTTL").arg(rkey);
+        }
+        let replies: Vec<Value> =
+            self.read_pipe(&pipe)
+                .await
+                .map_err(|e| match (keys.first(), rkeys.first()) {
+                    (Some(k), Some(r)) => command_error(e, &self.addr, k, r),
+                    _ => backend_error(e, &self.addr),
+                })?;
+        let now = super::now_ms();
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, r) in keys.iter().zip(&rkeys) {
+            let (Some(reply), Some(ttl)) = (replies.next(), replies.next()) else {
+                return Err(corrupt(k, r, "the reply to HGETALL and PTTL is short"));
+            };
+            let record = parse_record(reply, k, r)?;
+            out.push(record.map(|rec| match ttl {
+                Value::Int(ms) if ms >= 0 => rec.with_expiry(Some(now.saturating_add(ms as u64))),
+                _ => rec,
+            }));
+        }
+        Ok(out)
     }
 
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
@@ -576,12 +641,11 @@ impl Driver for RedisDriver {
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
         let rkey = self.redis_key(key);
-        let removed: i64 = redis::cmd("DEL")
-            .arg(&rkey)
-            .query_async(&mut self.con.clone())
+        let reply = self
+            .run_script(&self.delete, &rkey, &[])
             .await
             .map_err(|e| command_error(e, &self.addr, key, &rkey))?;
-        Ok(removed > 0)
+        Ok(matches!(reply, Value::Int(n) if n > 0))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {

@@ -1,5 +1,21 @@
 //! The Lua scripts of the compare-and-swap and of the unconditional write. Each touches only
 //! `KEYS[1]`, so scopes can shard across a Redis Cluster.
+//!
+//! Every script that changes a record announces it (contract rule 17) with
+//! `redis.pcall(publish_cmd, key, version)` (version `''` for a removal or a new expiry): the
+//! channel is the record's key itself, so that a sharded publish lands on the key's own slot.
+//! `publish_cmd` is bound by [`with_publish`]: `PUBLISH` here; a cluster passes `SPUBLISH`.
+//! With nobody subscribed, the publish is one lookup in the server's channel table. `pcall`,
+//! not `call`: a user whose ACL grants no channels (Redis 7's default for new users) still
+//! writes; only watching fails for it, with the subscription's permission error.
+
+/// The command the scripts of a single server announce changes with.
+pub(super) const PUBLISH: &str = "PUBLISH";
+
+/// `body` with the Lua local `publish_cmd` bound to `command` (`PUBLISH` or `SPUBLISH`).
+pub(super) fn with_publish(command: &str, body: &str) -> String {
+    format!("local publish_cmd = '{command}'\n{body}")
+}
 
 /// Compare-and-swap. ARGV: expected version (`''`: the key must be absent), the expected last
 /// token (16 hex digits, `''` for a record without tokens), new version, schema, data, token
@@ -44,6 +60,7 @@ t = t .. ARGV[6]
 if #t > 256 then t = string.sub(t, -256) end
 redis.call('HSET', key, 'v', ARGV[3], 's', ARGV[4], 'd', ARGV[5], 't', t, 'm', ARGV[7])
 set_expiry(key, ARGV[9], ARGV[10])
+redis.pcall(publish_cmd, key, ARGV[3]) -- the change hint (contract rule 17)
 return 1
 ";
 
@@ -101,8 +118,10 @@ for i = 1, #KEYS do
     if #t > 256 then t = string.sub(t, -256) end
     redis.call('HSET', KEYS[i], 'v', ARGV[b + 4], 's', ARGV[b + 5], 'd', ARGV[b + 6], 't', t, 'm', ARGV[b + 8])
     set_expiry(KEYS[i], ARGV[b + 9], ARGV[b + 10])
+    redis.pcall(publish_cmd, KEYS[i], ARGV[b + 4]) -- the change hint (contract rule 17)
   elseif ARGV[b + 3] == 'd' then
     redis.call('DEL', KEYS[i])
+    redis.pcall(publish_cmd, KEYS[i], '')
   end
 end
 return 1
@@ -164,6 +183,7 @@ if ARGV[6] == 'n' then redis.call('PERSIST', key)
 elseif ARGV[6] == 'a' then redis.call('PEXPIRE', key, ARGV[7])
 elseif ARGV[6] == 't' then redis.call('PEXPIREAT', key, ARGV[7])
 end
+redis.pcall(publish_cmd, key, nv) -- the change hint (contract rule 17)
 return nv
 ";
 
@@ -175,7 +195,16 @@ if ARGV[1] == 'n' then redis.call('PERSIST', KEYS[1])
 elseif ARGV[1] == 'a' then redis.call('PEXPIRE', KEYS[1], ARGV[2])
 elseif ARGV[1] == 't' then redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 end
+redis.pcall(publish_cmd, KEYS[1], '') -- the change hint (contract rule 17)
 return 1
+";
+
+/// Deletes a key and, when it existed, announces it (contract rule 17). Replies how many keys
+/// were deleted (0 or 1).
+pub(super) const DELETE_SCRIPT: &str = r"
+local n = redis.call('DEL', KEYS[1])
+if n > 0 then redis.pcall(publish_cmd, KEYS[1], '') end
+return n
 ";
 
 /// A script and its SHA-1, sent as `EVALSHA` and, when the server does not have it
