@@ -143,3 +143,31 @@ async fn wait_count(w: &mut Watch<Counter>, target: u64) -> u64 {
         }
     }
 }
+
+/// How long each of `changes` changes of scope `scope`, made through `writer` 20 ms apart,
+/// takes to reach a watcher on `watcher`, sorted.
+pub async fn latencies(
+    watcher: &Storage,
+    writer: &Storage,
+    scope: &str,
+    changes: u64,
+) -> Vec<Duration> {
+    let mut w: Watch<Counter> = watcher.watch(scope).await.expect("watch");
+    let start = match next_item(&mut w, "the current value").await {
+        Ok(v) => v.map_or(0, |c| c.count),
+        Err(e) => panic!("a watch error: {e}"),
+    };
+    let mut out = Vec::new();
+    for i in 1..=changes {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let sent = std::time::Instant::now();
+        writer
+            .set(scope, &Counter { count: start + i })
+            .await
+            .unwrap();
+        until_count(&mut w, start + i).await;
+        out.push(sent.elapsed());
+    }
+    out.sort_unstable();
+    out
+}
