@@ -154,56 +154,79 @@ pub fn poll_changes(
     watched: Arc<WatchSet>,
     every: Duration,
 ) -> ChangeStream {
-    struct Poll {
-        driver: Arc<dyn Driver>,
-        watched: Arc<WatchSet>,
-        every: Duration,
-        seen: HashMap<String, Option<Revision>>,
-        ready: VecDeque<Result<Change, Error>>,
-        first: bool,
+    let state = (Poller::new(driver, watched), VecDeque::new(), true);
+    Box::pin(futures::stream::unfold(
+        state,
+        move |(mut poller, mut ready, mut first)| async move {
+            loop {
+                if let Some(item) = ready.pop_front() {
+                    return Some((item, (poller, ready, first)));
+                }
+                if !std::mem::take(&mut first) {
+                    tokio::time::sleep(every).await;
+                }
+                poller.poll(&mut ready).await;
+            }
+        },
+    ))
+}
+
+/// Reads the watched keys and tells which changed since its last read: the core of
+/// [`poll_changes`], for drivers that poll only when something tells them to.
+pub(crate) struct Poller {
+    driver: Arc<dyn Driver>,
+    watched: Arc<WatchSet>,
+    seen: HashMap<String, Option<Revision>>,
+    generation: Option<u64>,
+}
+
+impl Poller {
+    pub(crate) fn new(driver: Arc<dyn Driver>, watched: Arc<WatchSet>) -> Poller {
+        Poller {
+            driver,
+            watched,
+            seen: HashMap::new(),
+            generation: None,
+        }
     }
-    let state = Poll {
-        driver,
-        watched,
-        every,
-        seen: HashMap::new(),
-        ready: VecDeque::new(),
-        first: true,
-    };
-    Box::pin(futures::stream::unfold(state, |mut p| async move {
-        loop {
-            if let Some(item) = p.ready.pop_front() {
-                return Some((item, p));
-            }
-            if !std::mem::take(&mut p.first) {
-                tokio::time::sleep(p.every).await;
-            }
-            let keys = p.watched.keys();
-            p.seen
-                .retain(|k, _| keys.binary_search_by(|w| w.as_str().cmp(k)).is_ok());
-            for chunk in keys.chunks(POLL_BATCH) {
-                let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                match p.driver.load_many(&refs).await {
-                    Ok(records) => {
-                        for (key, record) in chunk.iter().zip(records) {
-                            let revision = record.as_ref().map(Record::revision);
-                            if p.seen.get(key) != Some(&revision) {
-                                p.seen.insert(key.clone(), revision);
-                                p.ready.push_back(Ok(Change::Key {
-                                    key: key.clone(),
-                                    version: record.map(|r| r.version),
-                                }));
-                            }
+
+    /// Whether keys joined or left the watch set since the last poll.
+    pub(crate) fn set_changed(&self) -> bool {
+        self.generation != Some(self.watched.generation())
+    }
+
+    /// Reads every watched key, [`POLL_BATCH`] per [`Driver::load_many`], and queues a
+    /// [`Change::Key`] for each whose revision differs from the last poll's (a newly watched
+    /// key included), or the error of a read that failed.
+    pub(crate) async fn poll(&mut self, out: &mut VecDeque<Result<Change, Error>>) {
+        self.generation = Some(self.watched.generation());
+        let keys = self.watched.keys();
+        self.seen
+            .retain(|k, _| keys.binary_search_by(|w| w.as_str().cmp(k)).is_ok());
+        for chunk in keys.chunks(POLL_BATCH) {
+            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            match self.driver.load_many(&refs).await {
+                Ok(records) => {
+                    for (key, record) in chunk.iter().zip(records) {
+                        let revision = record.as_ref().map(Record::revision);
+                        if self.seen.get(key) != Some(&revision) {
+                            self.seen.insert(key.clone(), revision);
+                            out.push_back(Ok(Change::Key {
+                                key: key.clone(),
+                                version: record.map(|r| r.version),
+                            }));
                         }
                     }
-                    Err(e) => {
-                        p.ready.push_back(Err(e));
-                        break;
-                    }
+                }
+                Err(e) => {
+                    // Read again at the next poll.
+                    self.generation = None;
+                    out.push_back(Err(e));
+                    return;
                 }
             }
         }
-    }))
+    }
 }
 
 /// A change stream's sending end and the keys it wants.
@@ -229,6 +252,11 @@ impl Feeds {
         Box::pin(futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }))
+    }
+
+    /// Whether no stream is open (a dropped one may still count).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     /// Hints the streams that watch `key` that it changed; forgets the streams dropped.
