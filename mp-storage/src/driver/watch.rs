@@ -17,8 +17,7 @@ use crate::Error;
 #[non_exhaustive]
 pub enum Change {
     /// `key` changed: written (at `version`, when the driver knows it), deleted or given a new
-    /// expiry (`version: None`). The engine re-reads it unless it already holds a newer
-    /// revision.
+    /// expiry (`version: None`, or the version it keeps). The engine reads it again.
     Key {
         /// The changed key, as the driver stores it.
         key: String,

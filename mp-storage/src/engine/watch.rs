@@ -190,7 +190,7 @@ impl Hub {
                 }
                 while let Some(item) = changes.next().await {
                     match item {
-                        Ok(Change::Key { key, version }) => hub.hint(&key, version),
+                        Ok(Change::Key { key, .. }) => hub.hint(&key),
                         Ok(Change::Resync) => hub.resync(),
                         Err(e) => hub.fail_all(e),
                     }
@@ -208,18 +208,13 @@ impl Hub {
         .abort_handle()
     }
 
-    /// `key` changed (to `version`, when known): read it again, unless the hub holds that
-    /// version already.
-    pub(crate) fn hint(self: &Arc<Self>, key: &str, version: Option<u64>) {
+    /// `key` changed: read it again. (A hint's version does not spare the read: a new expiry
+    /// leaves the version as it was.)
+    pub(crate) fn hint(self: &Arc<Self>, key: &str) {
         let mut state = self.lock();
         let Some(ks) = state.keys.get_mut(key) else {
             return;
         };
-        if let (Some(v), Some(Some(current))) = (version, &ks.current) {
-            if current.version == v && !ks.reading {
-                return;
-            }
-        }
         if ks.reading {
             ks.dirty = true;
         } else {
@@ -337,7 +332,7 @@ impl Hub {
                 let key = key.to_owned();
                 tokio::spawn(async move {
                     tokio::time::sleep(RETRY_READ).await;
-                    hub.hint(&key, None);
+                    hub.hint(&key);
                 });
             }
         }
@@ -364,7 +359,7 @@ impl Hub {
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
                 if let Some(hub) = hub.upgrade() {
-                    hub.hint(&key, None);
+                    hub.hint(&key);
                 }
             })
             .abort_handle(),

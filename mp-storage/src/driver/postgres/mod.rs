@@ -112,11 +112,13 @@ mod config;
 mod error;
 mod row;
 mod sql;
+mod watch;
 
 use crate::driver::sql_rows::{check_key, prefix_end};
 pub use config::PostgresConfig;
 use error::{backend, connect_error};
 use sql::Sql;
+pub use watch::POLL_WITHOUT_TRIGGER;
 
 /// The URL schemes this driver takes.
 pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
@@ -158,6 +160,10 @@ struct Inner {
     addr: String,
     table: String,
     sql: Sql,
+    /// For the `LISTEN` connection of change streams.
+    pg: tokio_postgres::Config,
+    /// Why the watch trigger could not be created, when it could not.
+    trigger: Option<String>,
 }
 
 impl fmt::Debug for PostgresDriver {
@@ -224,14 +230,25 @@ impl PostgresDriver {
         let sql = Sql::new(&table);
         let addr = config.addr();
         match prepare_table(&pool, &addr, &sql).await {
-            Ok(()) => Ok(PostgresDriver {
-                inner: Arc::new(Inner {
-                    pool,
-                    addr,
-                    table,
-                    sql,
-                }),
-            }),
+            Ok(()) => {
+                let trigger = match install_trigger(&pool, &addr, &table).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        tracing::warn!(table = %table, error = %e, "no watch trigger");
+                        Some(e.to_string())
+                    }
+                };
+                Ok(PostgresDriver {
+                    inner: Arc::new(Inner {
+                        pool,
+                        addr,
+                        table,
+                        sql,
+                        pg: config.pg_config(),
+                        trigger,
+                    }),
+                })
+            }
             Err(e) => {
                 pool.close();
                 Err(e)
@@ -643,6 +660,12 @@ async fn prepare_table(pool: &Pool, addr: &str, sql: &Sql) -> Result<(), Error> 
     Ok(())
 }
 
+/// Creates the watch trigger of `table` when absent (see `watch.rs`).
+async fn install_trigger(pool: &Pool, addr: &str, table: &str) -> Result<(), Error> {
+    let client = get_conn(pool, addr).await?;
+    watch::install(&client, table).await
+}
+
 /// A connection from the pool, within [`CONNECT_TIMEOUT`].
 async fn get_conn(pool: &Pool, addr: &str) -> Result<Object, Error> {
     match tokio::time::timeout(CONNECT_TIMEOUT, pool.get()).await {
@@ -669,7 +692,24 @@ impl Driver for PostgresDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit().with_expiry()
+        Capabilities::NONE
+            .with_multi_key_commit()
+            .with_expiry()
+            .with_watch()
+    }
+
+    fn changes(
+        &self,
+        watched: Arc<crate::driver::WatchSet>,
+    ) -> Option<crate::driver::ChangeStream> {
+        Some(watch::changes(
+            Arc::new(self.clone()),
+            self.inner.pg.clone(),
+            self.inner.table.clone(),
+            self.inner.addr.clone(),
+            self.inner.trigger.clone(),
+            watched,
+        ))
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
