@@ -30,8 +30,8 @@ const RETRY_READ: Duration = Duration::from_millis(500);
 /// How long after the driver's change stream ended it is asked for a new one.
 const REOPEN_FEED: Duration = Duration::from_secs(1);
 
-/// The most keys one read after a [`Change::Resync`] loads at once.
-const RESYNC_BATCH: usize = 256;
+/// The most keys one read of the hub loads at once.
+const READ_BATCH: usize = 256;
 
 /// What the watchers of one key see.
 #[derive(Clone, Debug)]
@@ -72,6 +72,10 @@ struct State {
     keys: HashMap<String, KeyState>,
     /// The task that reads the driver's change stream, while anyone watches.
     feed: Option<AbortHandle>,
+    /// Keys to read (each marked `reading`), in the order asked.
+    queue: Vec<String>,
+    /// The reader task runs: it reads the queue in batches until it is empty.
+    reader: bool,
 }
 
 /// The hub of one engine (see the module docs).
@@ -143,7 +147,7 @@ impl Hub {
                             expiry: None,
                         },
                     );
-                    self.spawn_read(key.to_owned());
+                    self.queue_read(&mut state, key.to_owned());
                     rx
                 }
             }
@@ -219,12 +223,11 @@ impl Hub {
             ks.dirty = true;
         } else {
             ks.reading = true;
-            drop(state);
-            self.spawn_read(key.to_owned());
+            self.queue_read(&mut state, key.to_owned());
         }
     }
 
-    /// Hints may have been lost: read every watched key again, in batches.
+    /// Hints may have been lost: read every watched key again.
     fn resync(self: &Arc<Self>) {
         let mut state = self.lock();
         let mut batch = Vec::new();
@@ -236,40 +239,9 @@ impl Hub {
                 batch.push(key.clone());
             }
         }
-        drop(state);
-        if batch.is_empty() {
-            return;
+        for key in batch {
+            self.queue_read(&mut state, key);
         }
-        let hub = self.clone();
-        tokio::spawn(async move {
-            for chunk in batch.chunks(RESYNC_BATCH) {
-                let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
-                hub.reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                match hub.driver.watch_load(&keys).await {
-                    Ok(records) if records.len() == keys.len() => {
-                        for (key, record) in chunk.iter().zip(records) {
-                            hub.finish_read(key, Ok(record));
-                        }
-                    }
-                    Ok(_) => {
-                        for key in chunk {
-                            let e = Error::backend(
-                                hub.driver.name(),
-                                crate::BackendKind::Other,
-                                "watch_load returned a record count other than the key count",
-                            );
-                            hub.finish_read(key, Err(e));
-                        }
-                    }
-                    Err(e) => {
-                        let e = Arc::new(e);
-                        for key in chunk {
-                            hub.finish_read(key, Err(copy_error(&e, hub.driver.name())));
-                        }
-                    }
-                }
-            }
-        });
     }
 
     /// Passes a failure of the change feed to every watcher.
@@ -282,26 +254,59 @@ impl Hub {
         }
     }
 
-    /// Reads `key` (marked `reading` by the caller).
-    fn spawn_read(self: &Arc<Self>, key: String) {
+    /// Queues a read of `key` (marked `reading` by the caller), and starts the reader task if
+    /// it does not run. One reader per hub reads the queue in batches of [`READ_BATCH`], so a
+    /// thousand new watchers cost a few reads, not a thousand at once.
+    fn queue_read(self: &Arc<Self>, state: &mut State, key: String) {
+        state.queue.push(key);
+        if state.reader {
+            return;
+        }
+        state.reader = true;
         let hub = self.clone();
         tokio::spawn(async move {
-            hub.reads.fetch_add(1, Ordering::Relaxed);
-            let read = hub
-                .driver
-                .watch_load(&[key.as_str()])
-                .await
-                .and_then(|mut r| {
-                    r.pop().ok_or_else(|| {
-                        Error::backend(
-                            hub.driver.name(),
-                            crate::BackendKind::Other,
-                            "watch_load returned no record for the key",
-                        )
-                    })
-                });
-            hub.finish_read(&key, read);
+            loop {
+                let batch = {
+                    let mut state = hub.lock();
+                    if state.queue.is_empty() {
+                        state.reader = false;
+                        return;
+                    }
+                    let n = state.queue.len().min(READ_BATCH);
+                    state.queue.drain(..n).collect::<Vec<String>>()
+                };
+                hub.read_batch(&batch).await;
+            }
         });
+    }
+
+    /// Reads `keys` in one [`Driver::watch_load`] and publishes what is newer.
+    async fn read_batch(self: &Arc<Self>, batch: &[String]) {
+        let keys: Vec<&str> = batch.iter().map(String::as_str).collect();
+        self.reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        match self.driver.watch_load(&keys).await {
+            Ok(records) if records.len() == keys.len() => {
+                for (key, record) in batch.iter().zip(records) {
+                    self.finish_read(key, Ok(record));
+                }
+            }
+            Ok(_) => {
+                for key in batch {
+                    let e = Error::backend(
+                        self.driver.name(),
+                        crate::BackendKind::Other,
+                        "watch_load returned a record count other than the key count",
+                    );
+                    self.finish_read(key, Err(e));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for key in batch {
+                    self.finish_read(key, Err(copy_error(&e, self.driver.name())));
+                }
+            }
+        }
     }
 
     /// A read of `key` ended: publish what is newer, read again if hinted meanwhile.
@@ -337,8 +342,7 @@ impl Hub {
             }
         }
         if std::mem::take(&mut ks.dirty) {
-            drop(state);
-            self.spawn_read(key.to_owned());
+            self.queue_read(&mut state, key.to_owned());
         } else {
             ks.reading = false;
         }
