@@ -14,10 +14,11 @@
 //! side (`embedded`: 1, 8 and 64 tasks on scopes of their own, durable, the ratio sqlite / file)
 //! and fills N one-counter scopes into each to measure the disk space per scope (`fill`,
 //! `--fill N`, default 100,000, 2,000 with `--quick`; the file driver gets at most 20,000).
-//! `--only scenarios|ttl|transfer|fairness|embedded|fill|locked` runs one part (`ttl`: warm
+//! `--only scenarios|ttl|transfer|fairness|embedded|fill|locked|watch` runs one part (`ttl`: warm
 //! updates of a type with `ttl_secs` against the same type without, calls per update included);
 //! `locked` (only when asked for) compares an uncontended exclusive update with
-//! `SELECT … FOR UPDATE` (see `locked.rs`).
+//! `SELECT … FOR UPDATE` (see `locked.rs`); `watch` (only when asked for) measures how soon a
+//! watcher hears of a commit, and what announcing commits costs a write (see `watch.rs`).
 //!
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
@@ -37,6 +38,7 @@ mod embedded;
 mod fair;
 mod locked;
 mod transfer;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -468,14 +470,22 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--only" => {
                 let part = it.next().ok_or(
-                    "--only needs scenarios, ttl, transfer, fairness, embedded, fill or locked",
+                    "--only needs scenarios, ttl, transfer, fairness, embedded, fill, locked or watch",
                 )?;
                 if !matches!(
                     part.as_str(),
-                    "scenarios" | "ttl" | "transfer" | "fairness" | "embedded" | "fill" | "locked"
+                    "scenarios"
+                        | "ttl"
+                        | "transfer"
+                        | "fairness"
+                        | "embedded"
+                        | "fill"
+                        | "locked"
+                        | "watch"
                 ) {
                     return Err(format!(
-                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded, fill or locked"
+                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded, fill, locked or \
+                         watch"
                     ));
                 }
                 args.only = Some(part);
@@ -491,7 +501,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: mp-bench [--storage URL]… [--secs S] [--quick] \
-                     [--only scenarios|ttl|transfer|fairness|embedded|fill|locked] [--fill N]"
+                     [--only scenarios|ttl|transfer|fairness|embedded|fill|locked|watch] [--fill N]"
                 );
                 std::process::exit(0);
             }
@@ -957,6 +967,14 @@ async fn main() {
         for url in &urls {
             if let Err(e) = locked::bench(url, args.secs).await {
                 eprintln!("mp-bench: {url}: locked: {e}");
+                failed = true;
+            }
+        }
+    }
+    if args.only.as_deref() == Some("watch") {
+        for url in &urls {
+            if let Err(e) = watch::bench(url, args.secs, args.quick).await {
+                eprintln!("mp-bench: {url}: watch: {e}");
                 failed = true;
             }
         }

@@ -12,7 +12,13 @@ use crate::driver::net;
 use crate::Error;
 
 /// The URL options this driver reads (the table on [`RedisConfig`]).
-const OPTIONS: &[&str] = &["prefix", "connect_timeout", "response_timeout", "protocol"];
+const OPTIONS: &[&str] = &[
+    "prefix",
+    "connect_timeout",
+    "response_timeout",
+    "protocol",
+    "watch",
+];
 
 /// The settings of a [`RedisDriver`](super::RedisDriver): where the server is, how to log in,
 /// the key prefix and the timeouts.
@@ -32,6 +38,7 @@ const OPTIONS: &[&str] = &["prefix", "connect_timeout", "response_timeout", "pro
 /// | `connect_timeout` | `2s` | [`connect_timeout`](Self::connect_timeout) | the longest a connection attempt may take (`500ms`, `2s`, `1.5`) |
 /// | `response_timeout` | `5s` | [`response_timeout`](Self::response_timeout) | the longest a command may wait for its reply |
 /// | `protocol` | `resp3` | [`resp3`](Self::resp3) | `resp3` or `resp2` (also `3`, `2`): the protocol spoken to the server (RESP2 to one older than Redis 6) |
+/// | `watch` | `true` | [`watch`](Self::watch) | `false`: writes announce nothing (no `PUBLISH` in the write scripts) and the storage cannot watch; only for a store nobody watches, since watchers in other processes would miss this process's writes |
 ///
 /// Any other option is an [`Error::InvalidUrl`] that names it. Durations are positive and at
 /// most a day. `Debug` never shows the password.
@@ -64,6 +71,7 @@ pub struct RedisConfig {
     connect_timeout: Duration,
     response_timeout: Duration,
     resp3: bool,
+    watch: bool,
 }
 
 impl RedisConfig {
@@ -80,6 +88,7 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             resp3: true,
+            watch: true,
         }
     }
 
@@ -123,7 +132,30 @@ impl RedisConfig {
                 }
             });
         }
+        if let Some(watch) = parsed.option("watch") {
+            config = config.watch(match watch {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(parsed
+                        .invalid(format!("option watch must be true or false, not {watch:?}")))
+                }
+            });
+        }
         Ok(config)
+    }
+
+    /// Whether writes announce their changes, so that storages can watch scopes (contract
+    /// rule 17). Default `true`; `false` saves the `PUBLISH` of each write, for a store that
+    /// nobody watches.
+    pub fn watch(mut self, on: bool) -> Self {
+        self.watch = on;
+        self
+    }
+
+    /// Whether writes announce their changes.
+    pub fn get_watch(&self) -> bool {
+        self.watch
     }
 
     /// The server's port. Default 6379.

@@ -12,6 +12,7 @@
 //! | `connect_timeout` | `2s` | the longest a connection attempt may take (`500ms`, `2s`, `1.5`) |
 //! | `response_timeout` | `5s` | the longest a command may wait for its reply |
 //! | `protocol` | `resp3` | `resp3` or `resp2`; RESP3 lets a connection the server closed be noticed at once (a write to a server that went down then fails as not sent); a server older than Redis 6 is spoken to in RESP2 |
+//! | `watch` | `true` | `false`: the write scripts announce nothing and the storage cannot watch scopes (see *Watching*); for a store that nobody watches |
 //!
 //! A server that is down or unreachable is an [`Error::Backend`] of kind
 //! [`BackendKind::Connection`] (or [`BackendKind::Timeout`]) within `connect_timeout`, whose
@@ -56,6 +57,17 @@
 //!   settles a write whose reply was lost from the commit tokens.
 //!
 //! Every script touches only `KEYS[1]`, so scopes can shard across a Redis Cluster.
+//!
+//! # Watching
+//!
+//! Every write script ends with a `PUBLISH` of the new version (`''` for a removal or a new
+//! expiry) on the channel named like the key: no server configuration needed (keyspace
+//! notifications stay off). With nobody subscribed it is one lookup in the server's channel
+//! table; `mp-bench --only watch` measures it (see BENCHMARKS.md). A storage that watches opens
+//! one more connection, in subscriber mode, subscribed to the channels of its watched keys; it
+//! reconnects by itself and reads the watched scopes again after a cut. A user whose ACL grants
+//! no channels (`&…`) still writes, but cannot watch: grant it `&<prefix>*`. `watch=false`
+//! leaves the `PUBLISH` out, for a store nobody watches.
 //!
 //! A record whose fields are missing or malformed (or a key that is not a hash) is
 //! [`Error::Corrupt`] naming the key; it is left untouched (remove it to start over).
@@ -116,6 +128,8 @@ pub struct RedisDriver {
     commit: std::sync::Arc<Lua>,
     expire: std::sync::Arc<Lua>,
     delete: std::sync::Arc<Lua>,
+    /// Whether writes announce their changes (`watch=`).
+    watch: bool,
     /// The client that opens the change subscription's own connection (contract rule 17).
     client: redis::Client,
     /// The server's `host:port`, for errors and `Debug`.
@@ -199,16 +213,18 @@ impl RedisDriver {
                 ))
             }
         };
+        let publish = config.get_watch().then_some(PUBLISH);
         Ok(RedisDriver {
+            watch: config.get_watch(),
             con,
             prefix: config.get_prefix().to_owned(),
-            cas: std::sync::Arc::new(Lua::new(with_publish(PUBLISH, scripts::CAS_SCRIPT))),
+            cas: std::sync::Arc::new(Lua::new(with_publish(publish, scripts::CAS_SCRIPT))),
             reserve: std::sync::Arc::new(Lua::new(scripts::RESERVE_SCRIPT.to_owned())),
-            commit: std::sync::Arc::new(Lua::new(with_publish(PUBLISH, scripts::COMMIT_SCRIPT))),
-            expire: std::sync::Arc::new(Lua::new(with_publish(PUBLISH, scripts::EXPIRE_SCRIPT))),
-            delete: std::sync::Arc::new(Lua::new(with_publish(PUBLISH, scripts::DELETE_SCRIPT))),
+            commit: std::sync::Arc::new(Lua::new(with_publish(publish, scripts::COMMIT_SCRIPT))),
+            expire: std::sync::Arc::new(Lua::new(with_publish(publish, scripts::EXPIRE_SCRIPT))),
+            delete: std::sync::Arc::new(Lua::new(with_publish(publish, scripts::DELETE_SCRIPT))),
             put: std::sync::Arc::new(Lua::new(with_publish(
-                PUBLISH,
+                publish,
                 &format!("{}{}", scripts::PUT_CHECK, scripts::PUT_SCRIPT),
             ))),
             client,
@@ -447,13 +463,18 @@ impl Driver for RedisDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
-            .with_multi_key_commit()
-            .with_expiry()
-            .with_watch()
+        let caps = Capabilities::NONE.with_multi_key_commit().with_expiry();
+        if self.watch {
+            caps.with_watch()
+        } else {
+            caps
+        }
     }
 
     fn changes(&self, watched: std::sync::Arc<WatchSet>) -> Option<ChangeStream> {
+        if !self.watch {
+            return None;
+        }
         Some(watch::changes(
             self.client.clone(),
             self.prefix.clone(),
