@@ -120,6 +120,18 @@ impl Driver for CountingDriver {
         self.inner.capabilities()
     }
 
+    fn changes(
+        &self,
+        watched: Arc<mp_storage::driver::WatchSet>,
+    ) -> Option<mp_storage::driver::ChangeStream> {
+        self.inner.changes(watched)
+    }
+
+    async fn watch_load(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        count(&self.load_many);
+        self.inner.watch_load(keys).await
+    }
+
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         count(&self.load_many);
         self.inner.load_many(keys).await
@@ -148,6 +160,11 @@ impl Driver for CountingDriver {
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
         count(&self.load);
         self.inner.load(key).await
+    }
+
+    async fn load_shared(&self, key: &str) -> Result<Option<Arc<Record>>, Error> {
+        count(&self.load);
+        self.inner.load_shared(key).await
     }
 
     async fn cas(

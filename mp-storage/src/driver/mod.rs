@@ -98,6 +98,7 @@
 //!
 //! A driver never panics on stored data or on any key.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -498,6 +499,13 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Reads the record of `key`, `None` when absent.
     async fn load(&self, key: &str) -> Result<Option<Record>, Error>;
+
+    /// [`Driver::load`], for a driver that keeps its records in shared memory and can hand one
+    /// out without copying it. The default wraps what `load` returns; the engine reads through
+    /// this call.
+    async fn load_shared(&self, key: &str) -> Result<Option<Arc<Record>>, Error> {
+        Ok(self.load(key).await?.map(Arc::new))
+    }
 
     /// Writes `write` when the stored record is at revision `expected` (`None`: only when the
     /// key is absent); see contract rules 2 to 6.

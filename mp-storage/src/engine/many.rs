@@ -91,7 +91,7 @@ async fn load_all(
     Ok(records
         .into_iter()
         .zip(slots)
-        .map(|(r, slot)| keep_or_cache(engine, slot, r))
+        .map(|(r, slot)| keep_or_cache(engine, slot, r.map(Arc::new)))
         .collect())
 }
 

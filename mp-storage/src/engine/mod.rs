@@ -184,10 +184,9 @@ impl Engine {
         self.bump(Counter::Loads);
         let record = self
             .driver
-            .load(key.as_str())
+            .load_shared(key.as_str())
             .await
-            .map_err(|e| e.for_scope(key.scope()))?
-            .map(Arc::new);
+            .map_err(|e| e.for_scope(key.scope()))?;
         self.slots.put(key.as_str(), record.clone());
         Ok(record)
     }

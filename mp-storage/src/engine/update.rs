@@ -531,7 +531,7 @@ pub(super) async fn load(
     engine.bump(Counter::Loads);
     let record = engine
         .driver
-        .load(key.as_str())
+        .load_shared(key.as_str())
         .await
         .map_err(|e| e.for_scope(key.scope()))?;
     Ok(keep_or_cache(engine, slot, record))
@@ -542,14 +542,13 @@ pub(super) async fn load(
 pub(super) fn keep_or_cache(
     engine: &Engine,
     slot: &Slot,
-    record: Option<Record>,
+    record: Option<Arc<Record>>,
 ) -> Option<Arc<Record>> {
     if let (Some(r), Some(cached)) = (&record, slot.get()) {
-        if *cached == *r {
+        if Arc::ptr_eq(r, &cached) || *cached == **r {
             return Some(cached);
         }
     }
-    let record = record.map(Arc::new);
     engine.slots.set(slot, record.clone());
     record
 }

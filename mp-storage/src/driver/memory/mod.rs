@@ -55,14 +55,14 @@ type Map = Mutex<Store>;
 /// of the engines watching it (contract rule 17).
 #[derive(Debug, Default)]
 struct Store {
-    records: HashMap<String, Record, lru::DefaultHasher>,
+    records: HashMap<String, Arc<Record>, lru::DefaultHasher>,
     reserved: HashMap<String, (u64, Instant), lru::DefaultHasher>,
     feeds: Feeds,
 }
 
 impl Store {
     /// The record of `key` unless it expired (an expired one is dropped here).
-    fn live(&mut self, key: &str) -> Option<&mut Record> {
+    fn live(&mut self, key: &str) -> Option<&mut Arc<Record>> {
         let expires_at = self.records.get(key)?.expires_at;
         if expires_at.is_some_and(|t| t <= now_ms()) {
             self.records.remove(key);
@@ -175,13 +175,21 @@ impl Driver for MemoryDriver {
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
         coop().await;
+        Ok(self.map().live(key).map(|r| Record::clone(r)))
+    }
+
+    async fn load_shared(&self, key: &str) -> Result<Option<Arc<Record>>, Error> {
+        coop().await;
         Ok(self.map().live(key).cloned())
     }
 
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         coop().await;
         let mut store = self.map();
-        Ok(keys.iter().map(|k| store.live(k).cloned()).collect())
+        Ok(keys
+            .iter()
+            .map(|k| store.live(k).map(|r| Record::clone(r)))
+            .collect())
     }
 
     async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
@@ -202,7 +210,7 @@ impl Driver for MemoryDriver {
             let reserved =
                 !matches!(op.action, Action::Check) && store.reserved_for_other(op.key, claimant);
             if !at || reserved {
-                failed.push((i, store.live(op.key).cloned()));
+                failed.push((i, store.live(op.key).map(|r| Record::clone(r))));
             }
         }
         if !failed.is_empty() {
@@ -221,7 +229,7 @@ impl Driver for MemoryDriver {
                 Action::Write(w) => match store.live(op.key) {
                     Some(current) => {
                         let version = w.next_version(Some(current.version));
-                        w.apply(version, current);
+                        w.apply(version, Arc::make_mut(current));
                         store.feeds.changed(op.key, Some(version));
                         versions.push(Some(version));
                     }
@@ -229,7 +237,7 @@ impl Driver for MemoryDriver {
                         let version = w.next_version(None);
                         store
                             .records
-                            .insert(op.key.to_owned(), w.to_record(version, &[]));
+                            .insert(op.key.to_owned(), Arc::new(w.to_record(version, &[])));
                         store.feeds.changed(op.key, Some(version));
                         versions.push(Some(version));
                     }
@@ -248,21 +256,23 @@ impl Driver for MemoryDriver {
         coop().await;
         let mut store = self.map();
         if store.reserved_for_other(key, write.claimant) {
-            return Ok(CasOutcome::Conflict(store.live(key).cloned()));
+            return Ok(CasOutcome::Conflict(
+                store.live(key).map(|r| Record::clone(r)),
+            ));
         }
         match store.live(key) {
             Some(current) if expected.is_some_and(|e| e.matches(current)) => {
                 let version = write.next_version(Some(current.version));
-                write.apply(version, current);
+                write.apply(version, Arc::make_mut(current));
                 store.feeds.changed(key, Some(version));
                 Ok(CasOutcome::Committed(version))
             }
-            Some(current) => Ok(CasOutcome::Conflict(Some(current.clone()))),
+            Some(current) => Ok(CasOutcome::Conflict(Some(Record::clone(current)))),
             None if expected.is_none() => {
                 let version = write.next_version(None);
                 store
                     .records
-                    .insert(key.to_owned(), write.to_record(version, &[]));
+                    .insert(key.to_owned(), Arc::new(write.to_record(version, &[])));
                 store.feeds.changed(key, Some(version));
                 Ok(CasOutcome::Committed(version))
             }
@@ -284,7 +294,7 @@ impl Driver for MemoryDriver {
         record.expires_at = write
             .expiry
             .resolve(current.and_then(|r| r.expires_at), now_ms);
-        store.records.insert(key.to_owned(), record);
+        store.records.insert(key.to_owned(), Arc::new(record));
         store.feeds.changed(key, Some(version));
         Ok(version)
     }
@@ -294,7 +304,8 @@ impl Driver for MemoryDriver {
         let mut store = self.map();
         match store.live(key) {
             Some(r) => {
-                r.expires_at = expiry.resolve(r.expires_at, now_ms);
+                let expires_at = expiry.resolve(r.expires_at, now_ms);
+                Arc::make_mut(r).expires_at = expires_at;
                 store.feeds.changed(key, None);
                 Ok(true)
             }
