@@ -190,6 +190,7 @@ impl Poller {
     }
 
     /// Whether keys joined or left the watch set since the last poll.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn set_changed(&self) -> bool {
         self.generation != Some(self.watched.generation())
     }
@@ -254,6 +255,7 @@ impl Feeds {
     }
 
     /// Whether no stream is open (a dropped one may still count).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
