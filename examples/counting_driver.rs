@@ -120,6 +120,18 @@ impl Driver for CountingDriver {
         self.inner.capabilities()
     }
 
+    fn changes(
+        &self,
+        watched: Arc<mp_storage::driver::WatchSet>,
+    ) -> Option<mp_storage::driver::ChangeStream> {
+        self.inner.changes(watched)
+    }
+
+    async fn watch_load(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        count(&self.load_many);
+        self.inner.watch_load(keys).await
+    }
+
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         count(&self.load_many);
         self.inner.load_many(keys).await

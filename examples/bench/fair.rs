@@ -281,6 +281,19 @@ pub async fn bench(url: &str, secs: f64, rows: &mut Vec<FairRow>) -> Result<(), 
         eprintln!("mp-bench: {url}: fairness skipped: a memory store is not shared by processes");
         return Ok(());
     }
+    // Four processes with MySQL's default pool (up to 100 connections each) can pass
+    // MariaDB's default limit of 151 connections: give each a pool of 16, as a deployment of
+    // several servers on one database would.
+    let bounded;
+    let url = if url.starts_with("mysql") && !url.contains("pool_max=") {
+        bounded = format!(
+            "{url}{}pool_max=16",
+            if url.contains('?') { '&' } else { '?' }
+        );
+        bounded.as_str()
+    } else {
+        url
+    };
     let prefix = format!("mp-bench-fair:{:08x}:", rand::random::<u32>());
     let st = Storage::builder().key_prefix(&prefix).open(url).await?;
     let driver = st.driver_name().to_owned();

@@ -18,12 +18,14 @@
 //! side (`embedded`: 1, 8 and 64 tasks on scopes of their own, durable, the ratio sqlite / file)
 //! and fills N one-counter scopes into each to measure the disk space per scope (`fill`,
 //! `--fill N`, default 100,000, 2,000 with `--quick`; the file driver gets at most 20,000).
-//! `--only scenarios|ttl|transfer|fairness|embedded|fill|locked|copy` runs one part (`ttl`: warm
-//! updates of a type with `ttl_secs` against the same type without, calls per update included);
-//! `locked` (only when asked for) compares an uncontended exclusive update with
+//! `--only scenarios|ttl|transfer|fairness|embedded|fill|locked|copy|watch` runs one part (`ttl`:
+//! warm updates of a type with `ttl_secs` against the same type without, calls per update
+//! included); `locked` (only when asked for) compares an uncontended exclusive update with
 //! `SELECT … FOR UPDATE` (see `locked.rs`); `copy` (only when asked for) times the `mp-storage`
 //! command-line tool's export, import and copy of `--fill N` scopes (default 100,000) between
-//! two drivers (see `copy.rs`; build the binary first).
+//! two drivers (see `copy.rs`; build the binary first); `watch` (only when asked for) measures
+//! how soon a watcher hears of a commit, and what announcing commits costs a write (see
+//! `watch.rs`).
 //!
 //! Every scenario runs the library and its baseline alternately (library, baseline, library,
 //! baseline) and prints one JSON line, then a table at the end. Fields: driver, scenario, tasks,
@@ -44,6 +46,7 @@ mod embedded;
 mod fair;
 mod locked;
 mod transfer;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -487,7 +490,7 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--only" => {
                 let part = it.next().ok_or(
-                    "--only needs scenarios, ttl, transfer, fairness, embedded, fill, locked or copy",
+                    "--only needs scenarios, ttl, transfer, fairness, embedded, fill, locked, copy or watch",
                 )?;
                 if !matches!(
                     part.as_str(),
@@ -499,9 +502,11 @@ fn parse_args() -> Result<Args, String> {
                         | "fill"
                         | "locked"
                         | "copy"
+                        | "watch"
                 ) {
                     return Err(format!(
-                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded, fill, locked or copy"
+                        "--only {part:?}: scenarios, ttl, transfer, fairness, embedded, fill, locked, \
+                         copy or watch"
                     ));
                 }
                 args.only = Some(part);
@@ -517,7 +522,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: mp-bench [--storage URL]… [--secs S] [--quick] \
-                     [--only scenarios|ttl|transfer|fairness|embedded|fill|locked|copy] [--fill N]"
+                     [--only scenarios|ttl|transfer|fairness|embedded|fill|locked|copy|watch] [--fill N]"
                 );
                 std::process::exit(0);
             }
@@ -1044,6 +1049,14 @@ async fn main() {
         if let Err(e) = copy::bench(n, &mut copy_rows).await {
             eprintln!("mp-bench: copy: {e}");
             failed = true;
+        }
+    }
+    if args.only.as_deref() == Some("watch") {
+        for url in &urls {
+            if let Err(e) = watch::bench(url, args.secs, args.quick).await {
+                eprintln!("mp-bench: {url}: watch: {e}");
+                failed = true;
+            }
         }
     }
     for url in &urls {

@@ -11,6 +11,11 @@
 //! Every count is one [`Storage::scoped`] call, so any number of server processes on one store
 //! keep one exact count: each answered number is handed out once.
 //!
+//! `GET /events?user=NAME` (`GET /events` for the global count) streams the count as
+//! Server-Sent Events: a `count` event with the count now, then one after each change, made by
+//! any server process on the store (a burst may come as its last count only); an `error` event
+//! when the storage fails, after which the stream goes on. It counts nothing itself.
+//!
 //! Beside the counts, users' wallets ([`wallet`]): `POST /deposit`, `GET /wallet`, and
 //! `POST /transfer?from=A&to=B&amount=N`, which moves money between two wallets with one
 //! [`Storage::try_scoped_many`] (both change or neither; an overdraft answers 409).
@@ -56,6 +61,7 @@ struct Answer<'a> {
 pub fn app(storage: Storage) -> Router {
     Router::new()
         .route("/", get(count))
+        .route("/events", get(events))
         .route("/transfer", post(wallet::transfer))
         .route("/deposit", post(wallet::deposit))
         .route("/wallet", get(wallet::wallet))
@@ -69,10 +75,21 @@ pub async fn serve(
     storage: Storage,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(storage))
-        .with_graceful_shutdown(shutdown)
+    // Event streams never end by themselves: they end when the server stops, so that the
+    // graceful shutdown does not wait for their clients.
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let app = app(storage).layer(axum::Extension(Closing(closed)));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing.send(true);
+        })
         .await
 }
+
+/// Turns true when the server stops: ends the event streams.
+#[derive(Clone)]
+struct Closing(tokio::sync::watch::Receiver<bool>);
 
 /// The text answer for a count: correct English for one and for many.
 pub fn sentence(count: u64) -> String {
@@ -129,6 +146,48 @@ pub fn wants_json(headers: &HeaderMap) -> bool {
         .flat_map(|v| v.split(','))
         .filter_map(|item| item.split(';').next())
         .any(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `GET /events?user=NAME`: the count of the scope as Server-Sent Events (see the module docs).
+async fn events(
+    State(storage): State<Storage>,
+    closing: Option<axum::Extension<Closing>>,
+    uri: Uri,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let scope = match scope_for(uri.query()) {
+        Ok(scope) => scope,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let changes = match storage.watch::<Counter>(&scope).await {
+        Ok(changes) => changes,
+        Err(e) => return failure(&scope, &e),
+    };
+    let events = changes.map(move |item| {
+        Ok::<_, std::convert::Infallible>(match item {
+            Ok(value) => Event::default()
+                .event("count")
+                .data(value.map_or(0, |c| c.count).to_string()),
+            Err(e) => {
+                tracing::warn!(scope = ?scope, error = %e, "watching failed");
+                // One line: an event's data cannot hold a line break.
+                let line = e.to_string().replace(['\r', '\n'], " ");
+                Event::default().event("error").data(line)
+            }
+        })
+    });
+    let closed = async move {
+        match closing {
+            Some(axum::Extension(Closing(mut rx))) => {
+                let _ = rx.wait_for(|closing| *closing).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    Sse::new(events.take_until(closed))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn count(State(storage): State<Storage>, uri: Uri, headers: HeaderMap) -> Response {
@@ -233,7 +292,7 @@ fn failure(scope: &str, e: &Error) -> Response {
 async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "not found: try GET / or GET /?user=NAME, GET /wallet?user=NAME, \
+        "not found: try GET / or GET /?user=NAME, GET /events?user=NAME, GET /wallet?user=NAME, \
          POST /deposit?user=NAME&amount=N or POST /transfer?from=A&to=B&amount=N\n"
             .to_owned(),
     )

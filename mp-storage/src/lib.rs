@@ -61,6 +61,7 @@ pub use builder::{StorageBuilder, DEFAULT_URL, ENV_URL};
 pub use driver::{
     Action, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write, MAX_COMMIT_KEYS,
 };
+pub use engine::Watch;
 pub use engine::{
     DEFAULT_CACHE_BYTES, DEFAULT_CACHE_CAPACITY, DEFAULT_LEASE, DEFAULT_MAX_DATA_LEN,
     MAX_IDEMPOTENCY_KEY_LEN, MAX_KEY_LEN, MAX_NAME_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN,

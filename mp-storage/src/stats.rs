@@ -53,6 +53,12 @@ pub struct Stats {
     pub refused: u64,
     /// Conflicts after which the update waited before it retried.
     pub backoffs: u64,
+    /// Change subscriptions opened for watchers ([`Storage::watch`](crate::Storage::watch)):
+    /// one while any scope is watched, however many watchers there are, plus one per reopening
+    /// after the driver's change stream ended.
+    pub watch_feeds: u64,
+    /// Reads of watched scopes after a change hint (the first read of each included).
+    pub watch_reads: u64,
 }
 
 /// One counter of [`Counters`].
@@ -132,6 +138,9 @@ impl Counters {
             leases_taken_over: sum(Counter::LeasesTakenOver),
             refused: sum(Counter::Refused),
             backoffs: sum(Counter::Backoffs),
+            // Filled in by the engine from its watchers' hub.
+            watch_feeds: 0,
+            watch_reads: 0,
         }
     }
 }

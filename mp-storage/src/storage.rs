@@ -483,6 +483,36 @@ impl Storage {
         self.engine.get(name.as_ref()).await
     }
 
+    /// Watches scope `name` as `T`: the stream gives its current value first (`None` when
+    /// absent), then its value after each committed change, from this process or any other.
+    ///
+    /// A burst of changes may come as its latest value only, but the latest is never missed and
+    /// values never go backwards. A removal or an expiry is `None`; a value that does not decode
+    /// as `T` is an `Err` item and the stream goes on; after a lost connection the stream
+    /// reconnects by itself and reads the scope again. Dropping it frees what it held. Every
+    /// watcher of this storage shares one subscription to the backend, whatever the number of
+    /// watchers and scopes (see [`Stats::watch_feeds`]). How each driver learns of changes, and
+    /// how soon: the README's "Watching" section (the MySQL driver polls, every 100 ms by
+    /// default). A driver without change hints refuses with [`Error::Unsupported`].
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    ///
+    /// # async fn demo() -> Result<(), mp_storage::Error> {
+    /// let st = mp_storage::Storage::open("memory://").await?;
+    /// let mut changes = st.watch::<u64>("n").await?;
+    /// assert_eq!(changes.next().await.transpose()?, Some(None));
+    /// st.set("n", &5u64).await?;
+    /// assert_eq!(changes.next().await.transpose()?, Some(Some(5)));
+    /// st.remove("n").await?;
+    /// assert_eq!(changes.next().await.transpose()?, Some(None));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub async fn watch<T: Scope>(&self, name: impl AsRef<str>) -> Result<crate::Watch<T>, Error> {
+        self.engine.watch(name.as_ref())
+    }
+
     /// Writes `value` to scope `name` whatever is stored (no compare-and-swap, and no check of
     /// what the stored record holds: see [`Error::WouldLoseData`] for the updates that check).
     ///

@@ -232,6 +232,19 @@ impl Driver for Faulty {
         self.inner.capabilities()
     }
 
+    fn changes(
+        &self,
+        watched: Arc<mp_storage::driver::WatchSet>,
+    ) -> Option<mp_storage::driver::ChangeStream> {
+        self.inner.changes(watched)
+    }
+
+    async fn watch_load(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        self.check_up()?;
+        self.calls.loads.fetch_add(1, Ordering::SeqCst);
+        self.inner.watch_load(keys).await
+    }
+
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         self.check_up()?;
         self.calls.loads.fetch_add(1, Ordering::SeqCst);

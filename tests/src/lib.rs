@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod resp;
 pub mod targets;
 pub mod url;
+pub mod watch;
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};

@@ -1247,3 +1247,32 @@ async fn a_stopped_lease_holder_is_refused() {
     )
     .await;
 }
+
+/// A watcher sees other processes' increments end at the final count, never backwards, and
+/// slow changes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_other_processes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}?fsync=false", dir.path().display());
+    mp_storage_tests::watch::other_processes(env!("CARGO_BIN_EXE_mp-worker"), &url, "mp/").await;
+}
+
+/// Changes reach a watcher of another handle by file events, well before the periodic check
+/// would find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_arrive_by_file_events() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("file:{}?fsync=false", dir.path().display());
+    let watcher = Storage::open(&url).await.unwrap();
+    let writer = Storage::open(&url).await.unwrap();
+    let seen = mp_storage_tests::watch::latencies(&watcher, &writer, "fast", 20).await;
+    let worst = seen[seen.len() - 1];
+    eprintln!(
+        "file change to watcher: median {:?}, worst {worst:?}",
+        seen[seen.len() / 2]
+    );
+    assert!(
+        worst < mp_storage::driver::file::SAFETY_NET / 2,
+        "a change took {worst:?}: not by a file event"
+    );
+}

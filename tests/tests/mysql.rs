@@ -1218,3 +1218,18 @@ async fn a_stopped_lease_holder_is_refused() {
     )
     .await;
 }
+
+/// A watcher sees other processes' increments (by polling, every `watch_poll_ms`) end at the
+/// final count, never backwards, and slow changes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_other_processes() {
+    let Some(table) = Table::new("watch").await else {
+        return;
+    };
+    mp_storage_tests::watch::other_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table.url,
+        &mp_storage_tests::unique_prefix("mysql"),
+    )
+    .await;
+}

@@ -1044,3 +1044,98 @@ async fn a_stopped_lease_holder_is_refused() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Watching.
+
+/// A watcher sees other processes' increments (by `NOTIFY` from the table's trigger) end at the
+/// final count, never backwards, and slow changes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_other_processes() {
+    let Some(table) = Table::new("watch").await else {
+        return;
+    };
+    // Once by polling (the default), once by notifications.
+    mp_storage_tests::watch::other_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table.url,
+        &mp_storage_tests::unique_prefix("postgres"),
+    )
+    .await;
+    let table_url = with_option(&table.url, "notify", "true");
+    mp_storage_tests::watch::other_processes(
+        env!("CARGO_BIN_EXE_mp-worker"),
+        &table_url,
+        &mp_storage_tests::unique_prefix("postgres"),
+    )
+    .await;
+}
+
+/// `pg_terminate_backend` of the `LISTEN` connection: the watcher reconnects by itself and
+/// misses nothing committed meanwhile; one `LISTEN` connection serves every watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_survives_its_connection_terminated() {
+    let Some(mut table) = Table::new("watchkill").await else {
+        return;
+    };
+    // The LISTEN connection exists with notifications on.
+    table.url = with_option(&table.url, "notify", "true");
+    let admin = admin(&table.base).await;
+    let (st, writer) = (table.storage().await, table.storage().await);
+    let listening = format!("LISTEN \"{}\"", table.name);
+    let listeners = || async {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1",
+                &[&listening],
+            )
+            .await
+            .expect("count the listeners");
+        row.get::<_, i64>(0)
+    };
+    mp_storage_tests::watch::survives_a_cut(&st, &writer, || async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while listeners().await == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(listeners().await, 1, "one LISTEN connection");
+        let row = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = $1",
+                &[&listening],
+            )
+            .await
+            .expect("terminate the LISTEN connection");
+        usize::try_from(row.get::<_, i64>(0)).unwrap_or(0)
+    })
+    .await;
+    // Many watchers, still one LISTEN connection; none once they are gone.
+    let mut watches = Vec::new();
+    for i in 0..100 {
+        watches.push(st.watch::<Counter>(format!("w{}", i % 10)).await.unwrap());
+    }
+    for w in &mut watches {
+        mp_storage::testkit::cases::next_item(w, "the first value")
+            .await
+            .unwrap();
+    }
+    // The feed connects in the background: wait (bounded) until it listens, then count.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listeners().await == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        listeners().await,
+        1,
+        "one LISTEN connection for 100 watchers"
+    );
+    drop(watches);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listeners().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the LISTEN connection outlived its watchers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use mp_storage::driver::redis::RedisDriver;
 use mp_storage::{BackendKind, CasOutcome, Driver, Error, Storage, Write};
 use mp_storage_tests::proxy::Proxy;
@@ -1346,4 +1347,99 @@ async fn a_write_no_replica_acknowledged_is_of_unknown_outcome() {
     let plain = open_storage(&url, &prefix).await;
     assert_eq!(plain.get::<u64>("w").await.unwrap(), Some(1));
     assert!(plain.remove("w").await.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching.
+
+/// A watcher sees other processes' increments end at the final count, never backwards, and
+/// slow changes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_other_processes() {
+    let Some(url) = server_url() else { return };
+    let prefix = mp_storage_tests::unique_prefix("redis-watch");
+    let worker = env!("CARGO_BIN_EXE_mp-worker");
+    mp_storage_tests::watch::other_processes(worker, &url, &prefix).await;
+}
+
+/// The ids of the server's clients in subscriber mode.
+async fn subscriber_ids(url: &str) -> Vec<String> {
+    let mut raw = RespClient::connect(url).await;
+    let Resp::Bulk(Some(list)) = raw.cmd(&[b"CLIENT", b"LIST", b"TYPE", b"pubsub"]).await else {
+        panic!("CLIENT LIST gave no list");
+    };
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `CLIENT KILL` of the subscriber connection: the watcher reconnects by itself and misses
+/// nothing committed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_survives_its_connection_killed() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("watch-kill");
+    let before = subscriber_ids(&url).await;
+    let (st, writer) = (
+        open_storage(&url, &prefix).await,
+        open_storage(&url, &prefix).await,
+    );
+    mp_storage_tests::watch::survives_a_cut(&st, &writer, || async {
+        let mut raw = RespClient::connect(&url).await;
+        let mut killed = 0;
+        for id in subscriber_ids(&url).await {
+            if !before.contains(&id) {
+                raw.cmd(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]).await;
+                killed += 1;
+            }
+        }
+        killed
+    })
+    .await;
+}
+
+/// The subscription is the engine's, not the watcher's: many watchers of a scope, one
+/// subscriber of its channel on the server, gone when the last watcher is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscriber_connection_per_storage() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("watch-one");
+    let st = open_storage(&url, &prefix).await;
+    let mut watches = Vec::new();
+    for i in 0..200 {
+        let mut w = st.watch::<Counter>(format!("s{}", i % 20)).await.unwrap();
+        assert_eq!(w.next().await.unwrap().unwrap(), None);
+        watches.push(w);
+    }
+    // Seen, so subscribed.
+    st.set("s3", &Counter { count: 1 }).await.unwrap();
+    let count = |v: Option<Counter>| v.map(|c| c.count);
+    assert_eq!(count(watches[3].next().await.unwrap().unwrap()), Some(1));
+    // A new watcher of a watched scope starts from the value its watchers hold.
+    let mut third = st.watch::<Counter>("s3").await.unwrap();
+    assert_eq!(count(third.next().await.unwrap().unwrap()), Some(1));
+    let channel = format!("{}s3", &*prefix);
+    let subscribers = || async {
+        let mut raw = RespClient::connect(&url).await;
+        match raw.cmd(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()]).await {
+            Resp::Array(Some(items)) => match items.as_slice() {
+                [_, Resp::Int(n)] => *n,
+                other => panic!("PUBSUB NUMSUB gave {other:?}"),
+            },
+            other => panic!("PUBSUB NUMSUB gave {other:?}"),
+        }
+    };
+    assert_eq!(subscribers().await, 1, "11 watchers of s3, one subscriber");
+    assert_eq!(st.stats().watch_feeds, 1);
+    drop((watches, third));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while subscribers().await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription outlived the last watcher"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

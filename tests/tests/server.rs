@@ -956,3 +956,49 @@ impl Drop for DropTable {
         );
     }
 }
+
+/// The next `data:` line of an event stream, as a count.
+async fn next_count(lines: &mut tokio::io::Lines<tokio::io::BufReader<TcpStream>>) -> u64 {
+    let until = std::time::Duration::from_secs(5);
+    loop {
+        let line = tokio::time::timeout(until, lines.next_line())
+            .await
+            .expect("an event within 5 s")
+            .expect("read")
+            .expect("the stream goes on");
+        if let Some(data) = line.strip_prefix("data: ") {
+            return data.parse::<u64>().expect("a count");
+        }
+    }
+}
+
+/// `GET /events?user=NAME` streams the count as Server-Sent Events: the count now, then each
+/// count another request makes; the stream ends when the server stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_stream_the_count() {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let storage = Storage::open("memory://").await.expect("memory");
+    let (addr, stop) = serve_here(storage.clone()).await;
+    get(addr, "/?user=eve", false).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /events?user=eve HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let mut lines = BufReader::new(stream).lines();
+    assert_eq!(next_count(&mut lines).await, 1);
+    get(addr, "/?user=eve", false).await;
+    assert_eq!(next_count(&mut lines).await, 2);
+    storage
+        .set("user:eve", &counter::Counter { count: 40 })
+        .await
+        .unwrap();
+    assert_eq!(next_count(&mut lines).await, 40);
+    // Stopping the server ends the stream: the shutdown does not wait for the client.
+    let _ = stop.send(());
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Ok(Some(_)) = lines.next_line().await {}
+    })
+    .await;
+    assert!(reply.is_ok(), "the event stream outlived the server");
+}

@@ -919,3 +919,31 @@ async fn a_stopped_lease_holder_is_refused() {
     )
     .await;
 }
+
+/// A watcher sees other processes' increments (found by `PRAGMA data_version`) end at the final
+/// count, never backwards, and slow changes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_other_processes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = db_url(dir.path(), "?fsync=false");
+    mp_storage_tests::watch::other_processes(env!("CARGO_BIN_EXE_mp-worker"), &url, "mp/").await;
+}
+
+/// Within a process the writer's callers hint the watchers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_the_process_arrive_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = db_url(dir.path(), "?fsync=false");
+    let watcher = Storage::open(&url).await.unwrap();
+    let writer = Storage::open(&url).await.unwrap();
+    let seen = mp_storage_tests::watch::latencies(&watcher, &writer, "fast", 20).await;
+    let worst = seen[seen.len() - 1];
+    eprintln!(
+        "sqlite change to watcher: median {:?}, worst {worst:?}",
+        seen[seen.len() / 2]
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "a change took {worst:?}"
+    );
+}

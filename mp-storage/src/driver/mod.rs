@@ -80,6 +80,21 @@
 //!     `expiry_is_kept_and_cleared`)
 //! 16. **Deletes at a revision**: an [`Action::Delete`] op of [`Driver::commit`] deletes its key
 //!     only at the expected revision, like a write. (`a_scope_ends_through_the_compare_and_swap`)
+//! 17. **Change hints** (optional: [`Capabilities::watch`]). [`Driver::changes`] gives one
+//!     stream of [`Change`]s per call, serving every watched key of the engine that asked:
+//!     after a write, a delete or an expiry change of a key in the [`WatchSet`] commits (from
+//!     this process or any other) after `changes` returned, a [`Change::Key`] for that key
+//!     follows, soon, on the open stream. Hints may be coalesced, repeated or spurious: the
+//!     engine re-reads the key and keeps the newest revision, so only a missed change is wrong.
+//!     When the driver may have missed changes (a lost connection, a subscription made after
+//!     `changes` returned or after a key joined the set), it sends [`Change::Resync`] (or a
+//!     hint for each key concerned) once it listens, and the engine re-reads every watched
+//!     key. An `Err` item reaches the watchers as an error and the stream goes on; a driver
+//!     reconnects by itself, and ending the stream makes the engine ask again a second later.
+//!     Dropping the stream frees what it holds (its connection, its task). Expiry needs no
+//!     hint: the engine re-reads a watched key when its record expires, by the
+//!     [`Record::expires_at`] that [`Driver::watch_load`] gives.
+//!     (`watch_sees_every_change_in_order`, `watch_sees_removal_and_expiry`)
 //!
 //! A driver never panics on stored data or on any key.
 
@@ -89,6 +104,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
+
+mod watch;
+pub(crate) use watch::Feeds;
+pub use watch::{poll_changes, Change, ChangeStream, WatchSet};
 
 #[cfg(feature = "file")]
 pub mod file;
@@ -387,6 +406,8 @@ pub struct Capabilities {
     pub multi_key_commit: bool,
     /// Expiry ([`Write::expiry`], [`Driver::expire`], contract rule 15).
     pub expiry: bool,
+    /// Change hints ([`Driver::changes`], contract rule 17).
+    pub watch: bool,
 }
 
 impl Capabilities {
@@ -394,7 +415,14 @@ impl Capabilities {
     pub const NONE: Capabilities = Capabilities {
         multi_key_commit: false,
         expiry: false,
+        watch: false,
     };
+
+    /// With change hints.
+    pub const fn with_watch(mut self) -> Capabilities {
+        self.watch = true;
+        self
+    }
 
     /// With expiry.
     pub const fn with_expiry(mut self) -> Capabilities {
@@ -515,6 +543,23 @@ pub trait Driver: Send + Sync + 'static {
     async fn sweep(&self, limit: usize) -> Result<usize, Error> {
         let _ = limit;
         Ok(0)
+    }
+
+    /// Reads `keys` for the watchers (contract rule 17): like [`Driver::load_many`], whose
+    /// records the default returns, but every record with an expiry has its
+    /// [`Record::expires_at`], so that the engine can tell the watchers when it expires. A
+    /// driver whose loads leave the expiry out to save a call (Redis) reads it here.
+    async fn watch_load(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
+        self.load_many(keys).await
+    }
+
+    /// A stream of hints that keys of `watched` changed (contract rule 17), or `None` when the
+    /// driver has none ([`Capabilities::watch`] off). The engine calls it once, when its first
+    /// watcher starts, and drops the stream when its last watcher goes; `watched` holds the keys
+    /// watched at any moment, for a driver that subscribes or polls per key.
+    fn changes(&self, watched: std::sync::Arc<WatchSet>) -> Option<ChangeStream> {
+        let _ = watched;
+        None
     }
 
     /// Reserves the next write of the existing record `key` for `claimant` for `ttl` (by the

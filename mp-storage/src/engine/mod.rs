@@ -15,6 +15,7 @@ mod schema;
 mod settle;
 mod slots;
 mod update;
+mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub use lease::{DEFAULT_LEASE, MIN_LEASE};
 pub use receipts::{MAX_IDEMPOTENCY_KEY_LEN, MAX_RECEIPTS, MAX_RECEIPT_RESULT_LEN, RECEIPT_TTL};
 pub(crate) use schema::Rewritten;
 use slots::Slots;
+pub use watch::Watch;
 
 /// The default largest encoded scope, in bytes (16 MiB); a driver may allow less.
 pub const DEFAULT_MAX_DATA_LEN: usize = 16 << 20;
@@ -77,6 +79,8 @@ pub(crate) struct Engine {
     /// A moving average of the round trip of this engine's committed compare-and-swaps, in
     /// microseconds (0 before the first): the scale of a reservation's time slice.
     commit_rtt_us: std::sync::atomic::AtomicU64,
+    /// The watchers' hub: one change subscription for all of them.
+    hub: Arc<watch::Hub>,
     /// Dropped with the engine, which ends its sweeper.
     _sweeper: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -133,6 +137,7 @@ impl Engine {
             lease: settings.lease,
             commit_rtt_us: std::sync::atomic::AtomicU64::new(0),
             _sweeper: start_sweeper(&driver),
+            hub: watch::Hub::new(driver.clone()),
             driver,
         }
     }
@@ -182,7 +187,23 @@ impl Engine {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        let mut stats = self.counters.snapshot();
+        let hub = self.hub.stats();
+        stats.watch_feeds = hub.feeds;
+        stats.watch_reads = hub.reads;
+        stats
+    }
+
+    /// Watches scope `name` as `T` (see `watch.rs`).
+    pub(crate) fn watch<T: Scope>(&self, name: &str) -> Result<Watch<T>, Error> {
+        let key = self.key(T::NAMESPACE, name)?;
+        if !self.driver.capabilities().watch {
+            return Err(Error::Unsupported {
+                driver: self.driver.name(),
+                capability: "watching scopes (change hints)",
+            });
+        }
+        Ok(self.hub.watch::<T>(key.as_str(), key.scope()))
     }
 
     fn bump(&self, counter: Counter) {

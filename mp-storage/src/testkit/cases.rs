@@ -2,8 +2,8 @@
 //! [`behavior_suite!`](crate::behavior_suite) (defined here, beside them) holds their one list.
 //!
 //! A new case is a `pub async fn name(t: &Target)` in this file (or, for the cases of schema
-//! change, in `cases/schema.rs`, and of exclusive updates, in `cases/lease.rs`, re-exported
-//! here) and its name in that list.
+//! change, in `cases/schema.rs`, and of exclusive updates, in `cases/lease.rs`, of watching, in `cases/watch.rs`,
+//! re-exported here) and its name in that list.
 //! Cases call the driver's compare-and-swap only through the helpers `create` and `update`, so a
 //! change of its signature touches two functions; everything else goes through [`Storage`] or
 //! `load`/`put`/`list`, as a user or the engine would.
@@ -18,8 +18,10 @@ use crate::{Action, CasOutcome, CommitOutcome, Error, Op, RetryPolicy, Revision,
 
 mod lease;
 mod schema;
+mod watch;
 pub use lease::*;
 pub use schema::*;
+pub use watch::*;
 
 /// Expands into one test per behavior case, each on the target the expression gives: a future
 /// of `Option<Target>`, evaluated anew for every case; `None` skips the case.
@@ -103,6 +105,10 @@ macro_rules! behavior_suite {
             stalled_holder_loses_its_lease,
             dead_holder_lease_runs_out,
             waiting_is_bounded_by_the_deadline,
+            watch_sees_every_change_in_order,
+            watch_sees_removal_and_expiry,
+            many_watchers_share_one_subscription,
+            watchers_and_writers_on_one_handle,
         }
     };
     (@tests $target:expr ; $($case:ident),* $(,)?) => {
@@ -1765,6 +1771,7 @@ mod tests {
             include_str!("cases.rs"),
             include_str!("cases/schema.rs"),
             include_str!("cases/lease.rs"),
+            include_str!("cases/watch.rs"),
         ];
         let mut defined: Vec<&str> = sources
             .iter()

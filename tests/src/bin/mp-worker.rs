@@ -3,6 +3,7 @@
 //!
 //! `mp-worker --url URL --prefix P --scope NAME --tasks N --increments M`, or `--secs S` instead
 //! of `--increments` to run for a time; then a last line `# ops p50_us p99_us max_us` follows.
+//! `--pause-ms P` waits P ms before each increment (slow changes, for the watch tests).
 //!
 //! `mp-worker --url URL --prefix P --scope NAME --tasks N --locked M --lease-ms L --hold-ms H`
 //! runs M exclusive updates (`try_locked`) per task instead, each adding one while holding the
@@ -30,6 +31,7 @@ struct Args {
     locked: Option<usize>,
     lease_ms: u64,
     hold_ms: u64,
+    pause_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         locked: None,
         lease_ms: 30_000,
         hold_ms: 0,
+        pause_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--locked" => args.locked = Some(number()?),
             "--lease-ms" => args.lease_ms = number()? as u64,
             "--hold-ms" => args.hold_ms = number()? as u64,
+            "--pause-ms" => args.pause_ms = number()? as u64,
             "--id-base" => args.id_base = value.parse().map_err(|e| format!("{flag}: {e}"))?,
             "--secs" => args.secs = Some(value.parse::<f64>().map_err(|e| format!("{flag}: {e}"))?),
             other => return Err(format!("unknown flag {other}")),
@@ -110,6 +114,7 @@ async fn main() {
         let st = st.clone();
         let scope = args.scope.clone();
         let increments = args.increments;
+        let pause = std::time::Duration::from_millis(args.pause_ms);
         joins.push(tokio::spawn(async move {
             let mut got = Vec::new();
             let mut latencies = Vec::new();
@@ -119,6 +124,9 @@ async fn main() {
                     Some(t) if std::time::Instant::now() >= t => break,
                     None if i >= increments => break,
                     _ => i += 1,
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
                 }
                 let started = std::time::Instant::now();
                 let n = st

@@ -183,10 +183,12 @@ mod lock;
 mod name;
 mod record;
 mod store;
+mod watch;
 
 pub use config::{FileOptions, DEFAULT_LOCK_TIMEOUT};
 use journal::OwnedOp;
 use store::{OwnedWrite, Store};
+pub use watch::{POLL_WITHOUT_EVENTS, SAFETY_NET};
 
 /// The URL schemes this driver takes.
 pub const SCHEMES: &[&str] = &["file"];
@@ -306,7 +308,17 @@ impl Driver for FileDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit().with_expiry()
+        Capabilities::NONE
+            .with_multi_key_commit()
+            .with_expiry()
+            .with_watch()
+    }
+
+    fn changes(
+        &self,
+        watched: Arc<crate::driver::WatchSet>,
+    ) -> Option<crate::driver::ChangeStream> {
+        Some(watch::changes(self, &self.store.dir, watched))
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {

@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    now_ms, Action, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision,
-    Write,
+    now_ms, Action, Capabilities, CasOutcome, ChangeStream, CommitOutcome, Driver, Expiry, Feeds,
+    Op, Record, Revision, WatchSet, Write,
 };
 use crate::Error;
 
@@ -51,11 +51,13 @@ pub const SCHEMES: &[&str] = &["memory"];
 /// The records of one store.
 type Map = Mutex<Store>;
 
-/// A store: its records, and the reservations on them (contract rule 13).
+/// A store: its records, the reservations on them (contract rule 13), and the change feeds
+/// of the engines watching it (contract rule 17).
 #[derive(Debug, Default)]
 struct Store {
     records: HashMap<String, Arc<Record>, lru::DefaultHasher>,
     reserved: HashMap<String, (u64, Instant), lru::DefaultHasher>,
+    feeds: Feeds,
 }
 
 impl Store {
@@ -161,7 +163,14 @@ impl Driver for MemoryDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit().with_expiry()
+        Capabilities::NONE
+            .with_multi_key_commit()
+            .with_expiry()
+            .with_watch()
+    }
+
+    fn changes(&self, watched: Arc<WatchSet>) -> Option<ChangeStream> {
+        Some(self.map().feeds.open(watched))
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
@@ -214,12 +223,14 @@ impl Driver for MemoryDriver {
                 Action::Delete => {
                     store.records.remove(op.key);
                     store.reserved.remove(op.key);
+                    store.feeds.changed(op.key, None);
                     versions.push(None);
                 }
                 Action::Write(w) => match store.live(op.key) {
                     Some(current) => {
                         let version = w.next_version(Some(current.version));
                         w.apply(version, Arc::make_mut(current));
+                        store.feeds.changed(op.key, Some(version));
                         versions.push(Some(version));
                     }
                     None => {
@@ -227,6 +238,7 @@ impl Driver for MemoryDriver {
                         store
                             .records
                             .insert(op.key.to_owned(), Arc::new(w.to_record(version, &[])));
+                        store.feeds.changed(op.key, Some(version));
                         versions.push(Some(version));
                     }
                 },
@@ -252,6 +264,7 @@ impl Driver for MemoryDriver {
             Some(current) if expected.is_some_and(|e| e.matches(current)) => {
                 let version = write.next_version(Some(current.version));
                 write.apply(version, Arc::make_mut(current));
+                store.feeds.changed(key, Some(version));
                 Ok(CasOutcome::Committed(version))
             }
             Some(current) => Ok(CasOutcome::Conflict(Some(Record::clone(current)))),
@@ -260,6 +273,7 @@ impl Driver for MemoryDriver {
                 store
                     .records
                     .insert(key.to_owned(), Arc::new(write.to_record(version, &[])));
+                store.feeds.changed(key, Some(version));
                 Ok(CasOutcome::Committed(version))
             }
             None => Ok(CasOutcome::Conflict(None)),
@@ -281,6 +295,7 @@ impl Driver for MemoryDriver {
             .expiry
             .resolve(current.and_then(|r| r.expires_at), now_ms);
         store.records.insert(key.to_owned(), Arc::new(record));
+        store.feeds.changed(key, Some(version));
         Ok(version)
     }
 
@@ -291,6 +306,7 @@ impl Driver for MemoryDriver {
             Some(r) => {
                 let expires_at = expiry.resolve(r.expires_at, now_ms);
                 Arc::make_mut(r).expires_at = expires_at;
+                store.feeds.changed(key, None);
                 Ok(true)
             }
             None => Ok(false),
@@ -315,6 +331,9 @@ impl Driver for MemoryDriver {
         store.reserved.remove(key);
         let live = store.live(key).is_some();
         store.records.remove(key);
+        if live {
+            store.feeds.changed(key, None);
+        }
         Ok(live)
     }
 

@@ -1,6 +1,7 @@
 //! [`MysqlConfig`]: the settings of the MySQL driver, from a `mysql://` URL or built in code.
 
 use std::fmt;
+use std::time::Duration;
 
 use mysql_async::{Opts, OptsBuilder};
 
@@ -13,7 +14,13 @@ use crate::Error;
 const MAX_TABLE_LEN: usize = 64;
 
 /// The URL options this driver reads itself; the others go to `mysql_async`.
-const OPTIONS: &[&str] = &["table"];
+const OPTIONS: &[&str] = &["table", "watch_poll_ms"];
+
+/// How often watchers read the watched scopes when the URL does not say (`watch_poll_ms`).
+pub const DEFAULT_WATCH_POLL: Duration = Duration::from_millis(100);
+
+/// The range of `watch_poll_ms`.
+const WATCH_POLL_MS: std::ops::RangeInclusive<u64> = 10..=60_000;
 
 /// The settings of a [`MysqlDriver`](super::MysqlDriver): the server, the login, the database,
 /// the table, and the pool settings of `mysql_async`.
@@ -29,6 +36,7 @@ const OPTIONS: &[&str] = &["table"];
 /// | option | default | method | meaning |
 /// |---|---|---|---|
 /// | `table` | `mp_scopes` | [`table`](Self::table) | the table, `[A-Za-z0-9_]{1,64}`; created if absent |
+/// | `watch_poll_ms` | `100` | [`watch_poll`](Self::watch_poll) | how often the watchers of a storage read their scopes (MySQL has no change notifications): one `SELECT … WHERE name IN (…)` for all of them, per 500 scopes; 10 to 60000 |
 /// | anything else | | | handed to `mysql_async` as is (`pool_min`, `pool_max`, `conn_ttl`, `stmt_cache_size`, `tcp_keepalive`, `socket`, …; see `mysql_async::Opts`), which refuses what it does not know |
 ///
 /// Two `mysql_async` settings are always the driver's: `client_found_rows=true` (so an `UPDATE`
@@ -56,6 +64,7 @@ pub struct MysqlConfig {
     /// Everything `mysql_async` reads: address, login, database, pool settings.
     opts: Opts,
     table: String,
+    watch_poll: Duration,
 }
 
 impl MysqlConfig {
@@ -65,6 +74,7 @@ impl MysqlConfig {
         MysqlConfig {
             opts: OptsBuilder::default().ip_or_hostname(host).into(),
             table: DEFAULT_TABLE.to_owned(),
+            watch_poll: DEFAULT_WATCH_POLL,
         }
     }
 
@@ -74,6 +84,18 @@ impl MysqlConfig {
         parsed.expect_scheme("mysql", SCHEMES)?;
         let table = parsed.option("table").unwrap_or(DEFAULT_TABLE).to_owned();
         check_table(&table).map_err(|reason| parsed.invalid(reason))?;
+        let watch_poll = match parsed.option("watch_poll_ms") {
+            None => DEFAULT_WATCH_POLL,
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if WATCH_POLL_MS.contains(&ms) => Duration::from_millis(ms),
+                _ => {
+                    return Err(parsed.invalid(format!(
+                        "option watch_poll_ms must be a whole number of milliseconds from 10 to \
+                         60000, not {v:?}"
+                    )))
+                }
+            },
+        };
         // Hand mysql_async the URL without our own options.
         let mut driver_url = format!("mysql:{}", parsed.body);
         let mut query = form_urlencoded::Serializer::new(String::new());
@@ -91,7 +113,11 @@ impl MysqlConfig {
             driver_url.push_str(&query.finish());
         }
         let opts = Opts::from_url(&driver_url).map_err(|e| parsed.invalid(e.to_string()))?;
-        Ok(MysqlConfig { opts, table })
+        Ok(MysqlConfig {
+            opts,
+            table,
+            watch_poll,
+        })
     }
 
     /// Changes the `mysql_async` settings.
@@ -125,6 +151,21 @@ impl MysqlConfig {
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
         self
+    }
+
+    /// How often the watchers of a storage read their scopes (clamped to 10 ms to 60 s).
+    /// Default [`DEFAULT_WATCH_POLL`].
+    pub fn watch_poll(mut self, every: Duration) -> Self {
+        self.watch_poll = every.clamp(
+            Duration::from_millis(*WATCH_POLL_MS.start()),
+            Duration::from_millis(*WATCH_POLL_MS.end()),
+        );
+        self
+    }
+
+    /// How often the watchers of a storage read their scopes.
+    pub fn get_watch_poll(&self) -> Duration {
+        self.watch_poll
     }
 
     /// The server's host.
@@ -210,6 +251,7 @@ impl fmt::Debug for MysqlConfig {
             .field("password", &self.opts.pass().map(|_| "***"))
             .field("database", &self.get_database())
             .field("table", &self.table)
+            .field("watch_poll", &self.watch_poll)
             .field("pool_min", &pool.min())
             .field("pool_max", &pool.max())
             .finish_non_exhaustive()
@@ -245,6 +287,19 @@ mod tests {
             }
             other => panic!("{url}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn watch_poll_is_read_and_bounded() {
+        assert_eq!(parse("mysql://h/db").get_watch_poll(), DEFAULT_WATCH_POLL);
+        let c = parse("mysql://h/db?watch_poll_ms=250&pool_max=30");
+        assert_eq!(c.get_watch_poll(), Duration::from_millis(250));
+        for bad in ["0", "9", "60001", "ten", "-5", ""] {
+            let reason = refused(&format!("mysql://h/db?watch_poll_ms={bad}"));
+            assert!(reason.contains("watch_poll_ms"), "{reason}");
+        }
+        let clamped = MysqlConfig::new("h").watch_poll(Duration::ZERO);
+        assert_eq!(clamped.get_watch_poll(), Duration::from_millis(10));
     }
 
     #[test]

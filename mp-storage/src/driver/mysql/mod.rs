@@ -95,7 +95,7 @@ mod row;
 mod sql;
 
 use crate::driver::sql_rows::{check_key, prefix_end};
-pub use config::MysqlConfig;
+pub use config::{MysqlConfig, DEFAULT_WATCH_POLL};
 use error::{backend, connect_error};
 use sql::Sql;
 
@@ -139,6 +139,8 @@ struct Inner {
     table: String,
     max_data_len: usize,
     sql: Sql,
+    /// How often change streams read the watched scopes.
+    watch_poll: std::time::Duration,
 }
 
 impl fmt::Debug for MysqlDriver {
@@ -199,6 +201,7 @@ impl MysqlDriver {
                         table,
                         max_data_len,
                         sql,
+                        watch_poll: config.get_watch_poll(),
                     }),
                 })
             }
@@ -676,7 +679,23 @@ impl Driver for MysqlDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit().with_expiry()
+        Capabilities::NONE
+            .with_multi_key_commit()
+            .with_expiry()
+            .with_watch()
+    }
+
+    /// No push from MySQL: every `watch_poll_ms`, one read of all the watched scopes
+    /// (contract rule 17, [`crate::driver::poll_changes`]).
+    fn changes(
+        &self,
+        watched: Arc<crate::driver::WatchSet>,
+    ) -> Option<crate::driver::ChangeStream> {
+        Some(crate::driver::poll_changes(
+            Arc::new(self.clone()),
+            watched,
+            self.inner.watch_poll,
+        ))
     }
 
     async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {

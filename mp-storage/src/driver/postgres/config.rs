@@ -15,7 +15,7 @@ use crate::Error;
 const MAX_TABLE_LEN: usize = 63;
 
 /// The URL options this driver reads itself; the others go to `tokio-postgres`.
-const OPTIONS: &[&str] = &["table", "pool_max"];
+const OPTIONS: &[&str] = &["table", "pool_max", "notify"];
 
 /// The settings of a [`PostgresDriver`](super::PostgresDriver): the server, the login, the
 /// database, the table and the size of the pool.
@@ -34,6 +34,7 @@ const OPTIONS: &[&str] = &["table", "pool_max"];
 /// |---|---|---|---|
 /// | `table` | `mp_scopes` | [`table`](Self::table) | the table, `[A-Za-z0-9_]{1,63}`; created if absent |
 /// | `pool_max` | 16 | [`pool_max`](Self::pool_max) | the most connections the pool keeps open |
+/// | `notify` | `false` | [`notify`](Self::notify) | `true`: a trigger on the table sends `pg_notify` on every write and watchers `LISTEN` (changes in about a millisecond); `false`: watchers read the watched scopes every 100 ms. PostgreSQL serializes the commits of notifying transactions, which slows writers of one hot row: see the driver's docs |
 /// | `connect_timeout` | 5 (s) | | the bound on making a connection, in seconds |
 /// | anything else | | | handed to `tokio-postgres` as is (`application_name`, `options`, `keepalives`, `keepalives_idle`, `target_session_attrs`, `host` for a Unix socket directory, …), which refuses what it does not know |
 ///
@@ -62,6 +63,7 @@ pub struct PostgresConfig {
     pg: tokio_postgres::Config,
     table: String,
     pool_max: usize,
+    notify: bool,
 }
 
 impl PostgresConfig {
@@ -74,6 +76,7 @@ impl PostgresConfig {
             pg,
             table: DEFAULT_TABLE.to_owned(),
             pool_max: DEFAULT_POOL_MAX,
+            notify: false,
         }
     }
 
@@ -95,6 +98,15 @@ impl PostgresConfig {
                 }
             },
         };
+        let notify = match parsed.option("notify") {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(v) => {
+                return Err(
+                    parsed.invalid(format!("option notify must be true or false, not {v:?}"))
+                )
+            }
+        };
         // Hand tokio-postgres the URL without our own options.
         // tokio-postgres percent-decodes values but reads `+` as itself: encode spaces as %20.
         let query: Vec<String> = parsed
@@ -114,6 +126,7 @@ impl PostgresConfig {
             pg,
             table,
             pool_max,
+            notify,
         };
         if !matches!(config.pg.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
             return Err(parsed.invalid(
@@ -161,6 +174,21 @@ impl PostgresConfig {
     pub fn pool_max(mut self, max: usize) -> Self {
         self.pool_max = max.max(1);
         self
+    }
+
+    /// Whether writes notify watchers through a trigger on the table (`pg_notify`, heard by
+    /// `LISTEN`) instead of watchers polling every 100 ms. Default `false`: PostgreSQL
+    /// serializes the commits of every transaction that notified, which costs writers of one hot
+    /// scope dearly (see the driver's docs). The trigger, once created, stays on the table for
+    /// every process (`DROP TRIGGER mp_storage_watch ON <table>` removes it).
+    pub fn notify(mut self, on: bool) -> Self {
+        self.notify = on;
+        self
+    }
+
+    /// Whether writes notify watchers (see [`notify`](Self::notify)).
+    pub fn get_notify(&self) -> bool {
+        self.notify
     }
 
     /// The server's host (the first one, for a URL that names several).
@@ -248,6 +276,7 @@ impl fmt::Debug for PostgresConfig {
             .field("database", &self.get_database())
             .field("table", &self.table)
             .field("pool_max", &self.pool_max)
+            .field("notify", &self.notify)
             .finish_non_exhaustive()
     }
 }

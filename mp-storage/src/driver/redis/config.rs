@@ -20,6 +20,7 @@ pub(super) const OPTIONS: &[&str] = &[
     "protocol",
     "replica_wait",
     "replica_timeout",
+    "watch",
 ];
 
 /// The settings of a [`RedisDriver`](super::RedisDriver): where the server is, how to log in,
@@ -42,6 +43,7 @@ pub(super) const OPTIONS: &[&str] = &[
 /// | `protocol` | `resp3` | [`resp3`](Self::resp3) | `resp3` or `resp2` (also `3`, `2`): the protocol spoken to the server (RESP2 to one older than Redis 6) |
 /// | `replica_wait` | `0` | [`replica_wait`](Self::replica_wait) | after each write, wait until this many replicas have it (`WAIT` on the write's connection); `0`: do not wait |
 /// | `replica_timeout` | `500ms` | [`replica_wait`](Self::replica_wait) | how long a write waits for those replicas, below `response_timeout` |
+/// | `watch` | `true` | [`watch`](Self::watch) | `false`: writes announce nothing (no `PUBLISH` in the write scripts) and the storage cannot watch; only for a store nobody watches, since watchers in other processes would miss this process's writes |
 ///
 /// Any other option is an [`Error::InvalidUrl`] that names it. Durations are positive and at
 /// most a day. `Debug` never shows the password.
@@ -76,6 +78,7 @@ pub struct RedisConfig {
     resp3: bool,
     replicas: u32,
     replica_timeout: Duration,
+    watch: bool,
 }
 
 impl RedisConfig {
@@ -94,6 +97,7 @@ impl RedisConfig {
             resp3: true,
             replicas: 0,
             replica_timeout: DEFAULT_REPLICA_TIMEOUT,
+            watch: true,
         }
     }
 
@@ -157,8 +161,31 @@ impl RedisConfig {
         if let Some(timeout) = parsed.duration_option("replica_timeout")? {
             config.replica_timeout = timeout;
         }
+        if let Some(watch) = parsed.option("watch") {
+            config = config.watch(match watch {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(parsed
+                        .invalid(format!("option watch must be true or false, not {watch:?}")))
+                }
+            });
+        }
         *self = config;
         Ok(())
+    }
+
+    /// Whether writes announce their changes, so that storages can watch scopes (contract
+    /// rule 17). Default `true`; `false` saves the `PUBLISH` of each write, for a store that
+    /// nobody watches.
+    pub fn watch(mut self, on: bool) -> Self {
+        self.watch = on;
+        self
+    }
+
+    /// Whether writes announce their changes.
+    pub fn get_watch(&self) -> bool {
+        self.watch
     }
 
     /// The server's port. Default 6379.

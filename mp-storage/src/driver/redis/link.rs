@@ -2,6 +2,7 @@
 //! The cluster's is in `cluster.rs`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +12,7 @@ use redis::{ErrorKind, RedisResult, Value};
 use super::config::RedisConfig;
 use super::error::connect_error;
 use crate::driver::net::ServerError;
+use crate::driver::{ChangeStream, WatchSet};
 use crate::{BackendKind, Error};
 
 /// The connection a [`RedisDriver`](super::RedisDriver) speaks through: [`Node`] (one server)
@@ -57,6 +59,19 @@ pub(super) mod sealed {
 
         /// Every key matching `pattern` on every server that holds keys (`SCAN`).
         async fn scan(&self, pattern: &str) -> RedisResult<Vec<Vec<u8>>>;
+
+        /// The command the write scripts announce a change with (contract rule 17), `None`
+        /// when this connection cannot watch.
+        fn publish(&self) -> Option<&'static str> {
+            None
+        }
+
+        /// The change feed of keys under `prefix` (see `watch.rs`), `None` when this connection
+        /// cannot watch.
+        fn changes(&self, prefix: &str, watched: Arc<WatchSet>) -> Option<ChangeStream> {
+            let _ = (prefix, watched);
+            None
+        }
     }
 }
 
@@ -64,6 +79,9 @@ pub(super) mod sealed {
 #[derive(Clone)]
 pub struct Node {
     manager: ConnectionManager,
+    /// Opens the change feed's own subscriber connection.
+    client: redis::Client,
+    connect_timeout: Duration,
     /// The server's `host:port`, for errors and `Debug`.
     addr: String,
     db: i64,
@@ -108,6 +126,20 @@ impl sealed::Link for Node {
 
     fn addr(&self) -> &str {
         &self.addr
+    }
+
+    fn publish(&self) -> Option<&'static str> {
+        Some(super::scripts::PUBLISH)
+    }
+
+    fn changes(&self, prefix: &str, watched: Arc<WatchSet>) -> Option<ChangeStream> {
+        Some(super::watch::changes(
+            self.client.clone(),
+            prefix.to_owned(),
+            self.addr.clone(),
+            self.connect_timeout,
+            watched,
+        ))
     }
 
     async fn send(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
@@ -171,7 +203,7 @@ pub(super) async fn connect_node(config: &RedisConfig) -> Result<Node, Error> {
         }
         other => other,
     };
-    let manager = match con {
+    let (manager, client) = match con {
         Ok(con) => con,
         Err(Connect::Redis(e)) if e.kind() == ErrorKind::InvalidClientConfig => {
             return Err(crate::url::invalid(&config.redacted_url(), e.to_string()));
@@ -192,6 +224,8 @@ pub(super) async fn connect_node(config: &RedisConfig) -> Result<Node, Error> {
     };
     Ok(Node {
         manager,
+        client,
+        connect_timeout,
         addr,
         db: config.get_db(),
     })
@@ -199,7 +233,10 @@ pub(super) async fn connect_node(config: &RedisConfig) -> Result<Node, Error> {
 
 /// Makes the connection manager of `config`, speaking RESP3 or RESP2, within the connect
 /// timeout (name resolution included).
-async fn connect_manager(config: &RedisConfig, resp3: bool) -> Result<ConnectionManager, Connect> {
+async fn connect_manager(
+    config: &RedisConfig,
+    resp3: bool,
+) -> Result<(ConnectionManager, redis::Client), Connect> {
     let connect_timeout = config.get_connect_timeout();
     let info = config
         .clone()
@@ -221,11 +258,11 @@ async fn connect_manager(config: &RedisConfig, resp3: bool) -> Result<Connection
         .set_max_delay(Duration::from_secs(1));
     match tokio::time::timeout(
         connect_timeout,
-        ConnectionManager::new_with_config(client, manager),
+        ConnectionManager::new_with_config(client.clone(), manager),
     )
     .await
     {
-        Ok(r) => r.map_err(Connect::Redis),
+        Ok(r) => r.map(|con| (con, client)).map_err(Connect::Redis),
         Err(_) => Err(Connect::TimedOut),
     }
 }

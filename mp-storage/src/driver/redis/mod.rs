@@ -14,6 +14,7 @@
 //! | `replica_wait` | `0` | after each write, wait until this many replicas have it (`WAIT` in the same pipeline); fewer in `replica_timeout` is [`Error::CommitUnknown`] |
 //! | `replica_timeout` | `500ms` | how long a write waits for them (below `response_timeout`) |
 //! | `protocol` | `resp3` | `resp3` or `resp2`; RESP3 lets a connection the server closed be noticed at once (a write to a server that went down then fails as not sent); a server older than Redis 6 is spoken to in RESP2 |
+//! | `watch` | `true` | `false`: the write scripts announce nothing and the storage cannot watch scopes (see *Watching*); for a store that nobody watches |
 //!
 //! A server that is down or unreachable is an [`Error::Backend`] of kind
 //! [`BackendKind::Connection`](crate::BackendKind::Connection) (or [`BackendKind::Timeout`](crate::BackendKind::Timeout)) within `connect_timeout`, whose
@@ -53,7 +54,7 @@
 //!   counts under their own names (so does `total_commands_processed`): count `evalsha` for what
 //!   the client sends.
 //! - put: one `EVALSHA` (the version rises by one; the record's tokens are kept).
-//! - delete: `DEL`. list: `SCAN … MATCH <escaped prefix>* COUNT 1000`, never `KEYS`.
+//! - delete: one `EVALSHA` (`DEL`, and the change hint when the key existed). list: `SCAN … MATCH <escaped prefix>* COUNT 1000`, never `KEYS`.
 //! - A load or a list whose connection turns out to be dropped (an idle connection the server
 //!   closed, a restart) is sent once more on the new connection; writes are not: the engine
 //!   settles a write whose reply was lost from the commit tokens.
@@ -65,6 +66,17 @@
 //!
 //! With `replica_wait=N`, every write (the scripts and `DEL`) is sent in one pipeline with
 //! `WAIT N timeout`, on the same connection: the reply counts the replicas that have it.
+//!
+//! # Watching
+//!
+//! Every write script ends with a `PUBLISH` of the new version (`''` for a removal or a new
+//! expiry) on the channel named like the key: no server configuration needed (keyspace
+//! notifications stay off). With nobody subscribed it is one lookup in the server's channel
+//! table; `mp-bench --only watch` measures it (see BENCHMARKS.md). A storage that watches opens
+//! one more connection, in subscriber mode, subscribed to the channels of its watched keys; it
+//! reconnects by itself and reads the watched scopes again after a cut. A user whose ACL grants
+//! no channels (`&…`) still writes, but cannot watch: grant it `&<prefix>*`. `watch=false`
+//! leaves the `PUBLISH` out, for a store nobody watches.
 //!
 //! A record whose fields are missing or malformed (or a key that is not a hash) is
 //! [`Error::Corrupt`] naming the key; it is left untouched (remove it to start over).
@@ -78,10 +90,11 @@ use async_trait::async_trait;
 use redis::{ErrorKind, Value};
 
 use super::{
-    Action, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write,
+    Action, Capabilities, CasOutcome, ChangeStream, CommitOutcome, Driver, Expiry, Op, Record,
+    Revision, WatchSet, Write,
 };
 use crate::Error;
-use scripts::Lua;
+use scripts::{with_publish, Lua};
 
 #[cfg(feature = "redis-cluster")]
 pub mod cluster;
@@ -90,6 +103,7 @@ mod error;
 mod link;
 mod record;
 mod scripts;
+mod watch;
 
 #[cfg(feature = "redis-cluster")]
 pub use cluster::{Cluster, RedisClusterConfig, RedisClusterDriver};
@@ -131,6 +145,8 @@ pub struct RedisDriver<C: Connection = Node> {
     scripts: Arc<Scripts>,
     /// Replicas each write waits for, and for how long (`None`: no waiting).
     replicas: Option<(u32, Duration)>,
+    /// Whether writes announce their changes (`watch=`, and a connection that can watch).
+    watch: bool,
 }
 
 /// The scripts, loaded once per driver.
@@ -140,18 +156,24 @@ struct Scripts {
     reserve: Lua,
     commit: Lua,
     expire: Lua,
+    delete: Lua,
     load: Lua,
 }
 
 impl Scripts {
-    fn new() -> Scripts {
+    /// The scripts, the writes announcing their changes with `publish` (contract rule 17).
+    fn new(publish: Option<&str>) -> Scripts {
         Scripts {
-            cas: Lua::new(scripts::CAS_SCRIPT.to_owned()),
+            cas: Lua::new(with_publish(publish, scripts::CAS_SCRIPT)),
             reserve: Lua::new(scripts::RESERVE_SCRIPT.to_owned()),
-            commit: Lua::new(scripts::COMMIT_SCRIPT.to_owned()),
-            expire: Lua::new(scripts::EXPIRE_SCRIPT.to_owned()),
+            commit: Lua::new(with_publish(publish, scripts::COMMIT_SCRIPT)),
+            expire: Lua::new(with_publish(publish, scripts::EXPIRE_SCRIPT)),
+            delete: Lua::new(with_publish(publish, scripts::DELETE_SCRIPT)),
             load: Lua::new(scripts::LOAD_SCRIPT.to_owned()),
-            put: Lua::new(format!("{}{}", scripts::PUT_CHECK, scripts::PUT_SCRIPT)),
+            put: Lua::new(with_publish(
+                publish,
+                &format!("{}{}", scripts::PUT_CHECK, scripts::PUT_SCRIPT),
+            )),
         }
     }
 }
@@ -205,11 +227,14 @@ impl<C: Connection> RedisDriver<C> {
     /// The driver over an open connection, with the prefix and replica wait of `config`.
     fn over(con: C, config: &RedisConfig) -> RedisDriver<C> {
         let (replicas, timeout) = config.get_replica_wait();
+        let watch = config.get_watch() && con.publish().is_some();
+        let publish = if watch { con.publish() } else { None };
         RedisDriver {
             con,
             prefix: config.get_prefix().to_owned(),
-            scripts: Arc::new(Scripts::new()),
+            scripts: Arc::new(Scripts::new(publish)),
             replicas: (replicas > 0).then_some((replicas, timeout)),
+            watch,
         }
     }
 
@@ -545,7 +570,19 @@ impl<C: Connection> Driver for RedisDriver<C> {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit().with_expiry()
+        let caps = Capabilities::NONE.with_multi_key_commit().with_expiry();
+        if self.watch {
+            caps.with_watch()
+        } else {
+            caps
+        }
+    }
+
+    fn changes(&self, watched: std::sync::Arc<WatchSet>) -> Option<ChangeStream> {
+        if !self.watch {
+            return None;
+        }
+        self.con.changes(&self.prefix, watched)
     }
 
     async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
@@ -756,23 +793,10 @@ impl<C: Connection> Driver for RedisDriver<C> {
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
         let rkey = self.redis_key(key);
-        let mut del = redis::cmd("DEL");
-        del.arg(&rkey);
-        let reply = match self.replicas {
-            Some((replicas, timeout)) => {
-                let (reply, acked) = self
-                    .waited(del, None, &[&rkey], replicas, timeout)
-                    .await
-                    .map_err(|e| self.command_error(e, key, &rkey))?;
-                check_acked(key, acked, replicas, timeout)?;
-                reply
-            }
-            None => self
-                .con
-                .send(&del)
-                .await
-                .map_err(|e| self.command_error(e, key, &rkey))?,
-        };
+        // DEL and the change hint, in one script.
+        let reply = self
+            .run_script(&self.scripts.delete, key, &rkey, &[], true)
+            .await?;
         Ok(matches!(reply, Value::Int(n) if n > 0))
     }
 

@@ -1,19 +1,29 @@
 //! The Lua scripts of the compare-and-swap and of the unconditional write. Each touches only
 //! `KEYS[1]`, so scopes can shard across a Redis Cluster.
+//!
+//! Every script that changes a record announces it (contract rule 17) with `hint(key,
+//! version)` (version `''` for a removal or a new expiry), which [`with_publish`] defines:
+//! `redis.pcall(<command>, key, version)`, on the channel named like the record's key, so that
+//! a sharded publish (`SPUBLISH`, for a cluster) lands on the key's own slot; `PUBLISH` here.
+//! With nobody subscribed, the publish is one lookup in the server's channel table. `pcall`, not
+//! `call`: a user whose ACL grants no channels (Redis 7's default for new users) still writes;
+//! only watching fails for it, with the subscription's permission error.
 
-/// Compare-and-swap. ARGV: expected version (`''`: the key must be absent), the expected last
-/// token (16 hex digits, `''` for a record without tokens), new version, schema, data, token
-/// (16 hex digits), meta, claimant (16 hex digits), expiry kind (`k` keep, `n` never, `a` after
-/// ms, `t` at ms since 1970) and its value. Replies 1 when written, else the current
-/// record as `HGETALL` gives it (empty when absent), for the driver to parse (and refuse when
-/// malformed). A live reservation of another claimant (fields `rc`, `ru`: claimant and expiry in
-/// ms by the server's clock) refuses the write with the record at the expected revision; the
-/// holder's writes leave it in place until it runs out.
-///
-/// The update path checks only what it needs: the engine sends a revision only after it read
-/// (and checked) the record at that revision, so a matching version and token vouch for the
-/// other fields. This keeps the script at two calls and no pattern scans, the bulk of its cost
-/// on the server.
+/// The command the scripts of a single server announce changes with.
+pub(super) const PUBLISH: &str = "PUBLISH";
+
+/// `body` with the Lua function `hint(key, version)` defined: a publish with `command`
+/// (`PUBLISH` or `SPUBLISH`), or nothing when `command` is `None` (a storage whose writes
+/// announce nothing, `watch=false`).
+pub(super) fn with_publish(command: Option<&str>, body: &str) -> String {
+    match command {
+        Some(command) => {
+            format!("local function hint(k, v) redis.pcall('{command}', k, v) end\n{body}")
+        }
+        None => format!("local function hint(k, v) end\n{body}"),
+    }
+}
+
 pub(super) const CAS_SCRIPT: &str = r"
 local function set_expiry(key, kind, value)
   if kind == 'n' then redis.call('PERSIST', key)
@@ -44,6 +54,7 @@ t = t .. ARGV[6]
 if #t > 256 then t = string.sub(t, -256) end
 redis.call('HSET', key, 'v', ARGV[3], 's', ARGV[4], 'd', ARGV[5], 't', t, 'm', ARGV[7])
 set_expiry(key, ARGV[9], ARGV[10])
+hint(key, ARGV[3]) -- the change hint (contract rule 17)
 return 1
 ";
 
@@ -101,8 +112,10 @@ for i = 1, #KEYS do
     if #t > 256 then t = string.sub(t, -256) end
     redis.call('HSET', KEYS[i], 'v', ARGV[b + 4], 's', ARGV[b + 5], 'd', ARGV[b + 6], 't', t, 'm', ARGV[b + 8])
     set_expiry(KEYS[i], ARGV[b + 9], ARGV[b + 10])
+    hint(KEYS[i], ARGV[b + 4]) -- the change hint (contract rule 17)
   elseif ARGV[b + 3] == 'd' then
     redis.call('DEL', KEYS[i])
+    hint(KEYS[i], '')
   end
 end
 return 1
@@ -164,6 +177,7 @@ if ARGV[6] == 'n' then redis.call('PERSIST', key)
 elseif ARGV[6] == 'a' then redis.call('PEXPIRE', key, ARGV[7])
 elseif ARGV[6] == 't' then redis.call('PEXPIREAT', key, ARGV[7])
 end
+hint(key, nv) -- the change hint (contract rule 17)
 return nv
 ";
 
@@ -175,6 +189,7 @@ if ARGV[1] == 'n' then redis.call('PERSIST', KEYS[1])
 elseif ARGV[1] == 'a' then redis.call('PEXPIRE', KEYS[1], ARGV[2])
 elseif ARGV[1] == 't' then redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 end
+hint(KEYS[1], '') -- the change hint (contract rule 17)
 return 1
 ";
 
@@ -192,6 +207,14 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then return {h, ttl} end
 local now = redis.call('TIME')
 return {h, now[1] * 1000 + math.floor(now[2] / 1000) + ttl}
+";
+
+/// Deletes a key and, when it existed, announces it (contract rule 17). Replies how many keys
+/// were deleted (0 or 1).
+pub(super) const DELETE_SCRIPT: &str = r"
+local n = redis.call('DEL', KEYS[1])
+if n > 0 then hint(KEYS[1], '') end
+return n
 ";
 
 /// A script and its SHA-1, sent as `EVALSHA` and, when the server does not have it

@@ -99,19 +99,22 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 
 use super::{
-    now_ms, Capabilities, CasOutcome, CommitOutcome, Driver, Expiry, Op, Record, Revision, Write,
+    now_ms, Action, Capabilities, CasOutcome, ChangeStream, CommitOutcome, Driver, Expiry, Op,
+    Record, Revision, WatchSet, Write,
 };
 use crate::{BackendKind, Error};
 
 mod config;
 mod error;
 mod row;
+mod watch;
 mod writer;
 
 use crate::driver::sql_rows::prefix_end;
 pub use config::{SqliteOptions, Synchronous, DEFAULT_BUSY_TIMEOUT, DEFAULT_TABLE};
 use error::{is_busy, sql_error, unsent};
 use row::{load_stored, ms_i64, stored, Sql};
+pub use watch::WATCH_POLL;
 use writer::{Done, Job, OwnedAction, OwnedOp, OwnedWrite, Work};
 
 /// The URL schemes this driver takes.
@@ -157,6 +160,8 @@ struct Shared {
     writer: mpsc::Sender<Job>,
     counters: Arc<writer::Counters>,
     readers: Mutex<Vec<Connection>>,
+    /// The change streams of the process on this database (contract rule 17).
+    feeds: crate::driver::Feeds,
 }
 
 impl fmt::Debug for SqliteDriver {
@@ -378,6 +383,7 @@ fn open_shared(path: PathBuf, options: SqliteOptions) -> Result<Arc<Shared>, Err
         writer,
         counters,
         readers: Mutex::new(Vec::new()),
+        feeds: crate::driver::Feeds::default(),
     });
     open.retain(|_, s| s.strong_count() > 0);
     open.insert((canonical, options), Arc::downgrade(&shared));
@@ -527,7 +533,14 @@ impl Driver for SqliteDriver {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE.with_multi_key_commit().with_expiry()
+        Capabilities::NONE
+            .with_multi_key_commit()
+            .with_expiry()
+            .with_watch()
+    }
+
+    fn changes(&self, watched: Arc<WatchSet>) -> Option<ChangeStream> {
+        Some(watch::changes(self, watched))
     }
 
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
@@ -543,6 +556,14 @@ impl Driver for SqliteDriver {
     }
 
     async fn commit(&self, ops: &[Op<'_>]) -> Result<CommitOutcome, Error> {
+        let changed: Vec<String> = if self.shared.feeds.is_empty() {
+            Vec::new()
+        } else {
+            ops.iter()
+                .filter(|op| !matches!(op.action, Action::Check))
+                .map(|op| op.key.to_owned())
+                .collect()
+        };
         let ops = ops
             .iter()
             .map(|op| OwnedOp {
@@ -551,11 +572,20 @@ impl Driver for SqliteDriver {
                 action: OwnedAction::new(&op.action),
             })
             .collect();
-        let done = self.submit(Work::Commit(ops)).await?;
-        expect(done, |d| match d {
-            Done::Commit(c) => Some(c),
-            _ => None,
-        })
+        let done = self.submit(Work::Commit(ops)).await;
+        let outcome = done.and_then(|done| {
+            expect(done, |d| match d {
+                Done::Commit(c) => Some(c),
+                _ => None,
+            })
+        });
+        // Committed, or maybe (a lost outcome): the watchers read again either way.
+        if !matches!(outcome, Ok(CommitOutcome::Conflict(_))) {
+            for key in &changed {
+                self.shared.feeds.changed(key, None);
+            }
+        }
+        outcome
     }
 
     async fn cas(
@@ -569,8 +599,11 @@ impl Driver for SqliteDriver {
             expected,
             action: OwnedAction::Write(OwnedWrite::new(&write)),
         };
-        let done = self.submit(Work::Commit(vec![op])).await?;
-        match expect(done, |d| match d {
+        let done = self.submit(Work::Commit(vec![op])).await;
+        if !matches!(done, Ok(Done::Commit(CommitOutcome::Conflict(_)))) {
+            self.shared.feeds.changed(key, None);
+        }
+        match expect(done?, |d| match d {
             Done::Commit(c) => Some(c),
             _ => None,
         })? {
@@ -591,7 +624,9 @@ impl Driver for SqliteDriver {
     async fn put(&self, key: &str, write: Write<'_>) -> Result<u64, Error> {
         let done = self
             .submit(Work::Put(key.to_owned(), OwnedWrite::new(&write)))
-            .await?;
+            .await;
+        self.shared.feeds.changed(key, None);
+        let done = done?;
         expect(done, |d| match d {
             Done::Version(v) => Some(v),
             _ => None,
@@ -599,7 +634,9 @@ impl Driver for SqliteDriver {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
-        let done = self.submit(Work::Delete(key.to_owned())).await?;
+        let done = self.submit(Work::Delete(key.to_owned())).await;
+        self.shared.feeds.changed(key, None);
+        let done = done?;
         expect(done, |d| match d {
             Done::Flag(f) => Some(f),
             _ => None,
@@ -613,7 +650,9 @@ impl Driver for SqliteDriver {
     }
 
     async fn expire(&self, key: &str, expiry: Expiry) -> Result<bool, Error> {
-        let done = self.submit(Work::Expire(key.to_owned(), expiry)).await?;
+        let done = self.submit(Work::Expire(key.to_owned(), expiry)).await;
+        self.shared.feeds.changed(key, None);
+        let done = done?;
         expect(done, |d| match d {
             Done::Flag(f) => Some(f),
             _ => None,
