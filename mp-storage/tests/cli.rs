@@ -553,3 +553,74 @@ fn urls_and_arguments_are_checked_and_passwords_stay_hidden() {
         assert!(matches!(copy.status.code(), Some(2 | 3)));
     }
 }
+
+/// `watch NAME`: the current value first, then each change another process commits, one JSON
+/// line each, until `--count` lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_each_change_of_another_process() {
+    use std::io::BufRead as _;
+    let store = sqlite_store();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mp-storage"))
+        .args(["--url", &store.url, "watch", "w", "--count", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mp-storage watch");
+    let stdout = child.stdout.take().expect("the child's stdout");
+    // Killed if the test fails before it ends by itself.
+    struct KillOnDrop(Option<std::process::Child>);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut child = KillOnDrop(Some(child));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no line from mp-storage watch for {what}"))
+    };
+    let parse = |l: String| -> serde_json::Value { serde_json::from_str(&l).expect("a JSON line") };
+    let st = Storage::open(&store.url).await.expect("open the store");
+    let mut lines = vec![parse(next("the first value"))];
+    // Each change after the line of the one before, so that none is coalesced with the next.
+    for n in 1..=2u64 {
+        st.set("w", &n).await.expect("set");
+        lines.push(parse(next("a change")));
+    }
+    assert!(st.remove("w").await.expect("remove"));
+    lines.push(parse(next("the removal")));
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({"name": "w", "exists": false, "value": null}),
+            serde_json::json!({"name": "w", "exists": true, "value": 1}),
+            serde_json::json!({"name": "w", "exists": true, "value": 2}),
+            serde_json::json!({"name": "w", "exists": false, "value": null}),
+        ]
+    );
+    let child = child.0.take().expect("the child");
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("the exit");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -110,6 +110,17 @@ enum Command {
         #[arg(long)]
         if_absent: bool,
     },
+    /// Prints scope NAME now and after each committed change, from any process, one JSON line
+    /// each: {"name":…,"exists":true,"value":…}, or {"name":…,"exists":false,"value":null}
+    /// once removed or expired. A burst of changes may show as its last value. Runs until
+    /// stopped, or until COUNT lines.
+    Watch {
+        /// The name as stored.
+        name: String,
+        /// Stop after this many lines.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Prints what the store holds under PREFIX: how many scopes, bytes of JSON, expiring
     /// scopes, schema versions, unreadable records.
     Stats {
@@ -294,5 +305,28 @@ async fn dispatch(
             transfer::copy(&st, &prefix, &sink, err, progress).await
         }
         Command::Stats { prefix } => transfer::stats(&st, &prefix, &url, out, err).await,
+        Command::Watch { name, count } => {
+            use futures::StreamExt;
+            let mut changes = st.watch::<serde_json::Value>(&name).await?;
+            let mut lines = 0u64;
+            while count.is_none_or(|c| lines < c) {
+                match changes.next().await {
+                    Some(Ok(value)) => {
+                        let line = serde_json::json!({
+                            "name": name,
+                            "exists": value.is_some(),
+                            "value": value,
+                        });
+                        writeln!(out, "{line}")?;
+                        out.flush()?;
+                        lines += 1;
+                    }
+                    // The stream goes on after an error (a lost connection is made again).
+                    Some(Err(e)) => writeln!(err, "mp-storage: watching {name:?}: {e}")?,
+                    None => break,
+                }
+            }
+            Ok(EXIT_OK)
+        }
     }
 }
