@@ -555,13 +555,19 @@ fn urls_and_arguments_are_checked_and_passwords_stay_hidden() {
 }
 
 /// `watch NAME`: the current value first, then each change another process commits, one JSON
-/// line each, until `--count` lines.
+/// line each, until `--count` lines; on every driver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_each_change_of_another_process() {
+    for store in stores() {
+        let name = format!("{}w \"x\"/", run_prefix("watch"));
+        watch_on(&store, &name).await;
+    }
+}
+
+async fn watch_on(store: &Store, name: &str) {
     use std::io::BufRead as _;
-    let store = sqlite_store();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mp-storage"))
-        .args(["--url", &store.url, "watch", "w", "--count", "4"])
+        .args(["--url", &store.url, "watch", name, "--count", "4"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -591,26 +597,30 @@ async fn watch_prints_each_change_of_another_process() {
     });
     let next = |what: &str| {
         rx.recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no line from mp-storage watch for {what}"))
+            .unwrap_or_else(|_| {
+                panic!("{}: no line from mp-storage watch for {what}", store.driver)
+            })
     };
     let parse = |l: String| -> serde_json::Value { serde_json::from_str(&l).expect("a JSON line") };
     let st = Storage::open(&store.url).await.expect("open the store");
     let mut lines = vec![parse(next("the first value"))];
     // Each change after the line of the one before, so that none is coalesced with the next.
     for n in 1..=2u64 {
-        st.set("w", &n).await.expect("set");
+        st.set(name, &n).await.expect("set");
         lines.push(parse(next("a change")));
     }
-    assert!(st.remove("w").await.expect("remove"));
+    assert!(st.remove(name).await.expect("remove"));
     lines.push(parse(next("the removal")));
     assert_eq!(
         lines,
         vec![
-            serde_json::json!({"name": "w", "exists": false, "value": null}),
-            serde_json::json!({"name": "w", "exists": true, "value": 1}),
-            serde_json::json!({"name": "w", "exists": true, "value": 2}),
-            serde_json::json!({"name": "w", "exists": false, "value": null}),
-        ]
+            serde_json::json!({"name": name, "exists": false, "value": null}),
+            serde_json::json!({"name": name, "exists": true, "value": 1}),
+            serde_json::json!({"name": name, "exists": true, "value": 2}),
+            serde_json::json!({"name": name, "exists": false, "value": null}),
+        ],
+        "{}",
+        store.driver
     );
     let child = child.0.take().expect("the child");
     let output = tokio::task::spawn_blocking(move || child.wait_with_output())
