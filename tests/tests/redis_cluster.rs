@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use mp_storage::driver::redis::cluster::slot;
 use mp_storage::{BackendKind, Error, Storage};
 use mp_storage_tests::cluster::{count_keys, first_node, masters, OwnCluster};
-use mp_storage_tests::resp::RespClient;
+use mp_storage_tests::resp::{Resp, RespClient};
 use mp_storage_tests::url::{prefix_query, with_query};
 
 mp_storage::behavior_suite!(mp_storage_tests::targets::redis_cluster());
@@ -348,6 +349,9 @@ async fn failover_phase(
         .take(8)
         .collect();
     let st = open_storage(url, &prefix).await;
+    // A watcher of one of them, on a storage of its own: its subscription is on the victim.
+    let watcher = open_storage(url, &prefix).await;
+    let mut watch = watcher.watch::<u64>(&names[0]).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let resumed = Arc::new(AtomicUsize::new(0));
@@ -403,6 +407,24 @@ async fn failover_phase(
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
+    // The watcher follows the slot to the promoted replica: it comes to the last count.
+    let watched = watcher.get::<u64>(&names[0]).await.unwrap();
+    let caught_up = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(v)) if v >= watched => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        caught_up,
+        Ok(true),
+        "the watcher of {} never showed {watched:?} after the failover",
+        names[0]
+    );
     let mut lost = 0;
     let mut resume = Duration::ZERO;
     let (mut errors, mut unknown) = (0, 0);
@@ -476,4 +498,126 @@ async fn a_killed_master_fails_over_under_load() {
     );
     assert!(resumed, "a task never updated again after the failover");
     assert!(resume < Duration::from_secs(15), "{resume:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching: sharded pub/sub.
+
+/// A watcher sees other processes' increments end at the final count, never backwards, and
+/// slow changes each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_sees_other_processes() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("watch-procs");
+    let worker = env!("CARGO_BIN_EXE_mp-worker");
+    mp_storage_tests::watch::other_processes(worker, &url, &prefix).await;
+}
+
+/// The ids of the clients of the node at `addr` that hold sharded subscriptions.
+async fn shard_subscriber_ids(addr: &str) -> Vec<String> {
+    let mut raw = RespClient::connect(&format!("redis://{addr}/")).await;
+    let Resp::Bulk(Some(list)) = raw.cmd(&[b"CLIENT", b"LIST"]).await else {
+        panic!("CLIENT LIST gave no list");
+    };
+    String::from_utf8_lossy(&list)
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("ssub=").is_some_and(|n| n != "0"))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `CLIENT KILL` of the connections holding the watcher's sharded subscriptions, on every
+/// master: the watcher resubscribes by itself and misses nothing committed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_survives_its_connection_killed() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("watch-kill");
+    let masters = masters(&first_node(&url)).await;
+    let mut before = BTreeMap::new();
+    for m in &masters {
+        before.insert(m.addr.clone(), shard_subscriber_ids(&m.addr).await);
+    }
+    let (st, writer) = (
+        open_storage(&url, &prefix).await,
+        open_storage(&url, &prefix).await,
+    );
+    mp_storage_tests::watch::survives_a_cut(&st, &writer, || async {
+        let mut killed = 0;
+        for m in &masters {
+            let mut raw = RespClient::connect(&format!("redis://{}/", m.addr)).await;
+            for id in shard_subscriber_ids(&m.addr).await {
+                if !before[&m.addr].contains(&id) {
+                    raw.cmd(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]).await;
+                    killed += 1;
+                }
+            }
+        }
+        killed
+    })
+    .await;
+}
+
+/// A change stays on its shard: the key's own master has the one subscriber of its channel,
+/// the other masters none (`PUBSUB SHARDNUMSUB`), and the subscription ends with the last
+/// watcher.
+#[tokio::test]
+async fn a_watched_channel_lives_on_its_keys_master() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("watch-shard");
+    let st = open_storage(&url, &prefix).await;
+    let mut watches = Vec::new();
+    for _ in 0..5 {
+        watches.push(st.watch::<u64>("s").await.unwrap());
+    }
+    for w in &mut watches {
+        assert_eq!(w.next().await.unwrap().unwrap(), None);
+    }
+    let channel = format!("{prefix}s");
+    let key_slot = slot(channel.as_bytes());
+    let numsub = |addr: String, channel: String| async move {
+        let mut raw = RespClient::connect(&format!("redis://{addr}/")).await;
+        match raw
+            .cmd(&[b"PUBSUB", b"SHARDNUMSUB", channel.as_bytes()])
+            .await
+        {
+            Resp::Array(Some(items)) => match items.get(1) {
+                Some(Resp::Int(n)) => *n,
+                other => panic!("PUBSUB SHARDNUMSUB: {other:?}"),
+            },
+            other => panic!("PUBSUB SHARDNUMSUB: {other:?}"),
+        }
+    };
+    // The subscription is made by a task of the storage: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let owner = masters(&first_node(&url))
+        .await
+        .into_iter()
+        .find(|m| m.serves(key_slot))
+        .expect("a master serves the key's slot");
+    while numsub(owner.addr.clone(), channel.clone()).await != 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for m in masters(&first_node(&url)).await {
+        let n = numsub(m.addr.clone(), channel.clone()).await;
+        let expected = i64::from(m.serves(key_slot));
+        assert_eq!(n, expected, "subscribers of {channel} on {}", m.addr);
+    }
+    st.set("s", &7u64).await.unwrap();
+    for w in &mut watches {
+        assert_eq!(w.next().await.unwrap().unwrap(), Some(7));
+    }
+    drop(watches);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while numsub(owner.addr.clone(), channel.clone()).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription outlived the last watcher"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(st.remove("s").await.unwrap());
 }

@@ -280,3 +280,66 @@ impl Feeds {
         });
     }
 }
+
+/// Where a push feed's session sends its hints (see [`push_feed`]).
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) type FeedSender = mpsc::UnboundedSender<Result<Change, Error>>;
+
+/// How one session of a [`push_feed`] ended.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) enum Ended {
+    /// The stream was dropped: the feed stops.
+    Closed,
+    /// The connection could not be made: the error goes to the watchers once per outage, and
+    /// the next session starts after a backoff (50 ms doubling to 2 s).
+    NotConnected(Error),
+    /// The connection was lost after it was made: the next session starts at once.
+    Lost,
+}
+
+/// A change stream fed by a task that runs `session` again and again: the shape of every feed
+/// whose backend pushes changes over a connection of its own (Redis's subscriber connection,
+/// PostgreSQL's `LISTEN`). A session connects, subscribes, sends [`Change::Resync`] once it
+/// listens (what changed before is read again), then passes hints on until it ends. The task
+/// stops when the stream is dropped. `what` names the connection in logs.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn push_feed<F, Fut>(what: &'static str, addr: String, session: F) -> ChangeStream
+where
+    F: Fn(FeedSender) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Ended> + Send,
+{
+    /// The longest wait between two attempts to connect.
+    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let run = async {
+            let mut failures = 0u32;
+            loop {
+                match session(tx.clone()).await {
+                    Ended::Closed => return,
+                    Ended::Lost => {
+                        tracing::debug!(%addr, "the {what} connection was lost");
+                        failures = 0;
+                        continue;
+                    }
+                    Ended::NotConnected(e) => {
+                        // Once per outage: the watchers hear of it, then of the values after it.
+                        if failures == 0 && tx.send(Err(e)).is_err() {
+                            return;
+                        }
+                        failures = failures.saturating_add(1);
+                    }
+                }
+                let wait = Duration::from_millis(50u64 << failures.min(6)).min(MAX_BACKOFF);
+                tokio::time::sleep(wait).await;
+            }
+        };
+        tokio::select! {
+            () = tx.closed() => {}
+            () = run => {}
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}

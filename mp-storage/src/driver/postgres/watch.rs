@@ -20,20 +20,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::mpsc::UnboundedSender;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{backend, CONNECT_TIMEOUT, NAME};
 use crate::driver::net::ServerError;
+use crate::driver::watch::{push_feed, Ended, FeedSender};
 use crate::driver::{poll_changes, Change, ChangeStream, Driver, WatchSet};
 use crate::{BackendKind, Error};
 
 /// How often watchers read every watched scope without the trigger (`notify=false`, the
 /// default, or a trigger that could not be created).
 pub const POLL_WITHOUT_TRIGGER: Duration = Duration::from_millis(100);
-
-/// The longest wait between two attempts to connect.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// An arbitrary number for the advisory lock that serializes the trigger's creation.
 const INSTALL_LOCK: i64 = 0x6d70_7761_7463_6801;
@@ -100,25 +97,17 @@ pub(super) fn changes(
         let polls = poll_changes(driver, watched, POLL_WITHOUT_TRIGGER);
         return Box::pin(futures::stream::once(async move { Err(note) }).chain(polls));
     }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let listener = Listener {
+    let listener = Arc::new(Listener {
         pg,
         table,
-        addr,
+        addr: addr.clone(),
         watched,
-    };
-    tokio::spawn(async move {
-        tokio::select! {
-            () = tx.closed() => {}
-            () = listener.run(&tx) => {}
-        }
     });
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    push_feed("LISTEN", addr, move |tx| {
+        let listener = listener.clone();
+        async move { listener.session(&tx).await }
+    })
 }
-
-type Sender = UnboundedSender<Result<Change, Error>>;
 
 struct Listener {
     pg: tokio_postgres::Config,
@@ -127,36 +116,7 @@ struct Listener {
     watched: Arc<WatchSet>,
 }
 
-/// How a session ended.
-enum Ended {
-    Closed,
-    NotConnected(Error),
-    Lost,
-}
-
 impl Listener {
-    async fn run(&self, tx: &Sender) {
-        let mut failures = 0u32;
-        loop {
-            match self.session(tx).await {
-                Ended::Closed => return,
-                Ended::Lost => {
-                    tracing::debug!(addr = %self.addr, "the LISTEN connection was lost");
-                    failures = 0;
-                    continue;
-                }
-                Ended::NotConnected(e) => {
-                    if failures == 0 && tx.send(Err(e)).is_err() {
-                        return;
-                    }
-                    failures = failures.saturating_add(1);
-                }
-            }
-            let wait = Duration::from_millis(50u64 << failures.min(6)).min(MAX_BACKOFF);
-            tokio::time::sleep(wait).await;
-        }
-    }
-
     fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
         Ended::NotConnected(Error::backend_unsent(
             NAME,
@@ -166,7 +126,7 @@ impl Listener {
     }
 
     /// One connection: `LISTEN`, then the notifications passed on until it drops.
-    async fn session(&self, tx: &Sender) -> Ended {
+    async fn session(&self, tx: &FeedSender) -> Ended {
         let (client, mut connection) =
             match tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls)).await {
                 Ok(Ok(c)) => c,

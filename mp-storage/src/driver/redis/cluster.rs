@@ -28,6 +28,19 @@
 //! in it takes part in the hash tag: `prefix={app}:` puts every scope in one slot (one master,
 //! any names together).
 //!
+//! # Watching
+//!
+//! [`Storage::watch`](crate::Storage::watch) works as on one server, through sharded pub/sub:
+//! the write scripts announce each change with `SPUBLISH` on the channel named like the key,
+//! which lives in the key's hash slot, so the message is sent by the key's master to its own
+//! subscribers only (a plain `PUBLISH` would travel to every node of the cluster). A storage
+//! that watches opens one more cluster connection (RESP3, whatever `protocol` says, since
+//! sharded subscriptions need pushes) and `SSUBSCRIBE`s at each slot's master to the channels
+//! of its watched keys. When a node's connection drops, a master fails over or a slot moves,
+//! the subscriptions follow the slot (sent again every 500 ms until confirmed), and each key
+//! whose subscription was made again is read again: no committed change is missed. Needs
+//! Redis 7 (`SPUBLISH`). A user needs the channel rights of the single-server driver.
+//!
 //! # Durability across a failover
 //!
 //! Redis replicates asynchronously: a master acknowledges a write before its replica has it,
@@ -67,12 +80,14 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, ProtocolVersion, RedisResult, Value};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use super::config::{RedisConfig, OPTIONS};
 use super::error::connect_error;
 use super::link::{scan_with, sealed};
 use super::RedisDriver;
 use crate::driver::net::{self, ServerError};
+use crate::driver::{ChangeStream, WatchSet};
 use crate::{BackendKind, Error};
 
 /// The URL schemes this driver takes.
@@ -81,7 +96,7 @@ pub const SCHEMES: &[&str] = &["redis-cluster"];
 /// The number of hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16384;
 
-const NAME: &str = "redis-cluster";
+pub(super) const NAME: &str = "redis-cluster";
 
 /// The Redis driver over a Redis Cluster (see the [module](self)).
 ///
@@ -99,6 +114,8 @@ pub type RedisClusterDriver = RedisDriver<Cluster>;
 #[derive(Clone)]
 pub struct Cluster {
     con: ClusterConnection,
+    /// Makes the change feed's own connection.
+    config: Arc<RedisClusterConfig>,
     /// The nodes the driver started from, `host:port,…`, for errors and `Debug`.
     addr: String,
 }
@@ -151,6 +168,19 @@ impl sealed::Link for Cluster {
 
     fn addr(&self) -> &str {
         &self.addr
+    }
+
+    fn publish(&self) -> Option<&'static str> {
+        Some("SPUBLISH")
+    }
+
+    fn changes(&self, prefix: &str, watched: Arc<WatchSet>) -> Option<ChangeStream> {
+        Some(super::cluster_watch::changes(
+            self.config.clone(),
+            prefix.to_owned(),
+            self.addr.clone(),
+            watched,
+        ))
     }
 
     async fn send(&self, cmd: &redis::Cmd) -> RedisResult<Value> {
@@ -414,9 +444,9 @@ impl RedisDriver<Cluster> {
     pub async fn connect_cluster(config: RedisClusterConfig) -> Result<RedisClusterDriver, Error> {
         config.check()?;
         let o = &config.options;
-        let con = match connect_cluster(&config, o.get_resp3()).await {
+        let con = match connect_cluster(&config, o.get_resp3(), None).await {
             Err(e) if o.get_resp3() && e.to_string().contains("HELLO") => {
-                connect_cluster(&config, false).await
+                connect_cluster(&config, false, None).await
             }
             other => other,
         };
@@ -442,15 +472,28 @@ impl RedisDriver<Cluster> {
             }
             Err(e) => return Err(connect_error(e, NAME, &addr)),
         };
-        Ok(RedisDriver::over(Cluster { con, addr }, o))
+        let config = Arc::new(config);
+        let o = config.options.clone();
+        Ok(RedisDriver::over(Cluster { con, config, addr }, &o))
     }
+}
+
+/// The change feed's cluster connection: RESP3 (sharded subscriptions need it), its pushes
+/// (messages, confirmations, dropped connections) sent to `pushes`.
+pub(super) async fn connect_watch(
+    config: &RedisClusterConfig,
+    pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+) -> RedisResult<ClusterConnection> {
+    connect_cluster(config, true, Some(pushes)).await
 }
 
 /// The cluster client of `config`, connected within the connect timeout. Commands are sent
 /// again (after `MOVED`, `ASK`, a lost connection, a failover) until the response timeout.
+/// With `pushes`, what the servers push (RESP3) goes there.
 async fn connect_cluster(
     config: &RedisClusterConfig,
     resp3: bool,
+    pushes: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
 ) -> RedisResult<ClusterConnection> {
     let o = &config.options;
     let infos: Vec<redis::ConnectionInfo> = config
@@ -478,6 +521,9 @@ async fn connect_cluster(
     }
     if let Some(password) = o.get_password() {
         builder = builder.password(password);
+    }
+    if let Some(pushes) = pushes {
+        builder = builder.push_sender(pushes);
     }
     let client = builder.build()?;
     match tokio::time::timeout(o.get_connect_timeout(), client.get_async_connection()).await {

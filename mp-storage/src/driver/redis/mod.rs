@@ -76,7 +76,9 @@
 //! one more connection, in subscriber mode, subscribed to the channels of its watched keys; it
 //! reconnects by itself and reads the watched scopes again after a cut. A user whose ACL grants
 //! no channels (`&…`) still writes, but cannot watch: grant it `&<prefix>*`. `watch=false`
-//! leaves the `PUBLISH` out, for a store nobody watches.
+//! leaves the `PUBLISH` out, for a store nobody watches. On a cluster the scripts `SPUBLISH`
+//! instead (sharded pub/sub: the message stays on the key's shard) and the storage's
+//! subscriptions go to each slot's master (see `cluster`).
 //!
 //! A record whose fields are missing or malformed (or a key that is not a hash) is
 //! [`Error::Corrupt`] naming the key; it is left untouched (remove it to start over).
@@ -98,6 +100,8 @@ use scripts::{with_publish, Lua};
 
 #[cfg(feature = "redis-cluster")]
 pub mod cluster;
+#[cfg(feature = "redis-cluster")]
+mod cluster_watch;
 mod config;
 mod error;
 mod link;

@@ -13,23 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::mpsc::UnboundedSender;
 
 use super::link::sealed::Link;
 use super::Node;
 use crate::driver::net::ServerError;
+use crate::driver::watch::{push_feed, Ended, FeedSender};
 use crate::driver::{Change, ChangeStream, WatchSet};
 use crate::{BackendKind, Error};
 
 /// The most channels one `SUBSCRIBE` or `UNSUBSCRIBE` names.
 const CHANNELS_PER_COMMAND: usize = 500;
 
-/// The longest wait between two attempts to connect.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-type Sender = UnboundedSender<Result<Change, Error>>;
-
-/// The change stream of keys under `prefix` (see the module docs).
+/// The change stream of keys under `prefix` on one server (see the module docs).
 pub(super) fn changes(
     client: redis::Client,
     prefix: String,
@@ -37,23 +32,17 @@ pub(super) fn changes(
     connect_timeout: Duration,
     watched: Arc<WatchSet>,
 ) -> ChangeStream {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let feed = Feed {
+    let feed = Arc::new(Feed {
         client,
         prefix,
-        addr,
+        addr: addr.clone(),
         connect_timeout,
         watched,
-    };
-    tokio::spawn(async move {
-        tokio::select! {
-            () = tx.closed() => {}
-            () = feed.run(&tx) => {}
-        }
     });
-    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    push_feed("change subscription", addr, move |tx| {
+        let feed = feed.clone();
+        async move { feed.session(&tx).await }
+    })
 }
 
 struct Feed {
@@ -64,40 +53,7 @@ struct Feed {
     watched: Arc<WatchSet>,
 }
 
-/// How a session ended.
-enum Ended {
-    /// The stream was dropped.
-    Closed,
-    /// The connection could not be made.
-    NotConnected(Error),
-    /// The connection was lost after it was made.
-    Lost,
-}
-
 impl Feed {
-    async fn run(&self, tx: &Sender) {
-        let mut failures = 0u32;
-        loop {
-            match self.session(tx).await {
-                Ended::Closed => return,
-                Ended::Lost => {
-                    tracing::debug!(addr = %self.addr, "the change subscription was cut");
-                    failures = 0;
-                    continue;
-                }
-                Ended::NotConnected(e) => {
-                    // Once per outage: the watchers hear of it, then of the values after it.
-                    if failures == 0 && tx.send(Err(e)).is_err() {
-                        return;
-                    }
-                    failures = failures.saturating_add(1);
-                }
-            }
-            let wait = Duration::from_millis(50u64 << failures.min(6)).min(MAX_BACKOFF);
-            tokio::time::sleep(wait).await;
-        }
-    }
-
     fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
         Ended::NotConnected(Error::backend_unsent(
             <Node as Link>::NAME,
@@ -111,7 +67,7 @@ impl Feed {
     }
 
     /// One connection: subscribes, then passes the messages on until it drops.
-    async fn session(&self, tx: &Sender) -> Ended {
+    async fn session(&self, tx: &FeedSender) -> Ended {
         let pubsub = match tokio::time::timeout(
             self.connect_timeout,
             self.client.get_async_pubsub(),
