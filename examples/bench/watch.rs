@@ -5,9 +5,9 @@
 //!   of its own, as two processes would be); the writer commits an increment every 5 ms, and the
 //!   time from the commit's return to the watcher's item is taken (an item that comes before
 //!   the return counts as 0). p50 and p99 per driver.
-//! - publish cost (Redis, PostgreSQL): uncontended warm updates of one scope, one task, with the
+//! - publish cost (Redis and Redis Cluster, PostgreSQL): uncontended warm updates of one scope, one task, with the
 //!   announcement on and off, alternately in one run: Redis with `watch=true` and `watch=false`
-//!   (the `PUBLISH` in the write script or not), PostgreSQL on a table with its watch trigger
+//!   (the `PUBLISH`, or `SPUBLISH` on a cluster, in the write script or not), PostgreSQL on a table with its watch trigger
 //!   and on one whose trigger was dropped. The other drivers announce nothing on the write path
 //!   (memory and SQLite hint in-process watchers only when there are some; file events come
 //!   from the kernel; MySQL is polled).
@@ -108,7 +108,8 @@ async fn cost_pair(url: &str) -> Result<Option<(Storage, Storage, String)>, Benc
     let prefix = format!("mp-bench-watch-cost-{}/", std::process::id());
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
-        "redis" => {
+        "redis" | "redis-cluster" => {
+            let command = if scheme == "redis" { "PUBLISH" } else { "SPUBLISH" };
             let on = Storage::builder()
                 .key_prefix(&prefix)
                 .open(&with_option(url, "watch=true"))
@@ -117,7 +118,7 @@ async fn cost_pair(url: &str) -> Result<Option<(Storage, Storage, String)>, Benc
                 .key_prefix(&prefix)
                 .open(&with_option(url, "watch=false"))
                 .await?;
-            Ok(Some((on, off, "PUBLISH in the write script".to_owned())))
+            Ok(Some((on, off, format!("{command} in the write script"))))
         }
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
