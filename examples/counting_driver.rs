@@ -127,11 +127,6 @@ impl Driver for CountingDriver {
         self.inner.changes(watched)
     }
 
-    async fn watch_load(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
-        count(&self.load_many);
-        self.inner.watch_load(keys).await
-    }
-
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         count(&self.load_many);
         self.inner.load_many(keys).await

@@ -239,12 +239,6 @@ impl Driver for Faulty {
         self.inner.changes(watched)
     }
 
-    async fn watch_load(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
-        self.check_up()?;
-        self.calls.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.watch_load(keys).await
-    }
-
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
         self.check_up()?;
         self.calls.loads.fetch_add(1, Ordering::SeqCst);

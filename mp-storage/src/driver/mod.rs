@@ -93,7 +93,7 @@
 //!     reconnects by itself, and ending the stream makes the engine ask again a second later.
 //!     Dropping the stream frees what it holds (its connection, its task). Expiry needs no
 //!     hint: the engine re-reads a watched key when its record expires, by the
-//!     [`Record::expires_at`] that [`Driver::watch_load`] gives.
+//!     [`Record::expires_at`] that [`Driver::load_many`] gives.
 //!     (`watch_sees_every_change_in_order`, `watch_sees_removal_and_expiry`)
 //!
 //! A driver never panics on stored data or on any key.
@@ -543,14 +543,6 @@ pub trait Driver: Send + Sync + 'static {
     async fn sweep(&self, limit: usize) -> Result<usize, Error> {
         let _ = limit;
         Ok(0)
-    }
-
-    /// Reads `keys` for the watchers (contract rule 17): like [`Driver::load_many`], whose
-    /// records the default returns, but every record with an expiry has its
-    /// [`Record::expires_at`], so that the engine can tell the watchers when it expires. A
-    /// driver whose loads leave the expiry out to save a call (Redis) reads it here.
-    async fn watch_load(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
-        self.load_many(keys).await
     }
 
     /// A stream of hints that keys of `watched` changed (contract rule 17), or `None` when the

@@ -280,11 +280,11 @@ impl Hub {
         });
     }
 
-    /// Reads `keys` in one [`Driver::watch_load`] and publishes what is newer.
+    /// Reads `keys` in one [`Driver::load_many`] and publishes what is newer.
     async fn read_batch(self: &Arc<Self>, batch: &[String]) {
         let keys: Vec<&str> = batch.iter().map(String::as_str).collect();
         self.reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
-        match self.driver.watch_load(&keys).await {
+        match self.driver.load_many(&keys).await {
             Ok(records) if records.len() == keys.len() => {
                 for (key, record) in batch.iter().zip(records) {
                     self.finish_read(key, Ok(record));
@@ -295,7 +295,7 @@ impl Hub {
                     let e = Error::backend(
                         self.driver.name(),
                         crate::BackendKind::Other,
-                        "watch_load returned a record count other than the key count",
+                        "load_many returned a record count other than the key count",
                     );
                     self.finish_read(key, Err(e));
                 }
