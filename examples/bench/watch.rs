@@ -109,7 +109,11 @@ async fn cost_pair(url: &str) -> Result<Option<(Storage, Storage, String)>, Benc
     let scheme = url.split(':').next().unwrap_or_default();
     match scheme {
         "redis" | "redis-cluster" => {
-            let command = if scheme == "redis" { "PUBLISH" } else { "SPUBLISH" };
+            let command = if scheme == "redis" {
+                "PUBLISH"
+            } else {
+                "SPUBLISH"
+            };
             let on = Storage::builder()
                 .key_prefix(&prefix)
                 .open(&with_option(url, "watch=true"))

@@ -57,6 +57,26 @@ impl RespClient {
         self.read().await
     }
 
+    /// The ids of the server's clients that `CLIENT LIST <filter…>` lists and whose line
+    /// `keep` accepts (e.g. `TYPE pubsub`, or lines with `ssub=` above 0).
+    pub async fn client_ids(
+        &mut self,
+        filter: &[&[u8]],
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let mut args: Vec<&[u8]> = vec![b"CLIENT", b"LIST"];
+        args.extend_from_slice(filter);
+        let Resp::Bulk(Some(list)) = self.cmd(&args).await else {
+            panic!("CLIENT LIST gave no list");
+        };
+        String::from_utf8_lossy(&list)
+            .lines()
+            .filter(|l| keep(l))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `HGETALL key`.
     pub async fn hgetall(&mut self, key: &str) -> Resp {
         self.cmd(&[b"HGETALL", key.as_bytes()]).await

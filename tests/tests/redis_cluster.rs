@@ -516,18 +516,11 @@ async fn a_watcher_sees_other_processes() {
 /// The ids of the clients of the node at `addr` that hold sharded subscriptions.
 async fn shard_subscriber_ids(addr: &str) -> Vec<String> {
     let mut raw = RespClient::connect(&format!("redis://{addr}/")).await;
-    let Resp::Bulk(Some(list)) = raw.cmd(&[b"CLIENT", b"LIST"]).await else {
-        panic!("CLIENT LIST gave no list");
-    };
-    String::from_utf8_lossy(&list)
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.strip_prefix("ssub=").is_some_and(|n| n != "0"))
-        })
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .map(str::to_owned)
-        .collect()
+    raw.client_ids(&[], |line| {
+        line.split(' ')
+            .any(|f| f.strip_prefix("ssub=").is_some_and(|n| n != "0"))
+    })
+    .await
 }
 
 /// `CLIENT KILL` of the connections holding the watcher's sharded subscriptions, on every

@@ -297,17 +297,20 @@ pub(crate) enum Ended {
     Lost,
 }
 
-/// A change stream fed by a task that runs `session` again and again: the shape of every feed
-/// whose backend pushes changes over a connection of its own (Redis's subscriber connection,
-/// PostgreSQL's `LISTEN`). A session connects, subscribes, sends [`Change::Resync`] once it
-/// listens (what changed before is read again), then passes hints on until it ends. The task
-/// stops when the stream is dropped. `what` names the connection in logs.
+/// One connection of a [`push_feed`].
 #[cfg(any(feature = "redis", feature = "postgres"))]
-pub(crate) fn push_feed<F, Fut>(what: &'static str, addr: String, session: F) -> ChangeStream
-where
-    F: Fn(FeedSender) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Ended> + Send,
-{
+pub(crate) trait Session: Send + Sync + 'static {
+    /// Connects, subscribes, sends [`Change::Resync`] once it listens (what changed before is
+    /// read again), then passes hints on until the connection ends or the stream is dropped.
+    fn session(&self, tx: &FeedSender) -> impl std::future::Future<Output = Ended> + Send;
+}
+
+/// A change stream fed by a task that runs [`Session::session`] again and again: the shape of
+/// every feed whose backend pushes changes over a connection of its own (Redis's subscriber
+/// connection, PostgreSQL's `LISTEN`). The task stops when the stream is dropped. `what` names
+/// the connection in logs.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn push_feed<S: Session>(what: &'static str, addr: String, feed: S) -> ChangeStream {
     /// The longest wait between two attempts to connect.
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let (tx, rx) = mpsc::unbounded_channel();
@@ -315,7 +318,7 @@ where
         let run = async {
             let mut failures = 0u32;
             loop {
-                match session(tx.clone()).await {
+                match feed.session(&tx).await {
                     Ended::Closed => return,
                     Ended::Lost => {
                         tracing::debug!(%addr, "the {what} connection was lost");

@@ -24,7 +24,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{backend, CONNECT_TIMEOUT, NAME};
 use crate::driver::net::ServerError;
-use crate::driver::watch::{push_feed, Ended, FeedSender};
+use crate::driver::watch::{push_feed, Ended, FeedSender, Session};
 use crate::driver::{poll_changes, Change, ChangeStream, Driver, WatchSet};
 use crate::{BackendKind, Error};
 
@@ -97,16 +97,16 @@ pub(super) fn changes(
         let polls = poll_changes(driver, watched, POLL_WITHOUT_TRIGGER);
         return Box::pin(futures::stream::once(async move { Err(note) }).chain(polls));
     }
-    let listener = Arc::new(Listener {
-        pg,
-        table,
-        addr: addr.clone(),
-        watched,
-    });
-    push_feed("LISTEN", addr, move |tx| {
-        let listener = listener.clone();
-        async move { listener.session(&tx).await }
-    })
+    push_feed(
+        "LISTEN",
+        addr.clone(),
+        Listener {
+            pg,
+            table,
+            addr,
+            watched,
+        },
+    )
 }
 
 struct Listener {
@@ -114,6 +114,12 @@ struct Listener {
     table: String,
     addr: String,
     watched: Arc<WatchSet>,
+}
+
+impl Session for Listener {
+    async fn session(&self, tx: &FeedSender) -> Ended {
+        self.run_session(tx).await
+    }
 }
 
 impl Listener {
@@ -126,7 +132,7 @@ impl Listener {
     }
 
     /// One connection: `LISTEN`, then the notifications passed on until it drops.
-    async fn session(&self, tx: &FeedSender) -> Ended {
+    async fn run_session(&self, tx: &FeedSender) -> Ended {
         let (client, mut connection) =
             match tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls)).await {
                 Ok(Ok(c)) => c,

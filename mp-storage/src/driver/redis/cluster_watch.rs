@@ -30,7 +30,7 @@ use redis::{PushInfo, PushKind, Value};
 
 use super::cluster::{connect_watch, slot, RedisClusterConfig, NAME};
 use crate::driver::net::ServerError;
-use crate::driver::watch::{push_feed, Ended, FeedSender};
+use crate::driver::watch::{push_feed, Ended, FeedSender, Session};
 use crate::driver::{Change, ChangeStream, WatchSet};
 use crate::{BackendKind, Error};
 
@@ -44,16 +44,16 @@ pub(super) fn changes(
     addr: String,
     watched: Arc<WatchSet>,
 ) -> ChangeStream {
-    let feed = Arc::new(Feed {
-        config,
-        prefix,
-        addr: addr.clone(),
-        watched,
-    });
-    push_feed("cluster change subscription", addr, move |tx| {
-        let feed = feed.clone();
-        async move { feed.session(&tx).await }
-    })
+    push_feed(
+        "cluster change subscription",
+        addr.clone(),
+        Feed {
+            config,
+            prefix,
+            addr,
+            watched,
+        },
+    )
 }
 
 struct Feed {
@@ -70,6 +70,12 @@ struct Channels {
     subscribed: BTreeSet<String>,
     /// Subscribed, but their subscription ended without being asked to: sent again.
     unconfirmed: BTreeSet<String>,
+}
+
+impl Session for Feed {
+    async fn session(&self, tx: &FeedSender) -> Ended {
+        self.run_session(tx).await
+    }
 }
 
 impl Feed {
@@ -91,7 +97,7 @@ impl Feed {
 
     /// One cluster connection: subscribes, then passes the messages on. It reconnects to its
     /// nodes by itself, so a session ends only when the stream is dropped.
-    async fn session(&self, tx: &FeedSender) -> Ended {
+    async fn run_session(&self, tx: &FeedSender) -> Ended {
         let (push_tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
         let mut con = match connect_watch(&self.config, push_tx).await {
             Ok(con) => con,

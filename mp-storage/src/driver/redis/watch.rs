@@ -17,7 +17,7 @@ use futures::StreamExt;
 use super::link::sealed::Link;
 use super::Node;
 use crate::driver::net::ServerError;
-use crate::driver::watch::{push_feed, Ended, FeedSender};
+use crate::driver::watch::{push_feed, Ended, FeedSender, Session};
 use crate::driver::{Change, ChangeStream, WatchSet};
 use crate::{BackendKind, Error};
 
@@ -32,17 +32,17 @@ pub(super) fn changes(
     connect_timeout: Duration,
     watched: Arc<WatchSet>,
 ) -> ChangeStream {
-    let feed = Arc::new(Feed {
-        client,
-        prefix,
-        addr: addr.clone(),
-        connect_timeout,
-        watched,
-    });
-    push_feed("change subscription", addr, move |tx| {
-        let feed = feed.clone();
-        async move { feed.session(&tx).await }
-    })
+    push_feed(
+        "change subscription",
+        addr.clone(),
+        Feed {
+            client,
+            prefix,
+            addr,
+            connect_timeout,
+            watched,
+        },
+    )
 }
 
 struct Feed {
@@ -51,6 +51,12 @@ struct Feed {
     addr: String,
     connect_timeout: Duration,
     watched: Arc<WatchSet>,
+}
+
+impl Session for Feed {
+    async fn session(&self, tx: &FeedSender) -> Ended {
+        self.run_session(tx).await
+    }
 }
 
 impl Feed {
@@ -67,7 +73,7 @@ impl Feed {
     }
 
     /// One connection: subscribes, then passes the messages on until it drops.
-    async fn session(&self, tx: &FeedSender) -> Ended {
+    async fn run_session(&self, tx: &FeedSender) -> Ended {
         let pubsub = match tokio::time::timeout(
             self.connect_timeout,
             self.client.get_async_pubsub(),
