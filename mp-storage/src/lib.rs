@@ -31,9 +31,15 @@
 //!
 //! Drivers are picked by URL ([`Storage::open`], through the table in [`driver::registry`]):
 //! `memory://` or `memory://NAME`, `file:<dir>` (feature `file`, on by default), `redis://…`
-//! (feature `redis`), `mysql://…` (feature `mysql`), `postgres://…` (feature `postgres`). A
-//! backend of your own implements [`Driver`] and runs the behavior suite of the `testkit`
+//! (feature `redis`), `redis-cluster://…` (feature `redis-cluster`), `mysql://…` (feature
+//! `mysql`), `postgres://…` (feature `postgres`), `sqlite:…` (feature `sqlite`, on by default).
+//! A backend of your own implements [`Driver`] and runs the behavior suite of the `testkit`
 //! feature.
+//!
+//! mp-storage runs on Tokio: call it from a runtime with its time and I/O drivers on
+//! (`#[tokio::main]`, `Runtime::new()`, or a builder with `enable_all()`). Backoffs, leases,
+//! expiry and the drivers' connections use Tokio's timers, which panic on a runtime built
+//! without `enable_time()`.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
