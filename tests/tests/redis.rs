@@ -1349,6 +1349,49 @@ async fn a_write_no_replica_acknowledged_is_of_unknown_outcome() {
     assert!(plain.remove("w").await.unwrap());
 }
 
+/// A write whose reply is lost, with the replica wait on: the engine cannot settle it from the
+/// commit tokens (they are on the master; the replicas are what the caller asked about), so it
+/// is `CommitUnknown`, never `Ok` — here no replica exists, so `Ok` would be a lie.
+#[tokio::test]
+async fn a_lost_reply_with_the_replica_wait_is_of_unknown_outcome() {
+    let Some(url) = server_url() else { return };
+    let prefix = private_prefix("wait-lost");
+    let proxy = Proxy::counting_resp(host_port(&url)).await;
+    let st = open_storage(
+        &with_query(
+            &via(&url, proxy.addr()),
+            "replica_wait=1&replica_timeout=300ms",
+        ),
+        &prefix,
+    )
+    .await;
+    let plain = open_storage(&url, &prefix).await;
+    plain.set("w", &0u64).await.unwrap();
+    let sent = proxy.commands();
+    let task = tokio::spawn({
+        let st = st.clone();
+        async move { st.scoped("w", |n: &mut u64| *n += 1).await }
+    });
+    let until = Instant::now() + Duration::from_secs(5);
+    while proxy.commands() < sent + 2 {
+        assert!(Instant::now() < until, "the update sent nothing");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The write and its WAIT reached the server; the client's side of the connection goes.
+    proxy.cut_clients();
+    let e = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the update returns")
+        .expect("join")
+        .unwrap_err();
+    assert!(matches!(e, Error::CommitUnknown { .. }), "{e:?}");
+    assert!(e.may_have_happened(), "{e}");
+    assert!(e.to_string().contains("replicas have it"), "{e}");
+    // The write itself may stand on the server; it is applied at most once.
+    assert!(plain.get::<u64>("w").await.unwrap().unwrap_or(0) <= 1);
+    assert!(plain.remove("w").await.unwrap());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Watching.
 

@@ -313,7 +313,10 @@ impl<C: Connection> RedisDriver<C> {
                     timeout,
                 )
                 .await
-                .map_err(error)?;
+                .map_err(|e| {
+                    let key = keys.first().copied().unwrap_or_default();
+                    unreplicated(error(e), key, replicas)
+                })?;
             check_acked(
                 keys.first().copied().unwrap_or_default(),
                 acked,
@@ -420,6 +423,22 @@ fn check_acked(key: &str, acked: i64, replicas: u32, timeout: Duration) -> Resul
              would lose it"
         ),
     })
+}
+
+/// A write whose reply was lost, when the driver waits for replicas: [`Error::CommitUnknown`],
+/// not the connection error the engine would settle by reading the commit tokens, since the
+/// tokens on the master say nothing of the replicas.
+fn unreplicated(e: Error, key: &str, replicas: u32) -> Error {
+    if !e.outcome_unknown() {
+        return e;
+    }
+    Error::CommitUnknown {
+        scope: crate::error::shorten(key),
+        reason: format!(
+            "the reply of the write was lost ({e}): whether it happened, and whether {replicas} \
+             replicas have it, is unknown"
+        ),
+    }
 }
 
 /// Whether a server's error says the command was not run here: the key's slot is served
@@ -538,7 +557,17 @@ impl<C: Connection> Driver for RedisDriver<C> {
             other => match parse_record(other, key, &rkey)? {
                 // This very write, sent again by the client after its reply was lost (a cluster
                 // connection resends a command whose connection broke): it took effect once.
-                Some(r) if r.tokens.contains(&write.token) => Ok(CasOutcome::Committed(version)),
+                // With a replica wait, though, nothing says the replicas have it.
+                Some(r) if r.tokens.contains(&write.token) => match self.replicas {
+                    None => Ok(CasOutcome::Committed(version)),
+                    Some((replicas, _)) => Err(Error::CommitUnknown {
+                        scope: crate::error::shorten(key),
+                        reason: format!(
+                            "the write is on the master (its reply was lost and the client sent \
+                             it again), but whether {replicas} replicas have it is unknown"
+                        ),
+                    }),
+                },
                 // At the expected revision too, when another claimant reserved the scope.
                 other => Ok(CasOutcome::Conflict(other)),
             },
