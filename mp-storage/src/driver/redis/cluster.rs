@@ -50,7 +50,9 @@
 //! same connection to that master: an update is acknowledged only once N replicas have it, so a
 //! failover that promotes one of them keeps it. Fewer replicas in time is
 //! [`Error::CommitUnknown`] (the write stands on the master and may or may not survive its
-//! failure). This is not consensus: a replica that has the write but is not the one promoted
+//! failure), and so is a write whose reply was lost: the engine settles such a write from the
+//! commit tokens on the master when the driver does not wait, but the tokens say nothing of the
+//! replicas. This is not consensus: a replica that has the write but is not the one promoted
 //! (with several replicas per master), or a network split in which the old master keeps taking
 //! writes, can still lose it (`WAIT` makes loss unlikely, not impossible, as the Redis
 //! documentation says). `BENCHMARKS.md` gives what it costs.

@@ -11,7 +11,7 @@
 //! | `prefix` | `mp:` | put before every key, so several applications can share a database |
 //! | `connect_timeout` | `2s` | the longest a connection attempt may take (`500ms`, `2s`, `1.5`) |
 //! | `response_timeout` | `5s` | the longest a command may wait for its reply |
-//! | `replica_wait` | `0` | after each write, wait until this many replicas have it (`WAIT` in the same pipeline); fewer in `replica_timeout` is [`Error::CommitUnknown`] |
+//! | `replica_wait` | `0` | after each write, wait until this many replicas have it (`WAIT` in the same pipeline); fewer in `replica_timeout`, or a reply lost, is [`Error::CommitUnknown`] |
 //! | `replica_timeout` | `500ms` | how long a write waits for them (below `response_timeout`) |
 //! | `protocol` | `resp3` | `resp3` or `resp2`; RESP3 lets a connection the server closed be noticed at once (a write to a server that went down then fails as not sent); a server older than Redis 6 is spoken to in RESP2 |
 //! | `watch` | `true` | `false`: the write scripts announce nothing and the storage cannot watch scopes (see *Watching*); for a store that nobody watches |
