@@ -32,7 +32,8 @@ pub(super) fn with_publish(command: Option<&str>, body: &str) -> String {
 /// Compare-and-swap (contract rule 5). ARGV: expected version (`''`: absent), expected last
 /// token (`''`: none), new version, schema, data, token, meta, claimant (16 hex digits), expiry
 /// kind (`k` keep, `n` never, `a` after the value in ms, `t` at the value in ms since 1970) and
-/// value. Replies 1 when written, else the record as `HGETALL` gives it (empty when absent).
+/// value (left out for `k` and `n`). Replies 1 when written, else the record as `HGETALL` gives
+/// it (empty when absent).
 pub(super) const CAS_SCRIPT: &str = r"
 local key = KEYS[1]
 local cur = redis.call('HMGET', key, 'v', 't', 'rc')
