@@ -1,38 +1,42 @@
 //! The Lua scripts of the compare-and-swap and of the unconditional write. Each touches only
 //! `KEYS[1]`, so scopes can shard across a Redis Cluster.
 //!
-//! Every script that changes a record announces it (contract rule 17) with `hint(key,
-//! version)` (version `''` for a removal or a new expiry), which [`with_publish`] defines:
-//! `redis.pcall(<command>, key, version)`, on the channel named like the record's key, so that
-//! a sharded publish (`SPUBLISH`, for a cluster) lands on the key's own slot; `PUBLISH` here.
-//! With nobody subscribed, the publish is one lookup in the server's channel table. `pcall`, not
-//! `call`: a user whose ACL grants no channels (Redis 7's default for new users) still writes;
-//! only watching fails for it, with the subscription's permission error.
+//! Every script that changes a record announces it (contract rule 17) with
+//! `redis.pcall(publish, key, version)` (version `''` for a removal or a new expiry), the local
+//! `publish` being the command that [`with_publish`] names: on the channel named like the
+//! record's key, so that a sharded publish (`SPUBLISH`, for a cluster) lands on the key's own
+//! slot; `PUBLISH` here. With nobody subscribed, the publish is one lookup in the server's
+//! channel table. `pcall`, not `call`: a user whose ACL grants no channels (Redis 7's default for
+//! new users) still writes; only watching fails for it, with the subscription's permission error.
+//!
+//! The server runs one script at a time, so the time a warm update spends in it bounds the
+//! throughput of every client of the server. The scripts are written for it: no Lua function
+//! defined per call (each definition makes a closure on every run), no expiry command when the
+//! write keeps the expiry, no field read that the common path does not use, and no more Lua
+//! strings than needed (the server's Lua hashes every byte of every string it makes, and the
+//! commit tokens are 256 bytes). See BENCHMARKS.md for what each costs.
 
 /// The command the scripts of a single server announce changes with.
 pub(super) const PUBLISH: &str = "PUBLISH";
 
-/// `body` with the Lua function `hint(key, version)` defined: a publish with `command`
-/// (`PUBLISH` or `SPUBLISH`), or nothing when `command` is `None` (a storage whose writes
+/// `body` with the local `publish` defined: the command the writes announce their changes with
+/// (`PUBLISH` or `SPUBLISH`), or `false` when `command` is `None` (a storage whose writes
 /// announce nothing, `watch=false`).
 pub(super) fn with_publish(command: Option<&str>, body: &str) -> String {
     match command {
-        Some(command) => {
-            format!("local function hint(k, v) redis.pcall('{command}', k, v) end\n{body}")
-        }
-        None => format!("local function hint(k, v) end\n{body}"),
+        Some(command) => format!("local publish = '{command}'\n{body}"),
+        None => format!("local publish = false\n{body}"),
     }
 }
 
+/// Compare-and-swap (contract rule 5). ARGV: expected version (`''`: absent), expected last
+/// token (`''`: none), new version, schema, data, token, meta, claimant (16 hex digits), expiry
+/// kind (`k` keep, `n` never, `a` after the value in ms, `t` at the value in ms since 1970) and
+/// value (left out for `k` and `n`). Replies 1 when written, else the record as `HGETALL` gives
+/// it (empty when absent).
 pub(super) const CAS_SCRIPT: &str = r"
-local function set_expiry(key, kind, value)
-  if kind == 'n' then redis.call('PERSIST', key)
-  elseif kind == 'a' then redis.call('PEXPIRE', key, value)
-  elseif kind == 't' then redis.call('PEXPIREAT', key, value)
-  end
-end
 local key = KEYS[1]
-local cur = redis.call('HMGET', key, 'v', 't', 'rc', 'ru')
+local cur = redis.call('HMGET', key, 'v', 't', 'rc')
 local v, t, rc = cur[1], cur[2], cur[3]
 if ARGV[1] == '' then
   if v or redis.call('EXISTS', key) == 1 then return redis.call('HGETALL', key) end
@@ -44,17 +48,22 @@ elseif #t % 16 ~= 0 or #t > 256 then
 end
 if rc and rc ~= ARGV[8] then
   local now = redis.call('TIME')
-  local until_ms = tonumber(cur[4])
+  local until_ms = tonumber(redis.call('HGET', key, 'ru'))
   if until_ms and until_ms > now[1] * 1000 + math.floor(now[2] / 1000) then
     return redis.call('HGETALL', key)
   end
   redis.call('HDEL', key, 'rc', 'ru')
 end
-t = t .. ARGV[6]
-if #t > 256 then t = string.sub(t, -256) end
+if #t == 256 then t = string.sub(t, 17) .. ARGV[6] else t = t .. ARGV[6] end
 redis.call('HSET', key, 'v', ARGV[3], 's', ARGV[4], 'd', ARGV[5], 't', t, 'm', ARGV[7])
-set_expiry(key, ARGV[9], ARGV[10])
-hint(key, ARGV[3]) -- the change hint (contract rule 17)
+local kind = ARGV[9]
+if kind ~= 'k' then
+  if kind == 'n' then redis.call('PERSIST', key)
+  elseif kind == 'a' then redis.call('PEXPIRE', key, ARGV[10])
+  elseif kind == 't' then redis.call('PEXPIREAT', key, ARGV[10])
+  end
+end
+if publish then redis.pcall(publish, key, ARGV[3]) end -- the change hint (contract rule 17)
 return 1
 ";
 
@@ -65,12 +74,6 @@ return 1
 /// does not roll back). Replies 1 when written, else a flat array of the failed keys' 1-based
 /// indexes, each followed by its record as `HGETALL` gives it.
 pub(super) const COMMIT_SCRIPT: &str = r"
-local function set_expiry(key, kind, value)
-  if kind == 'n' then redis.call('PERSIST', key)
-  elseif kind == 'a' then redis.call('PEXPIRE', key, value)
-  elseif kind == 't' then redis.call('PEXPIREAT', key, value)
-  end
-end
 local me = ARGV[1]
 local now_ms = nil
 local failed = {}
@@ -78,7 +81,7 @@ local tokens = {}
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 10
   local key = KEYS[i]
-  local cur = redis.call('HMGET', key, 'v', 't', 'rc', 'ru')
+  local cur = redis.call('HMGET', key, 'v', 't', 'rc')
   local v, t, rc = cur[1], cur[2], cur[3]
   local ok
   if ARGV[b + 1] == '' then
@@ -95,7 +98,7 @@ for i = 1, #KEYS do
       local tm = redis.call('TIME')
       now_ms = tm[1] * 1000 + math.floor(tm[2] / 1000)
     end
-    local until_ms = tonumber(cur[4])
+    local until_ms = tonumber(redis.call('HGET', key, 'ru'))
     if until_ms and until_ms > now_ms then ok = false end
   end
   if not ok then
@@ -107,15 +110,23 @@ end
 if #failed > 0 then return failed end
 for i = 1, #KEYS do
   local b = 1 + (i - 1) * 10
-  if ARGV[b + 3] == 'w' then
-    local t = tokens[i] .. ARGV[b + 7]
-    if #t > 256 then t = string.sub(t, -256) end
-    redis.call('HSET', KEYS[i], 'v', ARGV[b + 4], 's', ARGV[b + 5], 'd', ARGV[b + 6], 't', t, 'm', ARGV[b + 8])
-    set_expiry(KEYS[i], ARGV[b + 9], ARGV[b + 10])
-    hint(KEYS[i], ARGV[b + 4]) -- the change hint (contract rule 17)
-  elseif ARGV[b + 3] == 'd' then
-    redis.call('DEL', KEYS[i])
-    hint(KEYS[i], '')
+  local key = KEYS[i]
+  local op = ARGV[b + 3]
+  if op == 'w' then
+    local t = tokens[i]
+    if #t == 256 then t = string.sub(t, 17) .. ARGV[b + 7] else t = t .. ARGV[b + 7] end
+    redis.call('HSET', key, 'v', ARGV[b + 4], 's', ARGV[b + 5], 'd', ARGV[b + 6], 't', t, 'm', ARGV[b + 8])
+    local kind = ARGV[b + 9]
+    if kind ~= 'k' then
+      if kind == 'n' then redis.call('PERSIST', key)
+      elseif kind == 'a' then redis.call('PEXPIRE', key, ARGV[b + 10])
+      elseif kind == 't' then redis.call('PEXPIREAT', key, ARGV[b + 10])
+      end
+    end
+    if publish then redis.pcall(publish, key, ARGV[b + 4]) end -- the change hint (contract rule 17)
+  elseif op == 'd' then
+    redis.call('DEL', key)
+    if publish then redis.pcall(publish, key, '') end
   end
 end
 return 1
@@ -170,14 +181,17 @@ if v then
     nv = string.sub(v, 1, i - 1) .. string.char(string.byte(v, i) + 1) .. string.rep('0', #v - i)
   end
 end
-t = (t or '') .. ARGV[4]
-if #t > 256 then t = string.sub(t, -256) end
+t = t or ''
+if #t == 256 then t = string.sub(t, 17) .. ARGV[4] else t = t .. ARGV[4] end
 redis.call('HSET', key, 'v', nv, 's', ARGV[2], 'd', ARGV[3], 't', t, 'm', ARGV[5])
-if ARGV[6] == 'n' then redis.call('PERSIST', key)
-elseif ARGV[6] == 'a' then redis.call('PEXPIRE', key, ARGV[7])
-elseif ARGV[6] == 't' then redis.call('PEXPIREAT', key, ARGV[7])
+local kind = ARGV[6]
+if kind ~= 'k' then
+  if kind == 'n' then redis.call('PERSIST', key)
+  elseif kind == 'a' then redis.call('PEXPIRE', key, ARGV[7])
+  elseif kind == 't' then redis.call('PEXPIREAT', key, ARGV[7])
+  end
 end
-hint(key, nv) -- the change hint (contract rule 17)
+if publish then redis.pcall(publish, key, nv) end -- the change hint (contract rule 17)
 return nv
 ";
 
@@ -189,7 +203,7 @@ if ARGV[1] == 'n' then redis.call('PERSIST', KEYS[1])
 elseif ARGV[1] == 'a' then redis.call('PEXPIRE', KEYS[1], ARGV[2])
 elseif ARGV[1] == 't' then redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 end
-hint(KEYS[1], '') -- the change hint (contract rule 17)
+if publish then redis.pcall(publish, KEYS[1], '') end -- the change hint (contract rule 17)
 return 1
 ";
 
@@ -213,7 +227,7 @@ return {h, now[1] * 1000 + math.floor(now[2] / 1000) + ttl}
 /// were deleted (0 or 1).
 pub(super) const DELETE_SCRIPT: &str = r"
 local n = redis.call('DEL', KEYS[1])
-if n > 0 then hint(KEYS[1], '') end
+if n > 0 and publish then redis.pcall(publish, KEYS[1], '') end
 return n
 ";
 
