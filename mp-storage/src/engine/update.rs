@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 use tokio::sync::MutexGuard;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -173,13 +173,18 @@ where
                     None => return Err(e),
                 },
             };
-            let data = codec::encode(key.scope(), &value)?;
+            let encoded = codec::encode_against(key.scope(), &value, before.as_slice())?;
             drop(value);
             let schema = codec::schema_for::<T>(base.current.as_deref());
-            if data == before.as_slice()
-                && !schema::must_write(opts, base.current.as_deref(), schema)
-            {
-                match run.confirm(&base).await? {
+            let data = match encoded {
+                codec::Encoded::Changed(data) => data,
+                // Unchanged, but written again at the type's schema version.
+                codec::Encoded::Same
+                    if schema::must_write(opts, base.current.as_deref(), schema) =>
+                {
+                    before.as_slice().to_vec()
+                }
+                codec::Encoded::Same => match run.confirm(&base).await? {
                     Some(next) => {
                         start = next;
                         continue;
@@ -189,8 +194,8 @@ where
                         tracing::trace!(attempt = run.attempts, "no change, nothing written");
                         return Ok(out);
                     }
-                }
-            }
+                },
+            };
             let canonical = matches!(before, Before::Stored(_));
             if let Err(e) =
                 schema::check_loss::<T>(run.slot, key.scope(), &base, canonical, before.as_slice())
@@ -236,7 +241,9 @@ impl<'a> Run<'a> {
     /// A busy scope: queue up first, so that the first attempt starts from what the update
     /// ahead commits instead of being run twice.
     async fn queue_if_busy(&mut self) {
-        if self.slot.turn.try_lock().is_err() {
+        // Whoever holds the turn holds the slot too: when only the slot map and this update
+        // hold it, the turn is free, found without touching its lock.
+        if Arc::strong_count(self.slot) > 2 && self.slot.turn.try_lock().is_err() {
             self.asked_turn = true;
             self.turn = self.wait_turn().await;
         }
@@ -638,10 +645,9 @@ impl Own {
 pub(crate) fn new_write(schema: u32, data: &[u8]) -> Write<'_> {
     let (token, initial) = FAST_RNG.with(|rng| {
         let mut rng = rng.borrow_mut();
-        (
-            rng.random_range(1..=u64::MAX),
-            rng.random_range(1..1u64 << 48),
-        )
+        // Uniform over 1..=u64::MAX and 1..2^48 but for a few values of 2^64 (cheaper than
+        // ranges, which reject and draw again).
+        (rng.next_u64().max(1), (rng.next_u64() >> 16).max(1))
     });
     Write::new(schema, data, token, initial)
 }
