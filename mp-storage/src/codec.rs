@@ -5,8 +5,6 @@ mod loss;
 
 pub(crate) use loss::{lost, Lost};
 
-use serde::Serialize;
-
 use crate::driver::Record;
 use crate::error::shorten;
 use crate::{Error, Scope};
@@ -88,7 +86,7 @@ pub(crate) enum Encoded {
 
 thread_local! {
     /// The buffer [`encode_against`] encodes into: an update whose closure changed nothing
-    /// allocates nothing; a changed encoding takes the buffer with it.
+    /// allocates nothing.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -107,9 +105,7 @@ pub(crate) fn encode_against<T: Scope>(
             return None;
         };
         buf.clear();
-        if buf.capacity() == 0 {
-            buf.reserve(128);
-        }
+        buf.reserve(128);
         Some(match encode_into(name, value, &mut buf) {
             Err(e) => Err(e),
             Ok(()) if buf[..] == *before => {
@@ -118,6 +114,8 @@ pub(crate) fn encode_against<T: Scope>(
                 }
                 Ok(Encoded::Same)
             }
+            // A copy of its size for the record, the buffer kept (a large one goes with it).
+            Ok(()) if buf.capacity() <= SCRATCH_KEPT => Ok(Encoded::Changed(buf.to_vec())),
             Ok(()) => Ok(Encoded::Changed(std::mem::take(&mut *buf))),
         })
     });

@@ -393,11 +393,14 @@ impl<'a> Run<'a> {
             .with_expiry(expiry);
         let outcome = loop {
             let sent = Instant::now();
-            let result = self
-                .engine
-                .driver
-                .cas(self.key.as_str(), expected, write)
-                .await;
+            let driver = &self.engine.driver;
+            let result = match driver.cas_now(self.key.as_str(), expected, write) {
+                Some(result) => {
+                    tokio::task::coop::consume_budget().await;
+                    result
+                }
+                None => driver.cas(self.key.as_str(), expected, write).await,
+            };
             match result {
                 // Refused at the expected revision: another process holds a reservation. Wait
                 // for part of its slice, then send this again (its commits meanwhile turn the
@@ -579,11 +582,14 @@ pub(super) async fn load(
     slot: &Slot,
 ) -> Result<Option<Arc<Record>>, Error> {
     engine.bump(Counter::Loads);
-    let record = engine
-        .driver
-        .load_shared(key.as_str())
-        .await
-        .map_err(|e| e.for_scope(key.scope()))?;
+    let record = match engine.driver.load_shared_now(key.as_str()) {
+        Some(record) => {
+            tokio::task::coop::consume_budget().await;
+            record
+        }
+        None => engine.driver.load_shared(key.as_str()).await,
+    };
+    let record = record.map_err(|e| e.for_scope(key.scope()))?;
     Ok(keep_or_cache(engine, slot, record))
 }
 
