@@ -82,7 +82,7 @@ enum Next {
 /// The state of one update call.
 pub(super) struct Run<'a> {
     pub engine: &'a Engine,
-    pub key: &'a Key,
+    pub key: &'a Key<'a>,
     pub(super) slot: &'a Arc<Slot>,
     /// This process's turn on the scope, taken by the first attempt that has something to
     /// write (reads never wait for it).
@@ -104,7 +104,7 @@ pub(super) struct Run<'a> {
 /// the retry policy gives up.
 pub(super) async fn run<T, R, E, F, Fut>(
     engine: &Engine,
-    key: &Key,
+    key: &Key<'_>,
     opts: Options,
     once: Option<&Once<'_, R>>,
     mut f: F,
@@ -578,7 +578,7 @@ impl<'a> Run<'a> {
 /// same).
 pub(super) async fn load(
     engine: &Engine,
-    key: &Key,
+    key: &Key<'_>,
     slot: &Slot,
 ) -> Result<Option<Arc<Record>>, Error> {
     engine.bump(Counter::Loads);
@@ -613,7 +613,7 @@ pub(super) fn keep_or_cache(
 /// [`Run::before`].
 pub(super) fn before_of<T: Scope>(
     slot: &Slot,
-    key: &Key,
+    key: &Key<'_>,
     base: &Base,
     value: &T,
 ) -> Result<Before, Error> {
