@@ -29,7 +29,7 @@ use super::settle::Settled;
 use super::slots::Slot;
 use super::{Engine, Key};
 use crate::codec;
-use crate::driver::{push_token, CasOutcome, Record, Revision, Write};
+use crate::driver::{push_token, CasOutcome, Record, Revision, Write, RECENT_TOKENS};
 use crate::error::shorten;
 use crate::stats::Counter;
 use crate::{Error, Scope};
@@ -217,9 +217,10 @@ where
                 )?),
                 None => None,
             };
+            drop(before);
             match run
                 .commit(
-                    &base,
+                    base,
                     schema,
                     data,
                     meta,
@@ -359,10 +360,10 @@ impl<'a> Run<'a> {
     /// is the idempotency key whose receipt the notes hold.
     async fn commit(
         &mut self,
-        base: &Base,
+        base: Base,
         schema: u32,
         data: Vec<u8>,
-        meta: Option<Vec<u8>>,
+        receipt: Option<Vec<u8>>,
         once_key: Option<&str>,
         own: Own,
     ) -> Result<Next, Error> {
@@ -383,7 +384,7 @@ impl<'a> Run<'a> {
             }
         }
         let expected = base.expected();
-        let meta = match &meta {
+        let meta = match &receipt {
             Some(m) => &m[..],
             None => base.current.as_ref().map_or(&[][..], |r| &r.meta[..]),
         };
@@ -426,7 +427,7 @@ impl<'a> Run<'a> {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) if e.outcome_unknown() => {
-                let settled = self.settle(base, token, once_key, e).await?;
+                let settled = self.settle(&base, token, once_key, e).await?;
                 self.engine.bump(Counter::Settled);
                 match settled {
                     Settled::Committed(record) => {
@@ -442,17 +443,48 @@ impl<'a> Run<'a> {
         };
         match outcome {
             CasOutcome::Committed(version) => {
-                let tokens = match &base.current {
-                    Some(r) => push_token(&r.tokens, token),
-                    None => vec![token],
+                // The record this write made from the one it read: that one changed in place
+                // when nothing else holds it any more (no allocation), else a new one.
+                let mut prev = base.current;
+                if let Some(r) = &prev {
+                    self.engine.slots.release(self.slot, r);
+                }
+                let record = match prev.as_mut().and_then(Arc::get_mut) {
+                    Some(r) => {
+                        r.version = version;
+                        r.schema = schema;
+                        r.data = data;
+                        if r.tokens.len() >= RECENT_TOKENS {
+                            r.tokens.drain(..r.tokens.len() + 1 - RECENT_TOKENS);
+                        }
+                        r.tokens.push(token);
+                        if let Some(receipt) = receipt {
+                            r.meta = receipt;
+                        }
+                        r.expires_at = None;
+                        prev
+                    }
+                    None => {
+                        let (tokens, meta) = match (&prev, receipt) {
+                            (Some(r), receipt) => (
+                                push_token(&r.tokens, token),
+                                receipt.unwrap_or_else(|| r.meta.clone()),
+                            ),
+                            (None, receipt) => (vec![token], receipt.unwrap_or_default()),
+                        };
+                        Some(Arc::new(
+                            Record::new(version, schema, data, tokens).with_meta(meta),
+                        ))
+                    }
                 };
-                let record = Record::new(version, schema, data, tokens).with_meta(meta.to_vec());
-                self.engine.slots.set_own(self.slot, Arc::new(record), own);
+                if let Some(record) = record {
+                    self.engine.slots.set_own(self.slot, record, own);
+                }
                 self.engine.bump(Counter::Commits);
                 tracing::debug!(attempts = self.attempts, version, "committed");
                 Ok(Next::Done)
             }
-            CasOutcome::Conflict(fresh) => self.on_conflict(base, fresh).await.map(Next::Retry),
+            CasOutcome::Conflict(fresh) => self.on_conflict(&base, fresh).await.map(Next::Retry),
         }
     }
 
