@@ -317,7 +317,10 @@ mod tests {
             Err(Error::Encode { .. })
         ));
         assert!(matches!(
-            encode("x", &std::collections::BTreeMap::from([("k", f32::NAN)])),
+            encode(
+                "x",
+                &std::collections::BTreeMap::from([("k".to_owned(), f32::NAN)])
+            ),
             Err(Error::Encode { .. })
         ));
     }
