@@ -107,7 +107,12 @@ pub(crate) fn encode_against<T: Scope>(
         buf.clear();
         buf.reserve(128);
         Some(match encode_into(name, value, &mut buf) {
-            Err(e) => Err(e),
+            Err(e) => {
+                if buf.capacity() > SCRATCH_KEPT {
+                    *buf = Vec::new();
+                }
+                Err(e)
+            }
             Ok(()) if buf[..] == *before => {
                 if buf.capacity() > SCRATCH_KEPT {
                     *buf = Vec::new();
