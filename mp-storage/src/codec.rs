@@ -43,17 +43,99 @@ pub(crate) fn decode<T: Scope>(name: &str, record: Option<&Record>) -> Result<T,
 
 /// Encodes `value` as compact JSON. A NaN or infinite float is an error, not a silent `null`.
 pub(crate) fn encode<T: Scope>(name: &str, value: &T) -> Result<Vec<u8>, Error> {
+    let mut data = Vec::with_capacity(128);
+    encode_into(name, value, &mut data)?;
+    Ok(data)
+}
+
+/// Appends the encoding of `value` to `out` (see [`encode`]).
+fn encode_into<T: Scope>(name: &str, value: &T, out: &mut Vec<u8>) -> Result<(), Error> {
     let fail = |reason: String| Error::Encode {
         scope: shorten(name),
         type_name: std::any::type_name::<T>(),
         reason,
     };
-    let data = serde_json::to_vec(value).map_err(|e| fail(e.to_string()))?;
+    let mut seen_null = false;
+    let mut ser = serde_json::Serializer::with_formatter(&mut *out, NullSpy(&mut seen_null));
+    value.serialize(&mut ser).map_err(|e| fail(e.to_string()))?;
     // serde_json writes a non-finite float as `null`: only then is the walk worth it.
-    if has_null(&data) {
+    if seen_null {
         crate::finite::check(value).map_err(|e| fail(e.to_string()))?;
     }
-    Ok(data)
+    Ok(())
+}
+
+/// serde_json's compact output, noting whether it wrote a `null` (which a NaN or infinite
+/// float becomes).
+struct NullSpy<'a>(&'a mut bool);
+
+impl serde_json::ser::Formatter for NullSpy<'_> {
+    fn write_null<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        *self.0 = true;
+        writer.write_all(b"null")
+    }
+}
+
+/// The encoding of a value after an update's closure ran, against the encoding before.
+pub(crate) enum Encoded {
+    /// Byte for byte the encoding before: nothing was allocated.
+    Same,
+    /// A different encoding.
+    Changed(Vec<u8>),
+}
+
+thread_local! {
+    /// The buffer [`encode_against`] encodes into: an update whose closure changed nothing
+    /// allocates nothing.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest buffer kept for the next [`encode_against`].
+const SCRATCH_KEPT: usize = 64 << 10;
+
+/// Encodes `value` like [`encode`], without allocating when the encoding is `before` (an update
+/// whose closure changed nothing).
+pub(crate) fn encode_against<T: Scope>(
+    name: &str,
+    value: &T,
+    before: &[u8],
+) -> Result<Encoded, Error> {
+    let scratch = SCRATCH.try_with(|cell| {
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            return None;
+        };
+        buf.clear();
+        buf.reserve(128);
+        Some(match encode_into(name, value, &mut buf) {
+            Err(e) => {
+                if buf.capacity() > SCRATCH_KEPT {
+                    *buf = Vec::new();
+                }
+                Err(e)
+            }
+            Ok(()) if buf[..] == *before => {
+                if buf.capacity() > SCRATCH_KEPT {
+                    *buf = Vec::new();
+                }
+                Ok(Encoded::Same)
+            }
+            // A copy of its size for the record, the buffer kept (a large one goes with it).
+            Ok(()) if buf.capacity() <= SCRATCH_KEPT => Ok(Encoded::Changed(buf.to_vec())),
+            Ok(()) => Ok(Encoded::Changed(std::mem::take(&mut *buf))),
+        })
+    });
+    match scratch {
+        Ok(Some(encoded)) => encoded,
+        // No thread-local buffer to use (a thread being torn down): a buffer of its own.
+        _ => {
+            let data = encode(name, value)?;
+            Ok(if data == before {
+                Encoded::Same
+            } else {
+                Encoded::Changed(data)
+            })
+        }
+    }
 }
 
 /// Whether `value` encodes to exactly `expected`, found without building the encoding.
@@ -81,18 +163,6 @@ pub(crate) fn encodes_to<T: Scope>(value: &T, expected: &[u8]) -> bool {
         equal: true,
     };
     serde_json::to_writer(&mut w, value).is_ok() && w.equal && w.rest.is_empty()
-}
-
-/// Whether `data` holds `null` anywhere (in a string too: the walk then finds nothing).
-fn has_null(data: &[u8]) -> bool {
-    let mut rest = data;
-    while let Some(i) = rest.iter().position(|&b| b == b'n') {
-        if rest[i..].starts_with(b"null") {
-            return true;
-        }
-        rest = &rest[i + 1..];
-    }
-    false
 }
 
 /// The schema version to write `T` with, on top of `current`: `T`'s own, except that untyped
@@ -206,12 +276,58 @@ mod tests {
     }
 
     #[test]
-    fn finds_null() {
-        assert!(has_null(b"null"));
-        assert!(has_null(br#"{"n":nul,"m":null}"#));
-        assert!(!has_null(br#"{"n":nul}"#));
-        assert!(!has_null(b""));
-        assert!(!has_null(b"nnnn"));
+    fn encodes_against_the_encoding_before() {
+        let same = encode_against("x", &V2 { n: 5 }, br#"{"n":5}"#).unwrap();
+        assert!(matches!(same, Encoded::Same));
+        let changed = encode_against("x", &V2 { n: 6 }, br#"{"n":5}"#).unwrap();
+        assert!(matches!(changed, Encoded::Changed(d) if d == br#"{"n":6}"#));
+        // The buffer handed out with a change is not the next call's.
+        let again = encode_against("x", &V2 { n: 7 }, br#"{"n":5}"#).unwrap();
+        assert!(matches!(again, Encoded::Changed(d) if d == br#"{"n":7}"#));
+        let long = vec!["abcdefghij".to_owned(); 40];
+        let full = encode("x", &long).unwrap();
+        assert!(matches!(
+            encode_against("x", &long, &full).unwrap(),
+            Encoded::Same
+        ));
+        assert!(
+            matches!(encode_against("x", &long, b"[]").unwrap(), Encoded::Changed(d) if d == full)
+        );
+        // A non-finite float is refused even when the encoding did not change.
+        assert!(matches!(
+            encode_against("x", &vec![Some(f64::NAN)], b"[null]"),
+            Err(Error::Encode { .. })
+        ));
+        assert!(matches!(
+            encode_against("x", &vec![None::<f64>], b"[null]").unwrap(),
+            Encoded::Same
+        ));
+    }
+
+    #[test]
+    fn nulls_and_non_finite_floats() {
+        // A real null, a "null" in a string, and none at all: all encode.
+        assert_eq!(encode("x", &None::<f64>).unwrap(), b"null");
+        assert_eq!(
+            encode("x", &vec!["null".to_owned()]).unwrap(),
+            br#"["null"]"#
+        );
+        assert_eq!(
+            encode("x", &serde_json::json!({"a": null, "b": [1, null]})).unwrap(),
+            br#"{"a":null,"b":[1,null]}"#
+        );
+        // A non-finite float anywhere, beside nulls or not, is refused.
+        assert!(matches!(
+            encode("x", &vec![None, Some(f64::NEG_INFINITY)]),
+            Err(Error::Encode { .. })
+        ));
+        assert!(matches!(
+            encode(
+                "x",
+                &std::collections::BTreeMap::from([("k".to_owned(), f32::NAN)])
+            ),
+            Err(Error::Encode { .. })
+        ));
     }
 
     /// Reads newer records and may drop fields.

@@ -507,6 +507,27 @@ pub trait Driver: Send + Sync + 'static {
         Ok(self.load(key).await?.map(Arc::new))
     }
 
+    /// [`Driver::load_shared`] done at once, for a driver that never waits (one in memory):
+    /// `None`, the default, when the call must be awaited. The engine tries this first, which
+    /// spares it the boxed future of an async call, and spends the task's cooperative budget
+    /// itself after a call answered here.
+    fn load_shared_now(&self, key: &str) -> Option<Result<Option<Arc<Record>>, Error>> {
+        let _ = key;
+        None
+    }
+
+    /// [`Driver::cas`] done at once, like [`Driver::load_shared_now`]: `None`, the default,
+    /// when the call must be awaited (nothing was written then).
+    fn cas_now(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        write: Write<'_>,
+    ) -> Option<Result<CasOutcome, Error>> {
+        let _ = (key, expected, write);
+        None
+    }
+
     /// Writes `write` when the stored record is at revision `expected` (`None`: only when the
     /// key is absent); see contract rules 2 to 6.
     async fn cas(

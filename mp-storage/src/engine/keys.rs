@@ -1,5 +1,7 @@
 //! Scope names and the driver keys they map to.
 
+use std::borrow::Cow;
+
 use crate::error::shorten;
 use crate::Error;
 
@@ -35,9 +37,16 @@ impl Keys {
         &self.prefix
     }
 
-    /// The driver key of scope `name` of a type with `namespace`, after checking the name.
-    pub(crate) fn key(&self, namespace: &str, name: &str) -> Result<Key, Error> {
+    /// The driver key of scope `name` of a type with `namespace`, after checking the name:
+    /// `name` itself, borrowed, when there is neither a key prefix nor a namespace.
+    pub(crate) fn key<'n>(&self, namespace: &str, name: &'n str) -> Result<Key<'n>, Error> {
         check_name(name)?;
+        if self.prefix.is_empty() && namespace.is_empty() {
+            return Ok(Key {
+                key: Cow::Borrowed(name),
+                prefix_len: 0,
+            });
+        }
         let mut key = String::with_capacity(self.prefix.len() + namespace.len() + name.len());
         key.push_str(&self.prefix);
         key.push_str(namespace);
@@ -49,7 +58,7 @@ impl Keys {
             });
         }
         Ok(Key {
-            key,
+            key: Cow::Owned(key),
             prefix_len: self.prefix.len(),
         })
     }
@@ -72,12 +81,12 @@ impl Keys {
 
 /// A driver key and the scope name inside it.
 #[derive(Clone, Debug)]
-pub(crate) struct Key {
-    key: String,
+pub(crate) struct Key<'n> {
+    key: Cow<'n, str>,
     prefix_len: usize,
 }
 
-impl Key {
+impl Key<'_> {
     /// The key the driver sees.
     pub(crate) fn as_str(&self) -> &str {
         &self.key
@@ -137,6 +146,14 @@ mod tests {
         ));
         assert!(Keys::new("x".repeat(1025)).is_err());
         assert_eq!(k.list_prefix("u:").unwrap(), "app/u:");
+        // No prefix, no namespace: the name as it is; either one: a key of its own.
+        let bare = Keys::new(String::new()).unwrap();
+        let key = bare.key("", "alice").unwrap();
+        assert_eq!((key.as_str(), key.scope()), ("alice", "alice"));
+        let key = bare.key("cart:", "alice").unwrap();
+        assert_eq!((key.as_str(), key.scope()), ("cart:alice", "cart:alice"));
+        assert!(bare.key("", "").is_err());
+        assert!(bare.key("", &"x".repeat(MAX_NAME_LEN + 1)).is_err());
         assert!(k.list_prefix("a\0").is_err());
     }
 }

@@ -112,7 +112,7 @@ fn strip(record: &Arc<Record>) -> Arc<Record> {
 /// with [`Error::Leased`] at the retry policy's deadline (counted from `started`).
 pub(super) async fn wait_free(
     engine: &Engine,
-    key: &Key,
+    key: &Key<'_>,
     slot: &Slot,
     mut current: Option<Arc<Record>>,
     mut from_cache: bool,
@@ -186,7 +186,7 @@ enum Ended<E> {
 /// One `locked` call's hold on a scope.
 struct Hold<'a> {
     engine: &'a Engine,
-    key: &'a Key,
+    key: &'a Key<'a>,
     slot: &'a Slot,
     lease: Lease,
     /// The record as the last write of this call left it (with the lease in its notes).
@@ -243,7 +243,7 @@ impl Hold<'_> {
 /// another revision.
 async fn write_at(
     engine: &Engine,
-    key: &Key,
+    key: &Key<'_>,
     base: Option<&Arc<Record>>,
     schema: u32,
     data: &[u8],
@@ -484,7 +484,7 @@ impl Engine {
 }
 
 /// The error of a holder that lost its lease.
-fn lost(key: &Key, why: &str) -> Error {
+fn lost(key: &Key<'_>, why: &str) -> Error {
     Error::LeaseLost {
         scope: shorten(key.scope()),
         reason: why.to_owned(),

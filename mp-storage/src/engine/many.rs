@@ -27,7 +27,7 @@ use crate::stats::Counter;
 use crate::{Error, Scope};
 
 /// Checks that the keys are distinct and not too many.
-pub(super) fn check_keys(keys: &[Key]) -> Result<(), Error> {
+pub(super) fn check_keys(keys: &[Key<'_>]) -> Result<(), Error> {
     if keys.len() > MAX_COMMIT_KEYS {
         return Err(Error::InvalidName {
             name: format!("{} names", keys.len()),
@@ -50,7 +50,7 @@ pub(super) fn check_keys(keys: &[Key]) -> Result<(), Error> {
 
 /// Names a driver's [`Error::Corrupt`] by the scope it is about: drivers report the stored key,
 /// users know the scope name.
-fn relabel<'k>(e: Error, mut keys: impl Iterator<Item = &'k Key>) -> Error {
+fn relabel<'k>(e: Error, mut keys: impl Iterator<Item = &'k Key<'k>>) -> Error {
     let found = match &e {
         Error::Corrupt { scope, .. } => keys.find(|k| {
             let raw = k.as_str();
@@ -67,7 +67,7 @@ fn relabel<'k>(e: Error, mut keys: impl Iterator<Item = &'k Key>) -> Error {
 /// Reads the records of `keys` in one batch and caches them.
 async fn load_all(
     engine: &Engine,
-    keys: &[&Key],
+    keys: &[&Key<'_>],
     slots: &[&Slot],
 ) -> Result<Vec<Option<Arc<Record>>>, Error> {
     let raw: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
@@ -98,10 +98,10 @@ async fn load_all(
 /// `get_many`: the values of `keys`, in their order, decoded as `T`.
 pub(super) async fn get_many<T: Scope>(
     engine: &Engine,
-    keys: &[Key],
+    keys: &[Key<'_>],
 ) -> Result<Vec<Option<T>>, Error> {
     let slots: Vec<Arc<Slot>> = keys.iter().map(|k| engine.slots.slot(k.as_str())).collect();
-    let refs: Vec<&Key> = keys.iter().collect();
+    let refs: Vec<&Key<'_>> = keys.iter().collect();
     let slot_refs: Vec<&Slot> = slots.iter().map(|s| &**s).collect();
     let records = load_all(engine, &refs, &slot_refs).await?;
     let mut out = Vec::with_capacity(keys.len());
@@ -136,7 +136,7 @@ enum Change {
 /// is deleted (at the revision read) when it existed.
 pub(super) async fn run_many<T, R, E, F>(
     engine: &Engine,
-    keys: &[Key],
+    keys: &[Key<'_>],
     absent_as_none: bool,
     mut f: F,
 ) -> Result<R, E>
@@ -417,7 +417,7 @@ where
 /// The bases of an attempt: fresh records where known, else the cache, else one batched load.
 async fn begin(
     engine: &Engine,
-    keys: &[Key],
+    keys: &[Key<'_>],
     slots: &[Arc<Slot>],
     fresh: &mut Fresh,
     started: Instant,
@@ -447,7 +447,7 @@ async fn begin(
         }
     }
     if !missing.is_empty() {
-        let ks: Vec<&Key> = missing.iter().map(|&i| &keys[i]).collect();
+        let ks: Vec<&Key<'_>> = missing.iter().map(|&i| &keys[i]).collect();
         let ss: Vec<&Slot> = missing.iter().map(|&i| &*slots[i]).collect();
         for (&i, current) in missing.iter().zip(load_all(engine, &ks, &ss).await?) {
             bases[i] = Some(Base {
@@ -483,7 +483,7 @@ async fn begin(
 /// says whether any moved (then `fresh` holds what to decide again on).
 async fn confirm(
     engine: &Engine,
-    keys: &[Key],
+    keys: &[Key<'_>],
     slots: &[Arc<Slot>],
     bases: &[Base],
     fresh: &mut Fresh,
@@ -492,7 +492,7 @@ async fn confirm(
     if cached.is_empty() {
         return Ok(false);
     }
-    let ks: Vec<&Key> = cached.iter().map(|&i| &keys[i]).collect();
+    let ks: Vec<&Key<'_>> = cached.iter().map(|&i| &keys[i]).collect();
     let ss: Vec<&Slot> = cached.iter().map(|&i| &*slots[i]).collect();
     let records = load_all(engine, &ks, &ss).await?;
     let mut moved = false;

@@ -211,12 +211,12 @@ impl Engine {
     }
 
     /// The driver key of `name` for a type with `namespace`.
-    pub(crate) fn key(&self, namespace: &str, name: &str) -> Result<Key, Error> {
+    pub(crate) fn key<'n>(&self, namespace: &str, name: &'n str) -> Result<Key<'n>, Error> {
         self.keys.key(namespace, name)
     }
 
     /// Loads and caches the record of `key`.
-    async fn load(&self, key: &Key) -> Result<Option<Arc<Record>>, Error> {
+    async fn load(&self, key: &Key<'_>) -> Result<Option<Arc<Record>>, Error> {
         self.bump(Counter::Loads);
         let record = self
             .driver
@@ -330,7 +330,7 @@ impl Engine {
     /// Sets or clears the expiry of the scope of `key`; whether it exists.
     pub(crate) async fn expire(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         ttl: Option<std::time::Duration>,
     ) -> Result<bool, Error> {
         let expiry = match ttl {
@@ -413,7 +413,7 @@ impl Engine {
     /// Returns whether it wrote.
     pub(crate) async fn write(
         &self,
-        key: &Key,
+        key: &Key<'_>,
         schema: Option<u32>,
         data: Vec<u8>,
         expiry: crate::driver::Expiry,
@@ -538,7 +538,7 @@ impl Engine {
     /// twice is harmless for these writes). Returns, per scope, whether it wrote.
     pub(crate) async fn write_many(
         &self,
-        entries: &[(Key, u32, &[u8], crate::driver::Expiry)],
+        entries: &[(Key<'_>, u32, &[u8], crate::driver::Expiry)],
         only_if_absent: bool,
     ) -> Result<Vec<bool>, Error> {
         for (key, _, data, _) in entries {
@@ -565,7 +565,7 @@ impl Engine {
     /// known written, do them one by one).
     async fn commit_chunk(
         &self,
-        chunk: &[(Key, u32, &[u8], crate::driver::Expiry)],
+        chunk: &[(Key<'_>, u32, &[u8], crate::driver::Expiry)],
         only_if_absent: bool,
     ) -> Result<bool, Error> {
         if chunk.len() < 2 || !self.driver.capabilities().multi_key_commit {
@@ -629,7 +629,7 @@ impl Engine {
 
     /// Deletes the record of `key`; whether it existed. A scope leased by an exclusive update
     /// waits for it, and the delete is checked against the revision read.
-    pub(crate) async fn remove(&self, key: &Key) -> Result<bool, Error> {
+    pub(crate) async fn remove(&self, key: &Key<'_>) -> Result<bool, Error> {
         let slot = self.slots.slot(key.as_str());
         let started = tokio::time::Instant::now();
         let loaded = update::load(self, key, &slot).await;
@@ -687,7 +687,7 @@ impl Engine {
     }
 
     /// A write whose reply was lost after it was sent may have happened: say so.
-    fn lost_write(&self, key: &Key, e: Error, what: &str) -> Error {
+    fn lost_write(&self, key: &Key<'_>, e: Error, what: &str) -> Error {
         if e.outcome_unknown() {
             Error::CommitUnknown {
                 scope: crate::error::shorten(key.scope()),
@@ -714,7 +714,7 @@ impl Engine {
     }
 
     /// Encodes `value` and checks its size.
-    fn encode<T: Scope>(&self, key: &Key, value: &T) -> Result<Vec<u8>, Error> {
+    fn encode<T: Scope>(&self, key: &Key<'_>, value: &T) -> Result<Vec<u8>, Error> {
         let data = codec::encode(key.scope(), value)?;
         self.check_size(key, &data)?;
         Ok(data)
@@ -724,7 +724,7 @@ impl Engine {
         self.max_data_len
     }
 
-    pub(crate) fn check_size(&self, key: &Key, data: &[u8]) -> Result<(), Error> {
+    pub(crate) fn check_size(&self, key: &Key<'_>, data: &[u8]) -> Result<(), Error> {
         if data.len() > self.max_data_len {
             return Err(Error::TooLarge {
                 scope: crate::error::shorten(key.scope()),

@@ -69,7 +69,7 @@ impl Run<'_> {
 /// scope tells for all.
 pub(super) async fn settle(
     engine: &Engine,
-    key: &Key,
+    key: &Key<'_>,
     slot: &Slot,
     expected: Option<Revision>,
     token: u64,

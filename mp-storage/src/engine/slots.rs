@@ -226,6 +226,24 @@ impl Slots {
         }
     }
 
+    /// Lets go of `record` if `slot` holds it (this process is about to replace it with what
+    /// its write made of it): the slot caches nothing until then.
+    pub(crate) fn release(&self, slot: &Slot, record: &Arc<Record>) {
+        let mut cached = slot.lock();
+        if cached.detached
+            || !cached
+                .record
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, record))
+        {
+            return;
+        }
+        cached.memo = None;
+        if let Some(held) = cached.record.take() {
+            self.bytes[slot.shard].fetch_sub(weight(&held), Ordering::Relaxed);
+        }
+    }
+
     /// Remembers `record` for `key` in its slot, making one if needed.
     pub(crate) fn put(&self, key: &str, record: Option<Arc<Record>>) {
         match record {
@@ -287,6 +305,22 @@ mod tests {
         s.put("a", None);
         assert!(s.get("a").is_none());
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn release_lets_go_of_the_held_record_only() {
+        let s = Slots::new(100, 1 << 20);
+        let a = s.slot("a");
+        let r = rec(2, 3);
+        s.set(&a, r.clone());
+        let other = rec(2, 3).unwrap();
+        s.release(&a, &other);
+        assert_eq!(s.get("a").map(|r| r.version), Some(2));
+        let r = r.unwrap();
+        s.release(&a, &r);
+        assert!(s.get("a").is_none());
+        assert_eq!(s.bytes(), 0);
+        assert_eq!(Arc::strong_count(&r), 1);
     }
 
     #[test]

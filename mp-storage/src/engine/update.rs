@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 use tokio::sync::MutexGuard;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -29,7 +29,7 @@ use super::settle::Settled;
 use super::slots::Slot;
 use super::{Engine, Key};
 use crate::codec;
-use crate::driver::{push_token, CasOutcome, Record, Revision, Write};
+use crate::driver::{push_token, CasOutcome, Record, Revision, Write, RECENT_TOKENS};
 use crate::error::shorten;
 use crate::stats::Counter;
 use crate::{Error, Scope};
@@ -82,7 +82,7 @@ enum Next {
 /// The state of one update call.
 pub(super) struct Run<'a> {
     pub engine: &'a Engine,
-    pub key: &'a Key,
+    pub key: &'a Key<'a>,
     pub(super) slot: &'a Arc<Slot>,
     /// This process's turn on the scope, taken by the first attempt that has something to
     /// write (reads never wait for it).
@@ -104,7 +104,7 @@ pub(super) struct Run<'a> {
 /// the retry policy gives up.
 pub(super) async fn run<T, R, E, F, Fut>(
     engine: &Engine,
-    key: &Key,
+    key: &Key<'_>,
     opts: Options,
     once: Option<&Once<'_, R>>,
     mut f: F,
@@ -173,13 +173,18 @@ where
                     None => return Err(e),
                 },
             };
-            let data = codec::encode(key.scope(), &value)?;
+            let encoded = codec::encode_against(key.scope(), &value, before.as_slice())?;
             drop(value);
             let schema = codec::schema_for::<T>(base.current.as_deref());
-            if data == before.as_slice()
-                && !schema::must_write(opts, base.current.as_deref(), schema)
-            {
-                match run.confirm(&base).await? {
+            let data = match encoded {
+                codec::Encoded::Changed(data) => data,
+                // Unchanged, but written again at the type's schema version.
+                codec::Encoded::Same
+                    if schema::must_write(opts, base.current.as_deref(), schema) =>
+                {
+                    before.as_slice().to_vec()
+                }
+                codec::Encoded::Same => match run.confirm(&base).await? {
                     Some(next) => {
                         start = next;
                         continue;
@@ -189,8 +194,8 @@ where
                         tracing::trace!(attempt = run.attempts, "no change, nothing written");
                         return Ok(out);
                     }
-                }
-            }
+                },
+            };
             let canonical = matches!(before, Before::Stored(_));
             if let Err(e) =
                 schema::check_loss::<T>(run.slot, key.scope(), &base, canonical, before.as_slice())
@@ -212,9 +217,10 @@ where
                 )?),
                 None => None,
             };
+            drop(before);
             match run
                 .commit(
-                    &base,
+                    base,
                     schema,
                     data,
                     meta,
@@ -236,7 +242,9 @@ impl<'a> Run<'a> {
     /// A busy scope: queue up first, so that the first attempt starts from what the update
     /// ahead commits instead of being run twice.
     async fn queue_if_busy(&mut self) {
-        if self.slot.turn.try_lock().is_err() {
+        // Whoever holds the turn holds the slot too: when only the slot map and this update
+        // hold it, the turn is free, found without touching its lock.
+        if Arc::strong_count(self.slot) > 2 && self.slot.turn.try_lock().is_err() {
             self.asked_turn = true;
             self.turn = self.wait_turn().await;
         }
@@ -352,10 +360,10 @@ impl<'a> Run<'a> {
     /// is the idempotency key whose receipt the notes hold.
     async fn commit(
         &mut self,
-        base: &Base,
+        base: Base,
         schema: u32,
         data: Vec<u8>,
-        meta: Option<Vec<u8>>,
+        receipt: Option<Vec<u8>>,
         once_key: Option<&str>,
         own: Own,
     ) -> Result<Next, Error> {
@@ -376,7 +384,7 @@ impl<'a> Run<'a> {
             }
         }
         let expected = base.expected();
-        let meta = match &meta {
+        let meta = match &receipt {
             Some(m) => &m[..],
             None => base.current.as_ref().map_or(&[][..], |r| &r.meta[..]),
         };
@@ -386,11 +394,14 @@ impl<'a> Run<'a> {
             .with_expiry(expiry);
         let outcome = loop {
             let sent = Instant::now();
-            let result = self
-                .engine
-                .driver
-                .cas(self.key.as_str(), expected, write)
-                .await;
+            let driver = &self.engine.driver;
+            let result = match driver.cas_now(self.key.as_str(), expected, write) {
+                Some(result) => {
+                    tokio::task::coop::consume_budget().await;
+                    result
+                }
+                None => driver.cas(self.key.as_str(), expected, write).await,
+            };
             match result {
                 // Refused at the expected revision: another process holds a reservation. Wait
                 // for part of its slice, then send this again (its commits meanwhile turn the
@@ -416,7 +427,7 @@ impl<'a> Run<'a> {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) if e.outcome_unknown() => {
-                let settled = self.settle(base, token, once_key, e).await?;
+                let settled = self.settle(&base, token, once_key, e).await?;
                 self.engine.bump(Counter::Settled);
                 match settled {
                     Settled::Committed(record) => {
@@ -432,17 +443,48 @@ impl<'a> Run<'a> {
         };
         match outcome {
             CasOutcome::Committed(version) => {
-                let tokens = match &base.current {
-                    Some(r) => push_token(&r.tokens, token),
-                    None => vec![token],
+                // The record this write made from the one it read: that one changed in place
+                // when nothing else holds it any more (no allocation), else a new one.
+                let mut prev = base.current;
+                if let Some(r) = &prev {
+                    self.engine.slots.release(self.slot, r);
+                }
+                let record = match prev.as_mut().and_then(Arc::get_mut) {
+                    Some(r) => {
+                        r.version = version;
+                        r.schema = schema;
+                        r.data = data;
+                        if r.tokens.len() >= RECENT_TOKENS {
+                            r.tokens.drain(..r.tokens.len() + 1 - RECENT_TOKENS);
+                        }
+                        r.tokens.push(token);
+                        if let Some(receipt) = receipt {
+                            r.meta = receipt;
+                        }
+                        r.expires_at = None;
+                        prev
+                    }
+                    None => {
+                        let (tokens, meta) = match (&prev, receipt) {
+                            (Some(r), receipt) => (
+                                push_token(&r.tokens, token),
+                                receipt.unwrap_or_else(|| r.meta.clone()),
+                            ),
+                            (None, receipt) => (vec![token], receipt.unwrap_or_default()),
+                        };
+                        Some(Arc::new(
+                            Record::new(version, schema, data, tokens).with_meta(meta),
+                        ))
+                    }
                 };
-                let record = Record::new(version, schema, data, tokens).with_meta(meta.to_vec());
-                self.engine.slots.set_own(self.slot, Arc::new(record), own);
+                if let Some(record) = record {
+                    self.engine.slots.set_own(self.slot, record, own);
+                }
                 self.engine.bump(Counter::Commits);
                 tracing::debug!(attempts = self.attempts, version, "committed");
                 Ok(Next::Done)
             }
-            CasOutcome::Conflict(fresh) => self.on_conflict(base, fresh).await.map(Next::Retry),
+            CasOutcome::Conflict(fresh) => self.on_conflict(&base, fresh).await.map(Next::Retry),
         }
     }
 
@@ -568,15 +610,18 @@ impl<'a> Run<'a> {
 /// same).
 pub(super) async fn load(
     engine: &Engine,
-    key: &Key,
+    key: &Key<'_>,
     slot: &Slot,
 ) -> Result<Option<Arc<Record>>, Error> {
     engine.bump(Counter::Loads);
-    let record = engine
-        .driver
-        .load_shared(key.as_str())
-        .await
-        .map_err(|e| e.for_scope(key.scope()))?;
+    let record = match engine.driver.load_shared_now(key.as_str()) {
+        Some(record) => {
+            tokio::task::coop::consume_budget().await;
+            record
+        }
+        None => engine.driver.load_shared(key.as_str()).await,
+    };
+    let record = record.map_err(|e| e.for_scope(key.scope()))?;
     Ok(keep_or_cache(engine, slot, record))
 }
 
@@ -600,7 +645,7 @@ pub(super) fn keep_or_cache(
 /// [`Run::before`].
 pub(super) fn before_of<T: Scope>(
     slot: &Slot,
-    key: &Key,
+    key: &Key<'_>,
     base: &Base,
     value: &T,
 ) -> Result<Before, Error> {
@@ -638,10 +683,9 @@ impl Own {
 pub(crate) fn new_write(schema: u32, data: &[u8]) -> Write<'_> {
     let (token, initial) = FAST_RNG.with(|rng| {
         let mut rng = rng.borrow_mut();
-        (
-            rng.random_range(1..=u64::MAX),
-            rng.random_range(1..1u64 << 48),
-        )
+        // Uniform over 1..=u64::MAX and 1..2^48 but for a few values of 2^64 (cheaper than
+        // ranges, which reject and draw again).
+        (rng.next_u64().max(1), (rng.next_u64() >> 16).max(1))
     });
     Write::new(schema, data, token, initial)
 }

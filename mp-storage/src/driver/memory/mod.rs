@@ -143,6 +143,37 @@ impl MemoryDriver {
         Arc::ptr_eq(&self.map, &other.map)
     }
 
+    /// [`Driver::load_shared`], at once.
+    fn load_shared_sync(&self, key: &str) -> Option<Arc<Record>> {
+        self.map().live(key).cloned()
+    }
+
+    /// [`Driver::cas`], at once.
+    fn cas_sync(&self, key: &str, expected: Option<Revision>, write: Write<'_>) -> CasOutcome {
+        let mut store = self.map();
+        if store.reserved_for_other(key, write.claimant) {
+            return CasOutcome::Conflict(store.live(key).map(|r| Record::clone(r)));
+        }
+        match store.live(key) {
+            Some(current) if expected.is_some_and(|e| e.matches(current)) => {
+                let version = write.next_version(Some(current.version));
+                write.apply(version, Arc::make_mut(current));
+                store.feeds.changed(key, Some(version));
+                CasOutcome::Committed(version)
+            }
+            Some(current) => CasOutcome::Conflict(Some(Record::clone(current))),
+            None if expected.is_none() => {
+                let version = write.next_version(None);
+                store
+                    .records
+                    .insert(key.to_owned(), Arc::new(write.to_record(version, &[])));
+                store.feeds.changed(key, Some(version));
+                CasOutcome::Committed(version)
+            }
+            None => CasOutcome::Conflict(None),
+        }
+    }
+
     fn map(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock cannot leave a record half-written (every update is one
         // insert), so a poisoned lock is still consistent.
@@ -180,7 +211,20 @@ impl Driver for MemoryDriver {
 
     async fn load_shared(&self, key: &str) -> Result<Option<Arc<Record>>, Error> {
         coop().await;
-        Ok(self.map().live(key).cloned())
+        Ok(self.load_shared_sync(key))
+    }
+
+    fn load_shared_now(&self, key: &str) -> Option<Result<Option<Arc<Record>>, Error>> {
+        Some(Ok(self.load_shared_sync(key)))
+    }
+
+    fn cas_now(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+        write: Write<'_>,
+    ) -> Option<Result<CasOutcome, Error>> {
+        Some(Ok(self.cas_sync(key, expected, write)))
     }
 
     async fn load_many(&self, keys: &[&str]) -> Result<Vec<Option<Record>>, Error> {
@@ -254,30 +298,7 @@ impl Driver for MemoryDriver {
         write: Write<'_>,
     ) -> Result<CasOutcome, Error> {
         coop().await;
-        let mut store = self.map();
-        if store.reserved_for_other(key, write.claimant) {
-            return Ok(CasOutcome::Conflict(
-                store.live(key).map(|r| Record::clone(r)),
-            ));
-        }
-        match store.live(key) {
-            Some(current) if expected.is_some_and(|e| e.matches(current)) => {
-                let version = write.next_version(Some(current.version));
-                write.apply(version, Arc::make_mut(current));
-                store.feeds.changed(key, Some(version));
-                Ok(CasOutcome::Committed(version))
-            }
-            Some(current) => Ok(CasOutcome::Conflict(Some(Record::clone(current)))),
-            None if expected.is_none() => {
-                let version = write.next_version(None);
-                store
-                    .records
-                    .insert(key.to_owned(), Arc::new(write.to_record(version, &[])));
-                store.feeds.changed(key, Some(version));
-                Ok(CasOutcome::Committed(version))
-            }
-            None => Ok(CasOutcome::Conflict(None)),
-        }
+        Ok(self.cas_sync(key, expected, write))
     }
 
     async fn put(&self, key: &str, write: Write<'_>) -> Result<u64, Error> {
