@@ -180,6 +180,11 @@ impl Hub {
 
     /// Starts the task that reads the driver's change stream until it is aborted.
     fn start_feed(self: &Arc<Self>, first: Option<ChangeStream>) -> AbortHandle {
+        // Counted when opened (here, for the first: before the task runs, so that a watcher's
+        // first value never comes before the count of the subscription that serves it).
+        if first.is_some() {
+            self.feeds.fetch_add(1, Ordering::Relaxed);
+        }
         let hub = self.clone();
         let mut next = first;
         tokio::spawn(async move {
@@ -188,8 +193,8 @@ impl Hub {
                 let Some(mut changes) = next.take() else {
                     return;
                 };
-                hub.feeds.fetch_add(1, Ordering::Relaxed);
                 if reopened {
+                    hub.feeds.fetch_add(1, Ordering::Relaxed);
                     hub.resync();
                 }
                 while let Some(item) = changes.next().await {
