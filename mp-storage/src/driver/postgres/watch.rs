@@ -117,22 +117,8 @@ struct Listener {
 }
 
 impl Session for Listener {
-    async fn session(&self, tx: &FeedSender) -> Ended {
-        self.run_session(tx).await
-    }
-}
-
-impl Listener {
-    fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
-        Ended::NotConnected(Error::backend_unsent(
-            NAME,
-            BackendKind::Connection,
-            ServerError::cannot_connect(&self.addr, format_args!("for LISTEN: {detail}"), None),
-        ))
-    }
-
     /// One connection: `LISTEN`, then the notifications passed on until it drops.
-    async fn run_session(&self, tx: &FeedSender) -> Ended {
+    async fn session(&self, tx: &FeedSender) -> Ended {
         let (client, mut connection) =
             match tokio::time::timeout(CONNECT_TIMEOUT, self.pg.connect(NoTls)).await {
                 Ok(Ok(c)) => c,
@@ -186,6 +172,16 @@ impl Listener {
         // `client` lived until here: dropping it would have closed the connection.
         let _ = &client;
         Ended::Lost
+    }
+}
+
+impl Listener {
+    fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
+        Ended::NotConnected(Error::backend_unsent(
+            NAME,
+            BackendKind::Connection,
+            ServerError::cannot_connect(&self.addr, format_args!("for LISTEN: {detail}"), None),
+        ))
     }
 }
 

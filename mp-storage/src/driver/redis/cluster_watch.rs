@@ -73,31 +73,9 @@ struct Channels {
 }
 
 impl Session for Feed {
-    async fn session(&self, tx: &FeedSender) -> Ended {
-        self.run_session(tx).await
-    }
-}
-
-impl Feed {
-    fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
-        Ended::NotConnected(Error::backend_unsent(
-            NAME,
-            BackendKind::Connection,
-            ServerError::cannot_connect(
-                &self.addr,
-                format_args!("for the change subscription: {detail}"),
-                None,
-            ),
-        ))
-    }
-
-    fn channel(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
     /// One cluster connection: subscribes, then passes the messages on. It reconnects to its
     /// nodes by itself, so a session ends only when the stream is dropped.
-    async fn run_session(&self, tx: &FeedSender) -> Ended {
+    async fn session(&self, tx: &FeedSender) -> Ended {
         let (push_tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
         let mut con = match connect_watch(&self.config, push_tx).await {
             Ok(con) => con,
@@ -140,6 +118,24 @@ impl Feed {
                 }
             }
         }
+    }
+}
+
+impl Feed {
+    fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
+        Ended::NotConnected(Error::backend_unsent(
+            NAME,
+            BackendKind::Connection,
+            ServerError::cannot_connect(
+                &self.addr,
+                format_args!("for the change subscription: {detail}"),
+                None,
+            ),
+        ))
+    }
+
+    fn channel(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
     /// What a push from the cluster means for the watchers.

@@ -54,26 +54,8 @@ struct Feed {
 }
 
 impl Session for Feed {
-    async fn session(&self, tx: &FeedSender) -> Ended {
-        self.run_session(tx).await
-    }
-}
-
-impl Feed {
-    fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
-        Ended::NotConnected(Error::backend_unsent(
-            <Node as Link>::NAME,
-            BackendKind::Connection,
-            ServerError::cannot_connect(
-                &self.addr,
-                format_args!("for the change subscription: {detail}"),
-                None,
-            ),
-        ))
-    }
-
     /// One connection: subscribes, then passes the messages on until it drops.
-    async fn run_session(&self, tx: &FeedSender) -> Ended {
+    async fn session(&self, tx: &FeedSender) -> Ended {
         let pubsub = match tokio::time::timeout(
             self.connect_timeout,
             self.client.get_async_pubsub(),
@@ -129,6 +111,20 @@ impl Feed {
                 }
             }
         }
+    }
+}
+
+impl Feed {
+    fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
+        Ended::NotConnected(Error::backend_unsent(
+            <Node as Link>::NAME,
+            BackendKind::Connection,
+            ServerError::cannot_connect(
+                &self.addr,
+                format_args!("for the change subscription: {detail}"),
+                None,
+            ),
+        ))
     }
 
     /// Subscribes to the keys of the watch set not subscribed yet, unsubscribes from those no
