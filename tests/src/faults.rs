@@ -253,10 +253,7 @@ impl Driver for Faulty {
         }] = ops
         {
             // One write is a compare-and-swap, faults and counts included.
-            return Ok(match self.cas(key, *expected, *write).await? {
-                CasOutcome::Committed(v) => CommitOutcome::Committed(vec![Some(v)]),
-                CasOutcome::Conflict(r) => CommitOutcome::Conflict(vec![(0, r)]),
-            });
+            return Ok(self.cas(key, *expected, *write).await?.into());
         }
         self.check_up()?;
         self.calls.commits.fetch_add(1, Ordering::SeqCst);

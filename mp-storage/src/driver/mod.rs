@@ -63,6 +63,13 @@
 //!     (`Conflict(Some(record))` with the record at that revision), while the holder's writes go
 //!     through and leave it in place. A reservation does not change the record.
 //!     (`reservations_let_their_holder_in_first`)
+//!     A driver with [`Capabilities::reserve_on_conflict`] also takes it in the compare-and-swap
+//!     that loses: a write with [`Write::reserve`] set, expecting a revision, that finds the
+//!     live record at another one and no live reservation of another claimant on it reserves
+//!     the record for its claimant in the same step (as [`Driver::reserve`] would, writing
+//!     nothing else) and answers [`CasOutcome::Reserved`] with the current record; with
+//!     another's live reservation it answers `Conflict(Some(record))` and reserves nothing.
+//!     (`a_losing_write_reserves_when_asked`)
 //!
 //! 14. **Several keys, all or nothing** (optional: [`Capabilities::multi_key_commit`]).
 //!     [`Driver::commit`] checks every op's expected revision (and reservations) before it writes
@@ -231,6 +238,10 @@ pub struct Write<'a> {
     pub claimant: u64,
     /// What the write does to the record's expiry (contract rule 15).
     pub expiry: Expiry,
+    /// When the write loses to a newer revision, reserve the record for [`Write::claimant`]
+    /// for this long in the same step, if nobody else holds it (contract rule 13; only drivers
+    /// with [`Capabilities::reserve_on_conflict`]; others ignore it).
+    pub reserve: Option<Duration>,
 }
 
 /// What a write does to its record's expiry (contract rule 15).
@@ -281,7 +292,15 @@ impl<'a> Write<'a> {
             meta: &[],
             claimant: 0,
             expiry: Expiry::Keep,
+            reserve: None,
         }
+    }
+
+    /// The same write, reserving the record for its claimant for `ttl` if it loses to a newer
+    /// revision (contract rule 13).
+    pub fn with_reserve(mut self, ttl: Duration) -> Write<'a> {
+        self.reserve = Some(ttl);
+        self
     }
 
     /// The same write with `expiry`.
@@ -359,6 +378,22 @@ pub enum CasOutcome {
     /// current record when the backend could read it in the same round trip, `None` when the
     /// key is absent or the caller must load it (contract rule 6).
     Conflict(Option<Record>),
+    /// The stored record was at a newer revision; nothing was written, and the record is now
+    /// reserved for the write's claimant, as [`Write::reserve`] asked (contract rule 13).
+    /// Carries the current record.
+    Reserved(Record),
+}
+
+impl From<CasOutcome> for CommitOutcome {
+    /// The outcome of a one-op [`Driver::commit`] made of a compare-and-swap's: a
+    /// [`CasOutcome::Reserved`] is a conflict too.
+    fn from(outcome: CasOutcome) -> CommitOutcome {
+        match outcome {
+            CasOutcome::Committed(v) => CommitOutcome::Committed(vec![Some(v)]),
+            CasOutcome::Conflict(r) => CommitOutcome::Conflict(vec![(0, r)]),
+            CasOutcome::Reserved(r) => CommitOutcome::Conflict(vec![(0, Some(r))]),
+        }
+    }
 }
 
 /// The most keys one [`Driver::commit`] takes (and one `scoped_many` call).
@@ -408,6 +443,9 @@ pub struct Capabilities {
     pub expiry: bool,
     /// Change hints ([`Driver::changes`], contract rule 17).
     pub watch: bool,
+    /// A compare-and-swap that loses reserves the record when [`Write::reserve`] asks
+    /// (contract rule 13).
+    pub reserve_on_conflict: bool,
 }
 
 impl Capabilities {
@@ -416,6 +454,7 @@ impl Capabilities {
         multi_key_commit: false,
         expiry: false,
         watch: false,
+        reserve_on_conflict: false,
     };
 
     /// With change hints.
@@ -427,6 +466,12 @@ impl Capabilities {
     /// With expiry.
     pub const fn with_expiry(mut self) -> Capabilities {
         self.expiry = true;
+        self
+    }
+
+    /// With reservations taken by the compare-and-swap that loses.
+    pub const fn with_reserve_on_conflict(mut self) -> Capabilities {
+        self.reserve_on_conflict = true;
         self
     }
 
@@ -479,10 +524,7 @@ pub trait Driver: Send + Sync + 'static {
                 key,
                 expected,
                 action: Action::Write(write),
-            }] => Ok(match self.cas(key, *expected, *write).await? {
-                CasOutcome::Committed(v) => CommitOutcome::Committed(vec![Some(v)]),
-                CasOutcome::Conflict(r) => CommitOutcome::Conflict(vec![(0, r)]),
-            }),
+            }] => Ok(self.cas(key, *expected, *write).await?.into()),
             [Op {
                 action: Action::Delete,
                 ..

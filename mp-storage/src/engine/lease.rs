@@ -306,6 +306,8 @@ async fn write_at(
                 return Ok(Ok(Arc::new(r)));
             }
             CasOutcome::Conflict(r) => return Ok(Err(r)),
+            // Not asked for (no `Write::reserve` here): a conflict all the same.
+            CasOutcome::Reserved(r) => return Ok(Err(Some(r))),
         }
     }
     Ok(Err(None))

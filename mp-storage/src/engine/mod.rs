@@ -471,7 +471,7 @@ impl Engine {
                     return Err(e.for_scope(key.scope()));
                 }
             };
-            match outcome {
+            let fresh = match outcome {
                 CasOutcome::Committed(version) => {
                     self.bump(Counter::Commits);
                     let tokens = match &current {
@@ -482,50 +482,49 @@ impl Engine {
                     self.slots.set(&slot, Some(Arc::new(record)));
                     return Ok(true);
                 }
-                CasOutcome::Conflict(fresh) => {
-                    if only_if_absent {
-                        match fresh {
-                            Some(r) => {
-                                self.slots.set(&slot, Some(Arc::new(r)));
-                                return Ok(false);
-                            }
-                            // Present but not read at once, or gone again: look.
-                            None if update::load(self, key, &slot).await?.is_some() => {
-                                return Ok(false)
-                            }
-                            None => {}
-                        }
+                CasOutcome::Conflict(fresh) => fresh,
+                // Not asked for (no `Write::reserve` here): a conflict all the same.
+                CasOutcome::Reserved(r) => Some(r),
+            };
+            if only_if_absent {
+                match fresh {
+                    Some(r) => {
+                        self.slots.set(&slot, Some(Arc::new(r)));
+                        return Ok(false);
                     }
-                    let elapsed = started.elapsed();
-                    if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
-                        self.bump(Counter::GaveUp);
-                        return Err(Error::Conflict {
-                            scope: crate::error::shorten(key.scope()),
-                            attempts: 0,
-                            elapsed,
-                        });
-                    }
-                    if only_if_absent {
-                        continue;
-                    }
-                    let same = fresh.as_ref().map(|r| r.revision()) == expected;
-                    if same {
-                        // Refused at the expected revision: another process's short
-                        // reservation.
-                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                    }
-                    self.bump(Counter::Conflicts);
-                    current = match fresh {
-                        Some(r) => {
-                            let r = Arc::new(r);
-                            self.slots.set(&slot, Some(r.clone()));
-                            Some(r)
-                        }
-                        None => update::load(self, key, &slot).await?,
-                    };
-                    from_cache = false;
+                    // Present but not read at once, or gone again: look.
+                    None if update::load(self, key, &slot).await?.is_some() => return Ok(false),
+                    None => {}
                 }
             }
+            let elapsed = started.elapsed();
+            if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
+                self.bump(Counter::GaveUp);
+                return Err(Error::Conflict {
+                    scope: crate::error::shorten(key.scope()),
+                    attempts: 0,
+                    elapsed,
+                });
+            }
+            if only_if_absent {
+                continue;
+            }
+            let same = fresh.as_ref().map(|r| r.revision()) == expected;
+            if same {
+                // Refused at the expected revision: another process's short
+                // reservation.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            self.bump(Counter::Conflicts);
+            current = match fresh {
+                Some(r) => {
+                    let r = Arc::new(r);
+                    self.slots.set(&slot, Some(r.clone()));
+                    Some(r)
+                }
+                None => update::load(self, key, &slot).await?,
+            };
+            from_cache = false;
         }
     }
 

@@ -136,7 +136,7 @@ pub(super) async fn settle(
                         return Ok(Settled::NotApplied(Some(fenced)));
                     }
                     // Something landed first: look again.
-                    Ok(CasOutcome::Conflict(_)) => continue,
+                    Ok(CasOutcome::Conflict(_) | CasOutcome::Reserved(_)) => continue,
                     Err(e) if e.outcome_unknown() || e.unsent() => {
                         last_error = e;
                         continue;

@@ -392,6 +392,12 @@ impl<'a> Run<'a> {
             .with_meta(meta)
             .with_claimant(self.engine.claimant)
             .with_expiry(expiry);
+        // After a lost race (not a stale cache), the write asks to reserve the scope if it
+        // loses again, where the driver takes that in the same step: no round trip of its own.
+        let reserve = self.reserve_inline(&base);
+        if let Some(ttl) = reserve {
+            write = write.with_reserve(ttl);
+        }
         let outcome = loop {
             let sent = Instant::now();
             let driver = &self.engine.driver;
@@ -415,18 +421,36 @@ impl<'a> Run<'a> {
                         .with_meta(meta)
                         .with_claimant(self.engine.claimant)
                         .with_expiry(expiry);
+                    if let Some(ttl) = reserve {
+                        write = write.with_reserve(ttl);
+                    }
                 }
                 Ok(CasOutcome::Committed(v)) => {
                     self.engine.note_commit_rtt(sent.elapsed());
                     break Ok(CasOutcome::Committed(v));
                 }
+                Ok(CasOutcome::Reserved(r)) => {
+                    if let Some(ttl) = reserve {
+                        self.engine.bump(Counter::Reservations);
+                        self.reserved_until = Some(sent + ttl);
+                    }
+                    break Ok(CasOutcome::Reserved(r));
+                }
                 other => break other,
             }
         };
         let token = write.token;
+        // What the write's own reservation request came to.
+        let mut inline = match (&outcome, reserve) {
+            (_, None) => Inline::NotAsked,
+            (Ok(CasOutcome::Reserved(_)), Some(_)) => Inline::Took,
+            (_, Some(_)) => Inline::HeldByOther,
+        };
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) if e.outcome_unknown() => {
+                // Nothing is known of the reservation either: ask for it the usual way.
+                inline = Inline::NotAsked;
                 let settled = self.settle(&base, token, once_key, e).await?;
                 self.engine.bump(Counter::Settled);
                 match settled {
@@ -484,8 +508,31 @@ impl<'a> Run<'a> {
                 tracing::debug!(attempts = self.attempts, version, "committed");
                 Ok(Next::Done)
             }
-            CasOutcome::Conflict(fresh) => self.on_conflict(&base, fresh).await.map(Next::Retry),
+            CasOutcome::Conflict(fresh) => self
+                .on_conflict(&base, fresh, inline)
+                .await
+                .map(Next::Retry),
+            CasOutcome::Reserved(r) => self
+                .on_conflict(&base, Some(r), inline)
+                .await
+                .map(Next::Retry),
         }
+    }
+
+    /// How long the compare-and-swap of an attempt from `base` asks to reserve the scope for
+    /// if it loses (contract rule 13): after a lost race, while this call holds no live
+    /// reservation, where the driver takes it in the same step.
+    fn reserve_inline(&self, base: &Base) -> Option<Duration> {
+        if base.from_cache || base.current.is_none() || self.holding() {
+            return None;
+        }
+        let ttl = self.engine.reservation_slice();
+        (!ttl.is_zero() && self.engine.driver.capabilities().reserve_on_conflict).then_some(ttl)
+    }
+
+    /// Whether this call holds a live reservation it took.
+    fn holding(&self) -> bool {
+        self.reserved_until.is_some_and(|t| Instant::now() < t)
     }
 
     /// How long a call refused by another process's reservation waits before it asks again.
@@ -508,7 +555,12 @@ impl<'a> Run<'a> {
 
     /// After a lost compare-and-swap: caches what the conflict returned, gives up when the
     /// policy says so, else waits (unless only the cache was stale) and says where to go on.
-    async fn on_conflict(&mut self, base: &Base, fresh: Option<Record>) -> Result<Start, Error> {
+    async fn on_conflict(
+        &mut self,
+        base: &Base,
+        fresh: Option<Record>,
+        inline: Inline,
+    ) -> Result<Start, Error> {
         let engine = self.engine;
         engine.bump(Counter::Conflicts);
         tracing::debug!(
@@ -563,22 +615,40 @@ impl<'a> Run<'a> {
             // arriving one revision late. Reserve the next turn so they wait for it.
             // (Not again while the reservation this call took is live: one write less, which
             // on a SQL store is one flush less.)
-            let ttl = engine.reservation_slice();
-            let holding = self.reserved_until.is_some_and(|t| Instant::now() < t);
-            if !ttl.is_zero() && !holding {
-                let asked = Instant::now();
-                match engine
-                    .driver
-                    .reserve(self.key.as_str(), engine.claimant, ttl)
-                    .await
-                {
-                    Ok(true) => {
-                        engine.bump(Counter::Reservations);
-                        self.reserved_until = Some(asked + ttl);
+            let held_by_other = match inline {
+                // The compare-and-swap took it.
+                Inline::Took => false,
+                Inline::HeldByOther => true,
+                Inline::NotAsked => {
+                    let ttl = engine.reservation_slice();
+                    if ttl.is_zero() || self.holding() {
+                        return Ok(start);
                     }
-                    Ok(false) => {}
-                    Err(e) => tracing::debug!(error = %e, "reservation failed"),
+                    let asked = Instant::now();
+                    match engine
+                        .driver
+                        .reserve(self.key.as_str(), engine.claimant, ttl)
+                        .await
+                    {
+                        Ok(true) => {
+                            engine.bump(Counter::Reservations);
+                            self.reserved_until = Some(asked + ttl);
+                            false
+                        }
+                        Ok(false) => true,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "reservation failed");
+                            false
+                        }
+                    }
                 }
+            };
+            // Another process holds the scope for its slice and commits back to back: chasing
+            // its versions would cost a round trip or two per commit it makes. Wait for its
+            // slice as a refused write does, then start from the cache.
+            if held_by_other && !self.out_of_time() {
+                tokio::time::sleep(self.refused_wait()).await;
+                return Ok(Start::Unknown);
             }
             return Ok(start);
         }
@@ -604,6 +674,17 @@ impl<'a> Run<'a> {
         // that returns the latest).
         Ok(Start::Unknown)
     }
+}
+
+/// What became of the reservation a compare-and-swap asked to take if it lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Inline {
+    /// It did not ask (or its reply was lost).
+    NotAsked,
+    /// It lost and took the reservation.
+    Took,
+    /// It lost and another claimant holds the scope.
+    HeldByOther,
 }
 
 /// Loads the record of `key` and caches it in `slot` (keeping the cached one when it is the

@@ -75,6 +75,7 @@ macro_rules! behavior_suite {
             meta_is_kept_as_given,
             idempotent_updates_commit_once,
             reservations_let_their_holder_in_first,
+            a_losing_write_reserves_when_asked,
             rolled_back_store_is_not_trusted,
             read_only_over_the_size_limit_answers,
             abort_on_a_stale_cache_is_decided_again,
@@ -223,6 +224,7 @@ pub async fn create_if_absent(t: &Target) {
             assert_eq!(r.data, br#"{"count":1}"#);
         }
         CasOutcome::Conflict(None) => {}
+        CasOutcome::Reserved(r) => panic!("a write that did not ask reserved the record: {r:?}"),
     }
     let r = t.driver().load(&key).await.unwrap().unwrap();
     assert_eq!((r.version, r.data.as_slice()), (v1, &br#"{"count":1}"#[..]));
@@ -246,6 +248,7 @@ pub async fn stale_version_rejected(t: &Target) {
             assert_eq!((r.version, r.data.as_slice()), (v2, &b"2"[..]))
         }
         CasOutcome::Conflict(None) => {}
+        CasOutcome::Reserved(r) => panic!("a write that did not ask reserved the record: {r:?}"),
     }
     // A version that never existed, and a cas on an absent key with an expected version.
     assert!(matches!(
@@ -819,6 +822,7 @@ pub async fn rolled_back_revision_is_refused(t: &Target) {
         }
         CasOutcome::Conflict(Some(r)) => assert_eq!(r.data, b"other"),
         CasOutcome::Conflict(None) => {}
+        CasOutcome::Reserved(r) => panic!("a write that did not ask reserved the record: {r:?}"),
     }
     let r = t.driver().load(&key).await.unwrap().unwrap();
     assert_eq!((r.version, r.data.as_slice()), (v2, &b"other"[..]));
@@ -982,6 +986,130 @@ pub async fn reservations_let_their_holder_in_first(t: &Target) {
     assert!(
         matches!(
             update(t, &key, r.version, r.last_token(), w).await,
+            CasOutcome::Committed(_)
+        ),
+        "an expired reservation holds nobody back"
+    );
+}
+
+/// A compare-and-swap that loses to a newer revision takes the reservation it asks for, in the
+/// same step, unless another claimant holds one (contract rule 13); a driver without
+/// [`Capabilities::reserve_on_conflict`](crate::driver::Capabilities) ignores the request.
+pub async fn a_losing_write_reserves_when_asked(t: &Target) {
+    let key = t.key("reserve-inline");
+    let (a, b) = (11u64, 22u64);
+    let ttl = Duration::from_secs(5);
+    // An absent scope is not reserved by a write that expects it.
+    let ghost = Revision {
+        version: 7,
+        token: 7,
+    };
+    match t
+        .driver()
+        .cas(
+            &key,
+            Some(ghost),
+            write(b"0").with_claimant(a).with_reserve(ttl),
+        )
+        .await
+        .unwrap()
+    {
+        CasOutcome::Conflict(None) => {}
+        other => panic!("a write expecting an absent scope: {other:?}"),
+    }
+    assert!(t.driver().load(&key).await.unwrap().is_none());
+    let w1 = write(b"1");
+    let CasOutcome::Committed(v1) = create(t, &key, w1).await else {
+        panic!("create must commit")
+    };
+    let w2 = write(b"2");
+    let CasOutcome::Committed(v2) = update(t, &key, v1, w1.token, w2).await else {
+        panic!("an update at the current revision must commit")
+    };
+    let current = t.driver().load(&key).await.unwrap().unwrap();
+    // A loses at v1 and asks.
+    let lost = update(
+        t,
+        &key,
+        v1,
+        w1.token,
+        write(b"a").with_claimant(a).with_reserve(ttl),
+    )
+    .await;
+    if !t.driver().capabilities().reserve_on_conflict {
+        assert!(
+            matches!(&lost, CasOutcome::Conflict(Some(r)) if r.version == v2)
+                || matches!(lost, CasOutcome::Conflict(None)),
+            "without the capability a lost write is a plain conflict: {lost:?}"
+        );
+        let w = write(b"b").with_claimant(b);
+        assert!(
+            matches!(
+                update(t, &key, v2, w2.token, w).await,
+                CasOutcome::Committed(_)
+            ),
+            "nothing was reserved"
+        );
+        return;
+    }
+    match &lost {
+        CasOutcome::Reserved(r) => assert_eq!(r, &current, "the record it lost to"),
+        other => panic!("a lost write that asked did not reserve: {other:?}"),
+    }
+    assert_eq!(
+        t.driver().load(&key).await.unwrap().unwrap(),
+        current,
+        "reserving does not change the record"
+    );
+    // B is refused at the current revision, and its own lost write reserves nothing.
+    match update(t, &key, v2, w2.token, write(b"b").with_claimant(b)).await {
+        CasOutcome::Conflict(Some(r)) => assert_eq!(r.revision(), current.revision()),
+        other => panic!("a write went through another's reservation: {other:?}"),
+    }
+    match update(
+        t,
+        &key,
+        v1,
+        w1.token,
+        write(b"b").with_claimant(b).with_reserve(ttl),
+    )
+    .await
+    {
+        CasOutcome::Conflict(Some(r)) => assert_eq!(r.revision(), current.revision()),
+        other => panic!("a write reserved a scope another holds: {other:?}"),
+    }
+    assert!(
+        !t.driver().reserve(&key, b, ttl).await.unwrap(),
+        "a holds the scope"
+    );
+    // A commits while it holds it, and keeps holding it.
+    let wa = write(b"a").with_claimant(a).with_reserve(ttl);
+    let CasOutcome::Committed(v3) = update(t, &key, v2, w2.token, wa).await else {
+        panic!("the holder's write must commit")
+    };
+    match update(t, &key, v3, wa.token, write(b"b").with_claimant(b)).await {
+        CasOutcome::Conflict(Some(r)) => assert_eq!(r.version, v3),
+        other => panic!("the holder's commit ended its reservation: {other:?}"),
+    }
+    // A reservation taken this way runs out by itself like any other.
+    let short = Duration::from_millis(50);
+    match update(
+        t,
+        &key,
+        v2,
+        w2.token,
+        write(b"a").with_claimant(a).with_reserve(short),
+    )
+    .await
+    {
+        CasOutcome::Reserved(r) => assert_eq!(r.version, v3),
+        other => panic!("the holder's lost write renews its reservation: {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let w = write(b"late").with_claimant(b);
+    assert!(
+        matches!(
+            update(t, &key, v3, wa.token, w).await,
             CasOutcome::Committed(_)
         ),
         "an expired reservation holds nobody back"

@@ -161,7 +161,19 @@ impl MemoryDriver {
                 store.feeds.changed(key, Some(version));
                 CasOutcome::Committed(version)
             }
-            Some(current) => CasOutcome::Conflict(Some(Record::clone(current))),
+            Some(current) => {
+                let current = Record::clone(current);
+                match write.reserve {
+                    // Lost, and nobody else holds it (checked above): reserve it (rule 13).
+                    Some(ttl) => {
+                        store
+                            .reserved
+                            .insert(key.to_owned(), (write.claimant, Instant::now() + ttl));
+                        CasOutcome::Reserved(current)
+                    }
+                    None => CasOutcome::Conflict(Some(current)),
+                }
+            }
             None if expected.is_none() => {
                 let version = write.next_version(None);
                 store
@@ -198,6 +210,7 @@ impl Driver for MemoryDriver {
             .with_multi_key_commit()
             .with_expiry()
             .with_watch()
+            .with_reserve_on_conflict()
     }
 
     fn changes(&self, watched: Arc<WatchSet>) -> Option<ChangeStream> {

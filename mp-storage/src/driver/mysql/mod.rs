@@ -752,10 +752,7 @@ impl Driver for MysqlDriver {
             action: Action::Write(w),
         }] = ops
         {
-            return Ok(match self.cas(key, *expected, *w).await? {
-                CasOutcome::Committed(v) => CommitOutcome::Committed(vec![Some(v)]),
-                CasOutcome::Conflict(r) => CommitOutcome::Conflict(vec![(0, r)]),
-            });
+            return Ok(self.cas(key, *expected, *w).await?.into());
         }
         for op in ops {
             check_key(op.key)?;

@@ -719,10 +719,7 @@ impl<C: Connection> Driver for RedisDriver<C> {
             action: Action::Write(w),
         }] = ops
         {
-            return Ok(match self.cas(key, *expected, *w).await? {
-                CasOutcome::Committed(v) => CommitOutcome::Committed(vec![Some(v)]),
-                CasOutcome::Conflict(r) => CommitOutcome::Conflict(vec![(0, r)]),
-            });
+            return Ok(self.cas(key, *expected, *w).await?.into());
         }
         let rkeys: Vec<String> = ops.iter().map(|op| self.redis_key(op.key)).collect();
         self.con.one_slot(&rkeys, |i| ops[i].key)?;
