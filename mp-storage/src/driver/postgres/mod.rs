@@ -381,6 +381,10 @@ impl PostgresDriver {
         }
         let reserved: bool = row::column(table, key, row, 7, "reserved")?;
         let record = self.record(key, row, 1)?;
+        // The statement that reserves when it loses says whether it did.
+        if row.len() > 8 && row::column::<bool>(table, key, row, 8, "took")? {
+            return Ok(CasOutcome::Reserved(record));
+        }
         if let Some(revision) = expected {
             if revision.matches(&record) && !reserved {
                 // The update waited for another transaction's write of the row and found it
@@ -601,6 +605,11 @@ fn update_params<'a>(name: &'a [u8], revision: Revision, w: Write<'a>) -> Params
     ]
 }
 
+/// A reservation's length in whole microseconds, at least one.
+fn micros(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX).max(1)
+}
+
 /// Parameters of `insert`/`insert_plain`/`upsert`.
 fn insert_params<'a>(name: &'a [u8], w: Write<'a>) -> Params<'a> {
     let (kind, after, at) = expiry_params(w.expiry);
@@ -662,6 +671,7 @@ async fn prepare_table(pool: &Pool, addr: &str, sql: &Sql) -> Result<(), Error> 
     for stmt in [
         &sql.select,
         &sql.update,
+        &sql.update_reserving,
         &sql.insert,
         &sql.upsert,
         &sql.delete,
@@ -708,6 +718,7 @@ impl Driver for PostgresDriver {
             .with_multi_key_commit()
             .with_expiry()
             .with_watch()
+            .with_reserve_on_conflict()
     }
 
     fn changes(
@@ -751,9 +762,14 @@ impl Driver for PostgresDriver {
         check_key(key)?;
         let sql = &self.inner.sql;
         let name = key.as_bytes();
-        let (statement, params) = match expected {
-            Some(revision) => (&sql.update, update_params(name, revision, write)),
-            None => (&sql.insert, insert_params(name, write)),
+        let (statement, params) = match (expected, write.reserve) {
+            (Some(revision), Some(ttl)) => {
+                let mut params = update_params(name, revision, write);
+                params.push(Box::new(micros(ttl)));
+                (&sql.update_reserving, params)
+            }
+            (Some(revision), None) => (&sql.update, update_params(name, revision, write)),
+            (None, _) => (&sql.insert, insert_params(name, write)),
         };
         let (conn, stmt) = self.conn_for(statement).await?;
         let client = conn.client()?;
@@ -892,7 +908,7 @@ impl Driver for PostgresDriver {
 
     async fn reserve(&self, key: &str, claimant_id: u64, ttl: Duration) -> Result<bool, Error> {
         check_key(key)?;
-        let micros = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX).max(1);
+        let micros = micros(ttl);
         let (conn, stmt) = self.conn_for(&self.inner.sql.reserve).await?;
         let client = conn.client()?;
         // A reservation only paces writers, and expires by itself: its commit need not wait for

@@ -25,6 +25,9 @@ pub(super) struct Sql {
     /// The compare-and-swap of an existing record, answering with the current record on a
     /// miss, in one statement.
     pub update: String,
+    /// `update` that also reserves the record for claimant `$11` for `$12` µs when it loses to
+    /// another revision and nobody else holds it (contract rule 13), in the same statement.
+    pub update_reserving: String,
     /// The creation of a record, answering with the current record on a miss.
     pub insert: String,
     /// The compare-and-swap of an existing record inside a several-scope commit.
@@ -143,7 +146,33 @@ impl Sql {
                  WHERE r.name = ${name} AND {live} AND NOT EXISTS (SELECT 1 FROM w)"
             )
         };
+        // The reservation a lost `update` takes: when the write did not happen (whatever the
+        // snapshot showed: a row changed under the write's lock wait is found again here, at its
+        // newest version), for a live, well-formed record nobody else holds. It changes nothing
+        // but the reservation, which only paces writers and expires by itself, so its commit
+        // need not wait for the WAL flush: `synchronous_commit` off for this statement's own
+        // transaction, and only when it reserved (a write in `w` excludes it).
+        let reserving = format!(
+            "WITH w AS ({update_set} RETURNING r.version), \
+             v AS (UPDATE {t} AS r SET res_by = $11, \
+             res_until = now() + $12::bigint * interval '1 microsecond' \
+             WHERE r.name = $8 AND NOT EXISTS (SELECT 1 FROM w) \
+             AND length(r.tokens) % {TOKEN_LEN} = 0 AND {free} AND {live} \
+             RETURNING {RECORD}, set_config('synchronous_commit', 'off', true) AS sc) \
+             SELECT true, w.version, NULL::bigint, NULL::bytea, NULL::bytea, NULL::bytea, \
+             NULL::bigint, false, false FROM w \
+             UNION ALL \
+             SELECT false, v.version, v.schema_v, v.data, v.tokens, v.meta, v.expires_at, false, \
+             v.sc IS NOT NULL FROM v \
+             UNION ALL \
+             SELECT false, {RECORD}, \
+             (r.res_by IS NOT NULL AND r.res_by <> $11 AND r.res_until >= now()), false \
+             FROM {t} AS r WHERE r.name = $8 AND {live} \
+             AND NOT EXISTS (SELECT 1 FROM w) AND NOT EXISTS (SELECT 1 FROM v)",
+            free = free_for(11),
+        );
         Sql {
+            update_reserving: reserving,
             create: format!(
                 "CREATE TABLE IF NOT EXISTS {t} (\
                  name bytea NOT NULL PRIMARY KEY, \
@@ -255,6 +284,7 @@ mod tests {
             &sql.probe,
             &sql.select,
             &sql.update,
+            &sql.update_reserving,
             &sql.insert,
             &sql.upsert,
             &sql.delete,
