@@ -114,7 +114,7 @@ pub use cluster::{Cluster, RedisClusterConfig, RedisClusterDriver};
 pub use config::RedisConfig;
 use error::{backend_error, command_error};
 pub use link::{Connection, Node};
-use record::{corrupt, parse_record, parse_version, token_hex};
+use record::{corrupt, hash_field, parse_record, parse_version, token_hex};
 
 /// The URL schemes this driver takes (`rediss` only to refuse it: this build has no TLS).
 pub const SCHEMES: &[&str] = &["redis", "rediss"];
@@ -537,7 +537,13 @@ impl<C: Connection> Driver for RedisDriver<C> {
             token_hex(write.claimant),
         );
         let (kind, value) = expiry_args(write.expiry);
-        let args: [&[u8]; 10] = [
+        let reserve_ms = write.reserve.filter(|_| expected.is_some()).map(|ttl| {
+            u64::try_from(ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1)
+                .to_string()
+        });
+        let args: [&[u8]; 11] = [
             expected_version.as_bytes(),
             expected_token.as_bytes(),
             version_arg.as_bytes(),
@@ -548,37 +554,44 @@ impl<C: Connection> Driver for RedisDriver<C> {
             claimant_arg.as_bytes(),
             kind,
             value.as_bytes(),
+            reserve_ms.as_deref().unwrap_or_default().as_bytes(),
         ];
-        // An expiry with no value (kept or removed) leaves the last argument out: the script
-        // reads it only for the kinds that have one, and each argument costs the server about
-        // 1% of a warm update (see BENCHMARKS.md).
-        let args = if value.is_empty() {
-            &args[..9]
-        } else {
-            &args[..]
+        // An expiry with no value (kept or removed) leaves its argument out unless a
+        // reservation follows it: the script reads it only for the kinds that have one, and
+        // each argument costs the server about 1% of a warm update (see BENCHMARKS.md).
+        let args = match (&reserve_ms, value.is_empty()) {
+            (Some(_), _) => &args[..],
+            (None, true) => &args[..9],
+            (None, false) => &args[..10],
         };
         let reply = self
             .run_script(&self.scripts.cas, key, &rkey, args, true)
             .await?;
         match reply {
             Value::Int(1) => Ok(CasOutcome::Committed(version)),
-            other => match parse_record(other, key, &rkey)? {
-                // This very write, sent again by the client after its reply was lost (a cluster
-                // connection resends a command whose connection broke): it took effect once.
-                // With a replica wait, though, nothing says the replicas have it.
-                Some(r) if r.tokens.contains(&write.token) => match self.replicas {
-                    None => Ok(CasOutcome::Committed(version)),
-                    Some((replicas, _)) => Err(Error::CommitUnknown {
-                        scope: crate::error::shorten(key),
-                        reason: format!(
+            other => {
+                // Reserved by this lost write when the record names its claimant now.
+                let took = reserve_ms.is_some()
+                    && hash_field(&other, b"rc") == Some(claimant_arg.as_bytes());
+                match parse_record(other, key, &rkey)? {
+                    // This very write, sent again by the client after its reply was lost (a cluster
+                    // connection resends a command whose connection broke): it took effect once.
+                    // With a replica wait, though, nothing says the replicas have it.
+                    Some(r) if r.tokens.contains(&write.token) => match self.replicas {
+                        None => Ok(CasOutcome::Committed(version)),
+                        Some((replicas, _)) => Err(Error::CommitUnknown {
+                            scope: crate::error::shorten(key),
+                            reason: format!(
                             "the write is on the master (its reply was lost and the client sent \
                              it again), but whether {replicas} replicas have it is unknown"
                         ),
-                    }),
-                },
-                // At the expected revision too, when another claimant reserved the scope.
-                other => Ok(CasOutcome::Conflict(other)),
-            },
+                        }),
+                    },
+                    Some(r) if took => Ok(CasOutcome::Reserved(r)),
+                    // At the expected revision too, when another claimant reserved the scope.
+                    other => Ok(CasOutcome::Conflict(other)),
+                }
+            }
         }
     }
 
@@ -617,7 +630,10 @@ impl<C: Connection> Driver for RedisDriver<C> {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let caps = Capabilities::NONE.with_multi_key_commit().with_expiry();
+        let caps = Capabilities::NONE
+            .with_multi_key_commit()
+            .with_expiry()
+            .with_reserve_on_conflict();
         if self.watch {
             caps.with_watch()
         } else {

@@ -10,6 +10,23 @@ use crate::Error;
 const TOKEN_HEX: usize = 16;
 
 /// Parses a record from an `HGETALL` reply (an array of field/value pairs, or a map in RESP3).
+/// The value of hash field `name` in an `HGETALL` reply (RESP2 array or RESP3 map).
+pub(super) fn hash_field<'a>(reply: &'a Value, name: &[u8]) -> Option<&'a [u8]> {
+    let is = |f: &Value| matches!(f, Value::BulkString(f) if f.as_slice() == name);
+    let value = match reply {
+        Value::Array(items) => items.chunks_exact(2).find_map(|pair| match pair {
+            [f, v] if is(f) => Some(v),
+            _ => None,
+        }),
+        Value::Map(pairs) => pairs.iter().find(|(f, _)| is(f)).map(|(_, v)| v),
+        _ => None,
+    };
+    match value {
+        Some(Value::BulkString(v)) => Some(v.as_slice()),
+        _ => None,
+    }
+}
+
 pub(super) fn parse_record(reply: Value, key: &str, rkey: &str) -> Result<Option<Record>, Error> {
     let pairs: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(None),

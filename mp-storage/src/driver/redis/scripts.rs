@@ -31,9 +31,11 @@ pub(super) fn with_publish(command: Option<&str>, body: &str) -> String {
 
 /// Compare-and-swap (contract rule 5). ARGV: expected version (`''`: absent), expected last
 /// token (`''`: none), new version, schema, data, token, meta, claimant (16 hex digits), expiry
-/// kind (`k` keep, `n` never, `a` after the value in ms, `t` at the value in ms since 1970) and
-/// value (left out for `k` and `n`). Replies 1 when written, else the record as `HGETALL` gives
-/// it (empty when absent).
+/// kind (`k` keep, `n` never, `a` after the value in ms, `t` at the value in ms since 1970),
+/// value (left out for `k` and `n` unless a reservation follows), and the reservation to take if
+/// the write loses to another revision (ms; left out when not asked for). Replies 1 when
+/// written, else the record as `HGETALL` gives it (empty when absent), its `rc` naming the
+/// claimant when the lost write reserved it (contract rule 13).
 pub(super) const CAS_SCRIPT: &str = r"
 local key = KEYS[1]
 local cur = redis.call('HMGET', key, 'v', 't', 'rc')
@@ -42,6 +44,14 @@ if ARGV[1] == '' then
   if v or redis.call('EXISTS', key) == 1 then return redis.call('HGETALL', key) end
   t = ''
 elseif v ~= ARGV[1] or not t or string.sub(t, -16) ~= ARGV[2] then
+  if ARGV[11] and v then -- lost, and asked to reserve: unless another claimant holds it
+    local now = redis.call('TIME')
+    local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+    local until_ms = rc and rc ~= ARGV[8] and tonumber(redis.call('HGET', key, 'ru'))
+    if not (until_ms and until_ms > ms) then
+      redis.call('HSET', key, 'rc', ARGV[8], 'ru', string.format('%d', ms + tonumber(ARGV[11])))
+    end
+  end
   return redis.call('HGETALL', key)
 elseif #t % 16 ~= 0 or #t > 256 then
   return redis.error_reply('MPCORRUPT the commit tokens (field t) are malformed')

@@ -537,6 +537,7 @@ impl Driver for SqliteDriver {
             .with_multi_key_commit()
             .with_expiry()
             .with_watch()
+            .with_reserve_on_conflict()
     }
 
     fn changes(&self, watched: Arc<WatchSet>) -> Option<ChangeStream> {
@@ -600,10 +601,17 @@ impl Driver for SqliteDriver {
             action: OwnedAction::Write(OwnedWrite::new(&write)),
         };
         let done = self.submit(Work::Commit(vec![op])).await;
-        if !matches!(done, Ok(Done::Commit(CommitOutcome::Conflict(_)))) {
+        if !matches!(
+            done,
+            Ok(Done::Commit(CommitOutcome::Conflict(_)) | Done::Reserved(_))
+        ) {
             self.shared.feeds.changed(key, None);
         }
-        match expect(done?, |d| match d {
+        let done = done?;
+        if let Done::Reserved(record) = done {
+            return Ok(CasOutcome::Reserved(record));
+        }
+        match expect(done, |d| match d {
             Done::Commit(c) => Some(c),
             _ => None,
         })? {

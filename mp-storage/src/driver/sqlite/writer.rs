@@ -71,6 +71,7 @@ pub(super) struct OwnedWrite {
     meta: Vec<u8>,
     claimant: u64,
     expiry: Expiry,
+    reserve: Option<Duration>,
 }
 
 impl OwnedWrite {
@@ -83,6 +84,7 @@ impl OwnedWrite {
             meta: w.meta.to_vec(),
             claimant: w.claimant,
             expiry: w.expiry,
+            reserve: w.reserve,
         }
     }
 
@@ -140,6 +142,8 @@ pub(super) enum Work {
 #[derive(Debug)]
 pub(super) enum Done {
     Commit(CommitOutcome),
+    /// A compare-and-swap lost and reserved the record it returns (contract rule 13).
+    Reserved(Record),
     Version(u64),
     Flag(bool),
     Count(usize),
@@ -351,7 +355,18 @@ impl Writer {
     fn work(&mut self, work: &Work) -> Result<Done, Error> {
         let now = now_ms();
         match work {
-            Work::Commit(ops) => self.commit(ops, now).map(Done::Commit),
+            Work::Commit(ops) => {
+                let outcome = self.commit(ops, now)?;
+                match (&outcome, ops.as_slice()) {
+                    (CommitOutcome::Conflict(failed), [op]) => {
+                        match self.reserve_lost(op, failed, now)? {
+                            Some(record) => Ok(Done::Reserved(record)),
+                            None => Ok(Done::Commit(outcome)),
+                        }
+                    }
+                    _ => Ok(Done::Commit(outcome)),
+                }
+            }
             Work::Put(key, w) => self.put(key, w.borrow(), now).map(Done::Version),
             Work::Delete(key) => {
                 let mut stmt = self
@@ -382,23 +397,52 @@ impl Writer {
                 Ok(Done::Flag(true))
             }
             Work::Reserve(key, claimant, ttl) => {
-                let Some(s) = self.load(key, now)? else {
-                    return Ok(Done::Flag(false));
-                };
-                if s.reserved_for_other(*claimant, now) {
-                    return Ok(Done::Flag(false));
-                }
-                let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                let until = ms_i64(now.saturating_add(ttl));
-                self.conn
-                    .prepare_cached(&self.sql.reserve)
-                    .and_then(|mut st| st.execute(params![key.as_bytes(), bits(*claimant), until]))
-                    .map_err(sql_error)?;
-                Ok(Done::Flag(true))
+                self.reserve(key, *claimant, *ttl, now).map(Done::Flag)
             }
             Work::Sweep(limit) => self.sweep(*limit, now).map(Done::Count),
             Work::Checkpoint => Err(other("a checkpoint inside a transaction")),
         }
+    }
+
+    /// Reserves live `key` for `claimant` unless another claimant holds it (contract rule 13);
+    /// returns whether `claimant` holds it now.
+    fn reserve(&self, key: &str, claimant: u64, ttl: Duration, now: u64) -> Result<bool, Error> {
+        let Some(s) = self.load(key, now)? else {
+            return Ok(false);
+        };
+        if s.reserved_for_other(claimant, now) {
+            return Ok(false);
+        }
+        let ttl = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let until = ms_i64(now.saturating_add(ttl));
+        self.conn
+            .prepare_cached(&self.sql.reserve)
+            .and_then(|mut st| st.execute(params![key.as_bytes(), bits(claimant), until]))
+            .map_err(sql_error)?;
+        Ok(true)
+    }
+
+    /// After the compare-and-swap `op` lost (`failed`), the reservation its write asked for, in
+    /// the same transaction: the record it lost to, when it found the record at another
+    /// revision and took it.
+    fn reserve_lost(
+        &self,
+        op: &OwnedOp,
+        failed: &[(usize, Option<Record>)],
+        now: u64,
+    ) -> Result<Option<Record>, Error> {
+        let (OwnedAction::Write(w), Some(expected), [(_, Some(record))]) =
+            (&op.action, op.expected, failed)
+        else {
+            return Ok(None);
+        };
+        let Some(ttl) = w.reserve else {
+            return Ok(None);
+        };
+        if expected.matches(record) || !self.reserve(&op.key, w.claimant, ttl, now)? {
+            return Ok(None);
+        }
+        Ok(Some(record.clone()))
     }
 
     /// Checks every op, then writes every one (contract rule 14).
