@@ -298,6 +298,16 @@ impl Driver for Faulty {
         self.inner.expire(key, expiry).await
     }
 
+    async fn reserve(
+        &self,
+        key: &str,
+        claimant: u64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, Error> {
+        self.check_up()?;
+        self.inner.reserve(key, claimant, ttl).await
+    }
+
     async fn sweep(&self, limit: usize) -> Result<usize, Error> {
         self.check_up()?;
         self.inner.sweep(limit).await

@@ -56,7 +56,8 @@
 //! 11. **`delete` says whether the key existed.** (`remove_says_whether_it_existed`)
 //! 12. **`max_data_len` is honest**: data of exactly that many bytes is stored.
 //!     (`size_limit_is_exact`)
-//! 13. **Reservations** (optional: [`Driver::reserve`] returns `false` when a driver has none).
+//! 13. **Reservations** (optional: [`Capabilities::reservations`]; without them
+//!     [`Driver::reserve`] returns `false`).
 //!     A process that loses a scope to another process's commits reserves it for a short time
 //!     slice: until the reservation runs out (by the backend's clock), a compare-and-swap from
 //!     any other [`Write::claimant`] is refused even at the expected revision
@@ -443,8 +444,10 @@ pub struct Capabilities {
     pub expiry: bool,
     /// Change hints ([`Driver::changes`], contract rule 17).
     pub watch: bool,
+    /// Reservations: [`Driver::reserve`] can reserve a record (contract rule 13).
+    pub reservations: bool,
     /// A compare-and-swap that loses reserves the record when [`Write::reserve`] asks
-    /// (contract rule 13).
+    /// (contract rule 13); implies [`Capabilities::reservations`].
     pub reserve_on_conflict: bool,
 }
 
@@ -454,6 +457,7 @@ impl Capabilities {
         multi_key_commit: false,
         expiry: false,
         watch: false,
+        reservations: false,
         reserve_on_conflict: false,
     };
 
@@ -469,8 +473,15 @@ impl Capabilities {
         self
     }
 
-    /// With reservations taken by the compare-and-swap that loses.
+    /// With reservations ([`Driver::reserve`]).
+    pub const fn with_reservations(mut self) -> Capabilities {
+        self.reservations = true;
+        self
+    }
+
+    /// With reservations, also taken by the compare-and-swap that loses.
     pub const fn with_reserve_on_conflict(mut self) -> Capabilities {
+        self.reservations = true;
         self.reserve_on_conflict = true;
         self
     }

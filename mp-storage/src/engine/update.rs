@@ -621,7 +621,8 @@ impl<'a> Run<'a> {
                 Inline::HeldByOther => true,
                 Inline::NotAsked => {
                     let ttl = engine.reservation_slice();
-                    if ttl.is_zero() || self.holding() {
+                    if ttl.is_zero() || self.holding() || !engine.driver.capabilities().reservations
+                    {
                         return Ok(start);
                     }
                     let asked = Instant::now();

@@ -937,7 +937,13 @@ pub async fn reservations_let_their_holder_in_first(t: &Target) {
         panic!("create must commit")
     };
     let before = t.driver().load(&key).await.unwrap().unwrap();
-    if !t.driver().reserve(&key, a, ttl).await.unwrap() {
+    let took = t.driver().reserve(&key, a, ttl).await.unwrap();
+    assert_eq!(
+        took,
+        t.driver().capabilities().reservations,
+        "Driver::reserve agrees with Capabilities::reservations"
+    );
+    if !took {
         // No reservations: claimants change nothing.
         let w = write(b"2").with_claimant(b);
         assert!(matches!(

@@ -683,6 +683,7 @@ impl Driver for MysqlDriver {
             .with_multi_key_commit()
             .with_expiry()
             .with_watch()
+            .with_reservations()
     }
 
     /// No push from MySQL: every `watch_poll_ms`, one read of all the watched scopes
