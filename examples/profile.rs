@@ -12,8 +12,11 @@
 //! callgrind_annotate --inclusive=yes callgrind.out.<pid>
 //! ```
 //!
-//! Instructions per update = the total collected / N. Usage: `mp-profile [write|read] [N]`
-//! (defaults: write, 100000). Without a profiler it prints the rate it measured.
+//! Instructions per update = the total collected / N. Usage: `mp-profile [write|read|mixed] [N]`
+//! (defaults: write, 100000). `mixed` is the bench's `mixed-90r-10w` row on one task: 10,000
+//! scopes drawn at random, one update in ten a write; count it as the difference of two whole
+//! runs (`--collect-atstart=yes`, N and 3N), since its loop's own frame does not hold the
+//! updates' instructions under callgrind. Without a profiler it prints the rate it measured.
 
 use std::time::Instant;
 
@@ -51,6 +54,34 @@ async fn run_reads(st: &Storage, names: &[String], n: usize) -> Result<u64, mp_s
     Ok(sum)
 }
 
+/// The bench's `mixed-90r-10w` row on one task: a scope drawn at random from all of them for
+/// each update, one in ten a write, the others read-only.
+#[inline(never)]
+async fn run_mixed(st: &Storage, names: &[String], n: usize) -> Result<u64, mp_storage::Error> {
+    let mut sum = 0;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..n {
+        // xorshift64: the same sequence every run.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let name = &names[(x % names.len() as u64) as usize];
+        sum += if x.is_multiple_of(10) {
+            st.scoped(name, |c: &mut Counter| {
+                c.count += 1;
+                c.count
+            })
+            .await?
+        } else {
+            st.scoped(name, |c: &mut Counter| c.count).await?
+        };
+    }
+    Ok(sum)
+}
+
+/// The scopes of the `mixed` mode, as many as the bench's `mixed-90r-10w` row.
+const MIXED_SCOPES: usize = 10_000;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "write".to_owned());
@@ -63,15 +94,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     rt.block_on(async {
         let st = Storage::open("memory://").await?;
-        let names: Vec<String> = (0..SCOPES).map(|i| format!("profile:{i}")).collect();
+        let count = if mode == "mixed" {
+            MIXED_SCOPES
+        } else {
+            SCOPES
+        };
+        let names: Vec<String> = (0..count).map(|i| format!("profile:{i}")).collect();
         // Warm: each scope stored, cached, and its record known as the type's own encoding.
-        run_writes(&st, &names, SCOPES * 4).await?;
-        run_reads(&st, &names, SCOPES * 4).await?;
+        run_writes(&st, &names, count * 4).await?;
+        run_reads(&st, &names, count * 4).await?;
         let t = Instant::now();
         let sum = match mode.as_str() {
             "write" => run_writes(&st, &names, n).await?,
             "read" => run_reads(&st, &names, n).await?,
-            other => return Err(format!("unknown mode {other:?}: write or read").into()),
+            "mixed" => run_mixed(&st, &names, n).await?,
+            other => return Err(format!("unknown mode {other:?}: write, read or mixed").into()),
         };
         let secs = t.elapsed().as_secs_f64();
         println!(
