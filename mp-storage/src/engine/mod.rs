@@ -186,6 +186,21 @@ impl Engine {
             .min(most)
     }
 
+    /// A conflict error once an unconditional write or removal that began at `started` has run
+    /// past the policy's deadline (these count no attempts).
+    fn check_deadline(&self, key: &Key<'_>, started: tokio::time::Instant) -> Result<(), Error> {
+        let elapsed = started.elapsed();
+        if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
+            self.bump(Counter::GaveUp);
+            return Err(Error::Conflict {
+                scope: crate::error::shorten(key.scope()),
+                attempts: 0,
+                elapsed,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.counters.snapshot();
         let hub = self.hub.stats();
@@ -497,15 +512,7 @@ impl Engine {
                     None => {}
                 }
             }
-            let elapsed = started.elapsed();
-            if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
-                self.bump(Counter::GaveUp);
-                return Err(Error::Conflict {
-                    scope: crate::error::shorten(key.scope()),
-                    attempts: 0,
-                    elapsed,
-                });
-            }
+            self.check_deadline(key, started)?;
             if only_if_absent {
                 continue;
             }
@@ -662,15 +669,7 @@ impl Engine {
             match outcome.map_err(|e| self.lost_write(key, e, "remove"))? {
                 crate::driver::CommitOutcome::Committed(_) => return Ok(true),
                 crate::driver::CommitOutcome::Conflict(failed) => {
-                    let elapsed = started.elapsed();
-                    if self.policy.deadline_limit().is_some_and(|d| elapsed >= d) {
-                        self.bump(Counter::GaveUp);
-                        return Err(Error::Conflict {
-                            scope: crate::error::shorten(key.scope()),
-                            attempts: 0,
-                            elapsed,
-                        });
-                    }
+                    self.check_deadline(key, started)?;
                     self.bump(Counter::Conflicts);
                     let fresh = failed.into_iter().next().and_then(|(_, r)| r);
                     if fresh.as_ref().map(|r| r.revision()) == Some(record.revision()) {

@@ -1068,22 +1068,19 @@ pub async fn a_losing_write_reserves_when_asked(t: &Target) {
         "reserving does not change the record"
     );
     // B is refused at the current revision, and its own lost write reserves nothing.
-    match update(t, &key, v2, w2.token, write(b"b").with_claimant(b)).await {
-        CasOutcome::Conflict(Some(r)) => assert_eq!(r.revision(), current.revision()),
-        other => panic!("a write went through another's reservation: {other:?}"),
-    }
-    match update(
-        t,
-        &key,
-        v1,
-        w1.token,
-        write(b"b").with_claimant(b).with_reserve(ttl),
-    )
-    .await
-    {
-        CasOutcome::Conflict(Some(r)) => assert_eq!(r.revision(), current.revision()),
-        other => panic!("a write reserved a scope another holds: {other:?}"),
-    }
+    let refused = |outcome: CasOutcome, what: &str| match outcome {
+        CasOutcome::Conflict(Some(r)) => assert_eq!(r.revision(), current.revision(), "{what}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    let wb = write(b"b").with_claimant(b);
+    refused(
+        update(t, &key, v2, w2.token, wb).await,
+        "a write went through another's reservation",
+    );
+    refused(
+        update(t, &key, v1, w1.token, wb.with_reserve(ttl)).await,
+        "a write reserved a scope another holds",
+    );
     assert!(
         !t.driver().reserve(&key, b, ttl).await.unwrap(),
         "a holds the scope"
