@@ -297,6 +297,28 @@ pub(crate) enum Ended {
     Lost,
 }
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+impl Ended {
+    /// The connection of `driver`'s feed to `addr` could not be made, for `purpose` (what the
+    /// connection is for, named in the error) because of `detail`.
+    pub(crate) fn not_connected(
+        driver: &'static str,
+        addr: &str,
+        purpose: &str,
+        detail: impl std::fmt::Display,
+    ) -> Ended {
+        Ended::NotConnected(Error::backend_unsent(
+            driver,
+            crate::BackendKind::Connection,
+            super::net::ServerError::cannot_connect(
+                addr,
+                format_args!("for {purpose}: {detail}"),
+                None,
+            ),
+        ))
+    }
+}
+
 /// One connection of a [`push_feed`].
 #[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) trait Session: Send + Sync + 'static {

@@ -23,7 +23,6 @@ use futures::StreamExt;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::{backend, CONNECT_TIMEOUT, NAME};
-use crate::driver::net::ServerError;
 use crate::driver::watch::{push_feed, Ended, FeedSender, Session};
 use crate::driver::{poll_changes, Change, ChangeStream, Driver, WatchSet};
 use crate::{BackendKind, Error};
@@ -177,11 +176,7 @@ impl Session for Listener {
 
 impl Listener {
     fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
-        Ended::NotConnected(Error::backend_unsent(
-            NAME,
-            BackendKind::Connection,
-            ServerError::cannot_connect(&self.addr, format_args!("for LISTEN: {detail}"), None),
-        ))
+        Ended::not_connected(NAME, &self.addr, "LISTEN", detail)
     }
 }
 

@@ -29,10 +29,8 @@ use std::time::Duration;
 use redis::{PushInfo, PushKind, Value};
 
 use super::cluster::{connect_watch, slot, RedisClusterConfig, NAME};
-use crate::driver::net::ServerError;
 use crate::driver::watch::{push_feed, Ended, FeedSender, Session};
 use crate::driver::{Change, ChangeStream, WatchSet};
-use crate::{BackendKind, Error};
 
 /// How often the channels whose subscription ended are subscribed again.
 pub(super) const REPAIR_EVERY: Duration = Duration::from_millis(500);
@@ -123,15 +121,7 @@ impl Session for Feed {
 
 impl Feed {
     fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
-        Ended::NotConnected(Error::backend_unsent(
-            NAME,
-            BackendKind::Connection,
-            ServerError::cannot_connect(
-                &self.addr,
-                format_args!("for the change subscription: {detail}"),
-                None,
-            ),
-        ))
+        Ended::not_connected(NAME, &self.addr, "the change subscription", detail)
     }
 
     fn channel(&self, key: &str) -> String {

@@ -16,10 +16,8 @@ use futures::StreamExt;
 
 use super::link::sealed::Link;
 use super::Node;
-use crate::driver::net::ServerError;
 use crate::driver::watch::{push_feed, Ended, FeedSender, Session};
 use crate::driver::{Change, ChangeStream, WatchSet};
-use crate::{BackendKind, Error};
 
 /// The most channels one `SUBSCRIBE` or `UNSUBSCRIBE` names.
 const CHANNELS_PER_COMMAND: usize = 500;
@@ -116,15 +114,12 @@ impl Session for Feed {
 
 impl Feed {
     fn not_connected(&self, detail: impl std::fmt::Display) -> Ended {
-        Ended::NotConnected(Error::backend_unsent(
+        Ended::not_connected(
             <Node as Link>::NAME,
-            BackendKind::Connection,
-            ServerError::cannot_connect(
-                &self.addr,
-                format_args!("for the change subscription: {detail}"),
-                None,
-            ),
-        ))
+            &self.addr,
+            "the change subscription",
+            detail,
+        )
     }
 
     /// Subscribes to the keys of the watch set not subscribed yet, unsubscribes from those no
