@@ -84,34 +84,22 @@ impl Drop for RedisPrefix {
     }
 }
 
-/// Runs `procs` worker processes (`worker` is the path of the `mp-worker` binary), each with
-/// `tasks` tasks doing `increments` increments of scope `scope` under `prefix` on `url`, and
-/// checks that the final count is exactly the number of increments and that every count a
-/// worker was handed is distinct. Returns the total.
-pub async fn multi_process_increments(
+/// Runs `procs` `mp-worker` processes at once (`worker` is the binary's path) on scope `scope`
+/// under `prefix` on `url`, each with `args` after those; waits for them all, fails when one
+/// failed, and returns their standard outputs.
+pub async fn run_workers(
     worker: &str,
+    procs: usize,
     url: &str,
     prefix: &str,
     scope: &str,
-    procs: usize,
-    tasks: usize,
-    increments: usize,
-) -> u64 {
+    args: &[&str],
+) -> Vec<String> {
     let children: Vec<_> = (0..procs)
         .map(|_| {
             Command::new(worker)
-                .args([
-                    "--url",
-                    url,
-                    "--prefix",
-                    prefix,
-                    "--scope",
-                    scope,
-                    "--tasks",
-                    &tasks.to_string(),
-                    "--increments",
-                    &increments.to_string(),
-                ])
+                .args(["--url", url, "--prefix", prefix, "--scope", scope])
+                .args(args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -126,15 +114,46 @@ pub async fn multi_process_increments(
     })
     .await
     .expect("join");
+    outputs
+        .into_iter()
+        .map(|out| {
+            assert!(
+                out.status.success(),
+                "a worker failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
+}
+
+/// Runs `procs` worker processes (`worker` is the path of the `mp-worker` binary), each with
+/// `tasks` tasks doing `increments` increments of scope `scope` under `prefix` on `url`, and
+/// checks that the final count is exactly the number of increments and that every count a
+/// worker was handed is distinct. Returns the total.
+pub async fn multi_process_increments(
+    worker: &str,
+    url: &str,
+    prefix: &str,
+    scope: &str,
+    procs: usize,
+    tasks: usize,
+    increments: usize,
+) -> u64 {
+    let (tasks_arg, increments_arg) = (tasks.to_string(), increments.to_string());
+    let outputs = run_workers(
+        worker,
+        procs,
+        url,
+        prefix,
+        scope,
+        &["--tasks", &tasks_arg, "--increments", &increments_arg],
+    )
+    .await;
     let mut seen = HashSet::new();
     for out in &outputs {
-        assert!(
-            out.status.success(),
-            "a worker failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for line in out.lines() {
             let n: u64 = line.trim().parse().expect("a count per line");
             assert!(seen.insert(n), "count {n} was handed out twice");
         }
@@ -169,47 +188,22 @@ pub async fn fair_processes(
     tasks: usize,
     secs: f64,
 ) -> Vec<u64> {
-    let children: Vec<_> = (0..procs)
-        .map(|_| {
-            Command::new(worker)
-                .args([
-                    "--url",
-                    url,
-                    "--prefix",
-                    prefix,
-                    "--scope",
-                    scope,
-                    "--tasks",
-                    &tasks.to_string(),
-                    "--secs",
-                    &secs.to_string(),
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {worker}: {e}"))
-        })
-        .collect();
-    let outputs = tokio::task::spawn_blocking(move || {
-        children
-            .into_iter()
-            .map(|c| c.wait_with_output().expect("worker output"))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .expect("join");
+    let (tasks_arg, secs_arg) = (tasks.to_string(), secs.to_string());
+    let outputs = run_workers(
+        worker,
+        procs,
+        url,
+        prefix,
+        scope,
+        &["--tasks", &tasks_arg, "--secs", &secs_arg],
+    )
+    .await;
     let mut seen = HashSet::new();
     let mut per_process = Vec::new();
     let mut report = Vec::new();
     for out in &outputs {
-        assert!(
-            out.status.success(),
-            "a worker failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
         let mut commits = 0u64;
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for line in out.lines() {
             if let Some(summary) = line.strip_prefix("# ") {
                 report.push(summary.to_owned());
                 continue;

@@ -1,7 +1,6 @@
 //! Watching across processes: a watcher in the test process, writers in `mp-worker`
 //! processes, and a watcher that must survive its subscription being cut.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mp_storage::testkit::cases::{next_item, until_count};
@@ -9,10 +8,10 @@ use mp_storage::{Storage, Watch};
 
 use crate::Counter;
 
-/// Runs `mp-worker` (`worker`) with `tasks` tasks doing `increments` increments each of scope
-/// `scope` under `prefix` on `url`, each increment after a pause of `pause_ms`; returns once it
-/// exits, failing when it failed.
-pub async fn run_worker(
+/// Runs one `mp-worker` (`worker`) with `tasks` tasks doing `increments` increments each of
+/// scope `scope` under `prefix` on `url`, each increment after a pause of `pause_ms`; returns
+/// once it exits, failing when it failed.
+async fn run_worker(
     worker: &str,
     url: &str,
     prefix: &str,
@@ -21,35 +20,28 @@ pub async fn run_worker(
     increments: usize,
     pause_ms: u64,
 ) {
-    let child = Command::new(worker)
-        .args([
-            "--url",
-            url,
-            "--prefix",
-            prefix,
-            "--scope",
-            scope,
+    let args = [
+        tasks.to_string(),
+        increments.to_string(),
+        pause_ms.to_string(),
+    ];
+    let [tasks, increments, pause_ms] = args.each_ref().map(String::as_str);
+    crate::run_workers(
+        worker,
+        1,
+        url,
+        prefix,
+        scope,
+        &[
             "--tasks",
-            &tasks.to_string(),
+            tasks,
             "--increments",
-            &increments.to_string(),
+            increments,
             "--pause-ms",
-            &pause_ms.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {worker}: {e}"));
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .expect("join")
-        .expect("worker output");
-    assert!(
-        out.status.success(),
-        "a worker failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+            pause_ms,
+        ],
+    )
+    .await;
 }
 
 /// A watcher in this process sees the increments of other processes: a burst from two
