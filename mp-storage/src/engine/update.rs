@@ -520,10 +520,14 @@ impl<'a> Run<'a> {
     }
 
     /// How long the compare-and-swap of an attempt from `base` asks to reserve the scope for
-    /// if it loses (contract rule 13): after a lost race, while this call holds no live
-    /// reservation, where the driver takes it in the same step.
+    /// if it loses (contract rule 13): after a lost race, or from the cache once another
+    /// process's reservation turned this call away (the attempt after a wait for another's
+    /// slice: its cached record is surely stale, and the compare-and-swap that finds the newer
+    /// one reserves the scope or learns that it is still held, with no second round trip);
+    /// never while this call holds a live reservation; where the driver takes it in the same
+    /// step.
     fn reserve_inline(&self, base: &Base) -> Option<Duration> {
-        if base.from_cache || base.current.is_none() || self.holding() {
+        if (base.from_cache && self.refusals == 0) || base.current.is_none() || self.holding() {
             return None;
         }
         let ttl = self.engine.reservation_slice();
@@ -600,8 +604,9 @@ impl<'a> Run<'a> {
                 elapsed,
             });
         }
-        // A stale cache is not contention: retry at once.
-        if base.from_cache {
+        // A stale cache is not contention: retry at once (unless the attempt asked to reserve
+        // the scope: then its answer decides, below).
+        if base.from_cache && inline == Inline::NotAsked {
             return Ok(start);
         }
         // Lost to another process's commit: retry at once on the record it returned. Each
