@@ -388,16 +388,22 @@ impl<'a> Run<'a> {
             Some(m) => &m[..],
             None => base.current.as_ref().map_or(&[][..], |r| &r.meta[..]),
         };
-        let mut write = new_write(schema, &data)
-            .with_meta(meta)
-            .with_claimant(self.engine.claimant)
-            .with_expiry(expiry);
-        // After a lost race (not a stale cache), the write asks to reserve the scope if it
-        // loses again, where the driver takes that in the same step: no round trip of its own.
+        // After a lost race, the write asks to reserve the scope if it loses again, where the
+        // driver takes that in the same step: no round trip of its own.
         let reserve = self.reserve_inline(&base);
-        if let Some(ttl) = reserve {
-            write = write.with_reserve(ttl);
-        }
+        let claimant = self.engine.claimant;
+        // The write, with a token of its own each time it is sent.
+        let new = || {
+            let write = new_write(schema, &data)
+                .with_meta(meta)
+                .with_claimant(claimant)
+                .with_expiry(expiry);
+            match reserve {
+                Some(ttl) => write.with_reserve(ttl),
+                None => write,
+            }
+        };
+        let mut write = new();
         let outcome = loop {
             let sent = Instant::now();
             let driver = &self.engine.driver;
@@ -417,13 +423,7 @@ impl<'a> Run<'a> {
                         break Ok(CasOutcome::Conflict(Some(r)));
                     }
                     tokio::time::sleep(self.refused_wait()).await;
-                    write = new_write(schema, &data)
-                        .with_meta(meta)
-                        .with_claimant(self.engine.claimant)
-                        .with_expiry(expiry);
-                    if let Some(ttl) = reserve {
-                        write = write.with_reserve(ttl);
-                    }
+                    write = new();
                 }
                 Ok(CasOutcome::Committed(v)) => {
                     self.engine.note_commit_rtt(sent.elapsed());
@@ -440,17 +440,16 @@ impl<'a> Run<'a> {
             }
         };
         let token = write.token;
-        // What the write's own reservation request came to.
-        let mut inline = match (&outcome, reserve) {
-            (_, None) => Inline::NotAsked,
+        // What the write's own reservation request came to (nothing is known of it when the
+        // reply was lost: then it is asked for the usual way).
+        let inline = match (&outcome, reserve) {
             (Ok(CasOutcome::Reserved(_)), Some(_)) => Inline::Took,
-            (_, Some(_)) => Inline::HeldByOther,
+            (Ok(CasOutcome::Conflict(_)), Some(_)) => Inline::HeldByOther,
+            _ => Inline::NotAsked,
         };
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) if e.outcome_unknown() => {
-                // Nothing is known of the reservation either: ask for it the usual way.
-                inline = Inline::NotAsked;
                 let settled = self.settle(&base, token, once_key, e).await?;
                 self.engine.bump(Counter::Settled);
                 match settled {

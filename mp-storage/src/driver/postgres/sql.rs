@@ -72,6 +72,11 @@ fn free_for(n: usize) -> String {
     format!("(r.res_by IS NULL OR r.res_by = ${n} OR r.res_until < now())")
 }
 
+/// A live reservation of another claimant than `$n`.
+fn held_by_other(n: usize) -> String {
+    format!("(r.res_by IS NOT NULL AND r.res_by <> ${n} AND r.res_until >= now())")
+}
+
 /// The tokens of `r` with `new` appended, the newest [`RECENT_TOKENS`] kept.
 fn push_token(new: &str) -> String {
     format!(
@@ -131,12 +136,7 @@ impl Sql {
         // The answer of a compare-and-swap: (done, version) when it wrote; else the current
         // live record, if any, and whether another claimant's reservation holds it.
         let answer = |written: &str, name: usize, claimant: Option<usize>| {
-            let reserved = match claimant {
-                Some(c) => {
-                    format!("(r.res_by IS NOT NULL AND r.res_by <> ${c} AND r.res_until >= now())")
-                }
-                None => "false".to_owned(),
-            };
+            let reserved = claimant.map_or_else(|| "false".to_owned(), held_by_other);
             format!(
                 "WITH w AS ({written} RETURNING r.version) \
                  SELECT true, w.version, NULL::bigint, NULL::bytea, NULL::bytea, NULL::bytea, \
@@ -151,7 +151,8 @@ impl Sql {
         // newest version), for a live, well-formed record nobody else holds. It changes nothing
         // but the reservation, which only paces writers and expires by itself, so its commit
         // need not wait for the WAL flush: `synchronous_commit` off for this statement's own
-        // transaction, and only when it reserved (a write in `w` excludes it).
+        // transaction, and only when it reserved (a write in `w` excludes it). The outer query
+        // reads `sc`, so that the `set_config` of a returned row is surely evaluated.
         let reserving = format!(
             "WITH w AS ({update_set} RETURNING r.version), \
              v AS (UPDATE {t} AS r SET res_by = $11, \
@@ -165,11 +166,11 @@ impl Sql {
              SELECT false, v.version, v.schema_v, v.data, v.tokens, v.meta, v.expires_at, false, \
              v.sc IS NOT NULL FROM v \
              UNION ALL \
-             SELECT false, {RECORD}, \
-             (r.res_by IS NOT NULL AND r.res_by <> $11 AND r.res_until >= now()), false \
+             SELECT false, {RECORD}, {held}, false \
              FROM {t} AS r WHERE r.name = $8 AND {live} \
              AND NOT EXISTS (SELECT 1 FROM w) AND NOT EXISTS (SELECT 1 FROM v)",
             free = free_for(11),
+            held = held_by_other(11),
         );
         Sql {
             update_reserving: reserving,
