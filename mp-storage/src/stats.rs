@@ -53,6 +53,11 @@ pub struct Stats {
     pub refused: u64,
     /// Conflicts after which the update waited before it retried.
     pub backoffs: u64,
+    /// Answers decided on the cache without a write that needed no load of their own to
+    /// confirm them: another update of the scope in this process had found the cached record
+    /// current with a load or a write sent after this update began (or did so while this one
+    /// waited for it), so the scope held that record during the update.
+    pub shared_confirms: u64,
     /// Change subscriptions opened for watchers ([`Storage::watch`](crate::Storage::watch)):
     /// one while any scope is watched, however many watchers there are, plus one per reopening
     /// after the driver's change stream ended.
@@ -82,9 +87,10 @@ pub(crate) enum Counter {
     LeasesTakenOver,
     Refused,
     Backoffs,
+    SharedConfirms,
 }
 
-const COUNTERS: usize = 18;
+const COUNTERS: usize = 19;
 const STRIPES: usize = 8;
 
 /// The engine's counters, striped by thread so that tasks on different cores do not fight over
@@ -138,6 +144,7 @@ impl Counters {
             leases_taken_over: sum(Counter::LeasesTakenOver),
             refused: sum(Counter::Refused),
             backoffs: sum(Counter::Backoffs),
+            shared_confirms: sum(Counter::SharedConfirms),
             // Filled in by the engine from its watchers' hub.
             watch_feeds: 0,
             watch_reads: 0,

@@ -69,6 +69,7 @@ pub struct Faulty {
     fault: std::sync::Mutex<Fault>,
     left: AtomicU32,
     down: std::sync::Mutex<Option<BackendKind>>,
+    load_delay: std::sync::Mutex<std::time::Duration>,
 }
 
 impl Faulty {
@@ -80,7 +81,13 @@ impl Faulty {
             fault: std::sync::Mutex::new(Fault::None),
             left: AtomicU32::new(0),
             down: std::sync::Mutex::new(None),
+            load_delay: std::sync::Mutex::new(std::time::Duration::ZERO),
         })
+    }
+
+    /// Makes every load take `delay` before it reads (a backend's round trip).
+    pub fn set_load_delay(&self, delay: std::time::Duration) {
+        *self.load_delay.lock().unwrap_or_else(|p| p.into_inner()) = delay;
     }
 
     /// While `Some(kind)`, every call fails with a backend error of that kind before reaching
@@ -190,6 +197,10 @@ impl Driver for Faulty {
     async fn load(&self, key: &str) -> Result<Option<Record>, Error> {
         self.check_up()?;
         self.calls.loads.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.load_delay.lock().unwrap_or_else(|p| p.into_inner());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.inner.load(key).await
     }
 

@@ -206,6 +206,65 @@ async fn read_only_from_cache_is_confirmed() {
     );
 }
 
+/// Concurrent read-only updates of one scope share a load: one sent after the others began
+/// shows what their own loads would. Each still answers what the scope held during its call: a
+/// write from another process in between is seen by every call that began after it.
+#[tokio::test]
+async fn concurrent_read_only_updates_share_loads() {
+    let d = faulty();
+    let st = storage(&d, RetryPolicy::default());
+    st.scoped("c", |c: &mut Counter| c.count += 1)
+        .await
+        .unwrap();
+    d.set_load_delay(Duration::from_millis(20));
+    let before = d.calls.get();
+    let reads: Vec<_> = (0..16)
+        .map(|_| {
+            let st = st.clone();
+            tokio::spawn(async move { st.scoped("c", |c: &mut Counter| c.count).await })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap(), 1);
+    }
+    let loads = d.calls.get().0 - before.0;
+    assert!(
+        (1..=3).contains(&loads),
+        "16 concurrent read-only updates sent {loads} loads"
+    );
+    assert!(st.stats().shared_confirms >= 13, "{:?}", st.stats());
+
+    // Another process writes while calls are queued: those that began after its write answer
+    // the new count.
+    let other = storage(&d, RetryPolicy::default());
+    let first = {
+        let st = st.clone();
+        tokio::spawn(async move { st.scoped("c", |c: &mut Counter| c.count).await })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    d.set_load_delay(Duration::ZERO);
+    other
+        .scoped("c", |c: &mut Counter| c.count += 1)
+        .await
+        .unwrap();
+    d.set_load_delay(Duration::from_millis(20));
+    let later: Vec<_> = (0..8)
+        .map(|_| {
+            let st = st.clone();
+            tokio::spawn(async move { st.scoped("c", |c: &mut Counter| c.count).await })
+        })
+        .collect();
+    let first = first.await.unwrap().unwrap();
+    assert!(first == 1 || first == 2, "{first}");
+    for r in later {
+        assert_eq!(
+            r.await.unwrap().unwrap(),
+            2,
+            "a call that began after the write answered from before it"
+        );
+    }
+}
+
 /// A CAS that took effect but whose reply was lost is recognised by its token: the closure is
 /// not applied twice and the caller gets its result.
 #[tokio::test]

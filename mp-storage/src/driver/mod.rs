@@ -71,6 +71,10 @@
 //!     nothing else) and answers [`CasOutcome::Reserved`] with the current record; with
 //!     another's live reservation it answers `Conflict(Some(record))` and reserves nothing.
 //!     (`a_losing_write_reserves_when_asked`)
+//!     A driver may say in [`Record::reserved_for`] of such a `Conflict(Some(record))` how long
+//!     the other's reservation has left (by the backend's clock, at most the time it was taken
+//!     for); the engine then sleeps until the slice ends instead of polling it.
+//!     (`a_refusal_says_how_long_the_reservation_lasts`)
 //!
 //! 14. **Several keys, all or nothing** (optional: [`Capabilities::multi_key_commit`]).
 //!     [`Driver::commit`] checks every op's expected revision (and reservations) before it writes
@@ -156,8 +160,9 @@ impl Revision {
     }
 }
 
-/// A stored record as a driver returns it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A stored record as a driver returns it. Two records are equal when what is stored is:
+/// [`Record::reserved_for`], a hint about the moment, is left out.
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Record {
     /// The version: rises by one on every write of the key; a new record starts at
@@ -177,7 +182,25 @@ pub struct Record {
     /// When the record expires, in milliseconds since 1970 by the backend's clock; `None`
     /// never (contract rule 15).
     pub expires_at: Option<u64>,
+    /// How long another claimant's reservation still holds the record, where a refused or
+    /// lost compare-and-swap reports it (contract rule 13); `None` when nobody else holds it or
+    /// the driver does not say. A hint: the engine waits that long before it asks again,
+    /// instead of polling the holder's slice.
+    pub reserved_for: Option<Duration>,
 }
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Record) -> bool {
+        self.version == other.version
+            && self.schema == other.schema
+            && self.data == other.data
+            && self.tokens == other.tokens
+            && self.meta == other.meta
+            && self.expires_at == other.expires_at
+    }
+}
+
+impl Eq for Record {}
 
 impl Record {
     /// A record with no meta.
@@ -189,7 +212,15 @@ impl Record {
             tokens,
             meta: Vec::new(),
             expires_at: None,
+            reserved_for: None,
         }
+    }
+
+    /// The same record reported as held by another claimant's reservation for `left` more
+    /// ([`Record::reserved_for`]).
+    pub fn with_reserved_for(mut self, left: Option<Duration>) -> Record {
+        self.reserved_for = left;
+        self
     }
 
     /// The same record expiring at `expires_at` (ms since 1970), or never.
@@ -357,6 +388,7 @@ impl<'a> Write<'a> {
             tokens: push_token(previous, self.token),
             meta: self.meta.to_vec(),
             expires_at: self.expiry.resolve(None, now_ms),
+            reserved_for: None,
         }
     }
 }

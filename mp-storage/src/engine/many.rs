@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::settle::{settle, Settled};
 use super::slots::Slot;
-use super::update::{before_of, keep_or_cache, new_write, Base, Before};
+use super::update::{before_of, new_write, Base, Before};
 use super::{schema, Engine, Key};
 use crate::codec;
 use crate::driver::{push_token, Action, CommitOutcome, Op, Record, Write, MAX_COMMIT_KEYS};
@@ -91,7 +91,7 @@ async fn load_all(
     Ok(records
         .into_iter()
         .zip(slots)
-        .map(|(r, slot)| keep_or_cache(engine, slot, r.map(Arc::new)))
+        .map(|(r, slot)| engine.slots.keep_or_set(slot, r.map(Arc::new), None))
         .collect())
 }
 

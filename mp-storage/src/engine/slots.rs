@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
+use tokio::time::Instant;
 
 use crate::codec::Lost;
 use crate::driver::Record;
@@ -34,6 +35,27 @@ pub(crate) struct Slot {
     pub(crate) turn: Turn,
     /// The shard whose map holds this slot.
     shard: usize,
+    /// Wakes the updates waiting for a load of this scope that another update sent
+    /// ([`Slot::loading_since`]).
+    loaded: tokio::sync::Notify,
+}
+
+/// A load of a scope in flight, noted in its slot until dropped (see [`Slot::loading`]).
+pub(crate) struct Loading<'a> {
+    slot: &'a Slot,
+    sent: Instant,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        {
+            let mut cached = self.slot.lock();
+            if cached.loading == Some(self.sent) {
+                cached.loading = None;
+            }
+        }
+        self.slot.loaded.notify_waiters();
+    }
 }
 
 /// What a record read as one type is, seen from a write of that type.
@@ -57,6 +79,13 @@ struct Cached {
     memo: Option<(TypeId, Verdict)>,
     /// Set when the slot left its shard's map: nothing is cached in it any more.
     detached: bool,
+    /// When a request was sent whose answer showed `record` current (a load, or the
+    /// compare-and-swap that wrote it): the backend held it at some moment after this one.
+    /// Noted only while other updates of the scope were in flight (see
+    /// [`Slot::wait_for_load`]).
+    seen: Option<Instant>,
+    /// When the newest load of the scope still in flight was sent, if one is.
+    loading: Option<Instant>,
 }
 
 impl Slot {
@@ -96,6 +125,75 @@ impl Slot {
             }
             _ => None,
         }
+    }
+
+    /// Notes a load of the scope sent at `sent` as in flight until the returned guard drops
+    /// (after its answer went into the cache, or when it failed): updates that began before
+    /// `sent` may wait for it instead of sending their own ([`Slot::wait_for_load`]).
+    pub(crate) fn loading(&self, sent: Instant) -> Loading<'_> {
+        {
+            let mut cached = self.lock();
+            if cached.loading.is_none_or(|t| t < sent) {
+                cached.loading = Some(sent);
+            }
+        }
+        Loading { slot: self, sent }
+    }
+
+    /// Whether `record`, read by an update that began at `since`, is known current during it:
+    /// at once, or once the loads of the scope in flight answer (see inside). `false` when no
+    /// load is in flight, or they found another record or failed, or they were all sent before
+    /// `since`: then the update loads for itself.
+    pub(crate) async fn wait_for_load(&self, record: &Arc<Record>, since: Instant) -> bool {
+        // Registered for the wake-up only once there is a load to wait for (a registration
+        // takes the `Notify`'s own lock), and before the state is read again (so that a load
+        // ending in between is not missed).
+        let mut waiting = None;
+        loop {
+            {
+                let cached = self.lock();
+                let current = cached
+                    .record
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(c, record));
+                if !current {
+                    return false;
+                }
+                if cached.seen.is_some_and(|at| at > since) {
+                    return true;
+                }
+                // A load in flight: one sent after `since` answers for this update; one sent
+                // before it does not, but waiting for it lets this update send the next load
+                // for every update waiting then (the first of them to wake sends it, the others
+                // wait for it) instead of each sending its own.
+                if cached.loading.is_none() {
+                    return false;
+                }
+            }
+            match waiting.take() {
+                Some(notified) => notified.await,
+                None => {
+                    let mut notified = Box::pin(self.loaded.notified());
+                    notified.as_mut().enable();
+                    waiting = Some(notified);
+                }
+            }
+        }
+    }
+
+    /// The cached record if it is `record` (the same one, or an equal one), now also seen
+    /// current by a request sent at `seen` (when given).
+    fn keep_same(&self, record: &Arc<Record>, seen: Option<Instant>) -> Option<Arc<Record>> {
+        let mut cached = self.lock();
+        let same = cached
+            .record
+            .as_ref()
+            .filter(|c| Arc::ptr_eq(c, record) || ***c == **record)?
+            .clone();
+        if seen > cached.seen {
+            cached.seen = seen;
+        }
+        Some(same)
     }
 
     /// Notes what `record`, if still the cached one, is when read as `T`.
@@ -166,6 +264,7 @@ impl Slots {
             cached: Mutex::default(),
             turn: Turn::new(()),
             shard: i,
+            loaded: tokio::sync::Notify::new(),
         });
         map.put(key.to_owned(), slot.clone());
         self.trim(i, &mut map);
@@ -184,16 +283,47 @@ impl Slots {
 
     /// Remembers `record` (or the scope's absence) in `slot`.
     pub(crate) fn set(&self, slot: &Slot, record: Option<Arc<Record>>) {
-        self.set_known(slot, record, None);
+        self.set_known(slot, record, None, None);
     }
 
-    /// Remembers `record` written by this process from a value of type `t`: its data is `t`'s
-    /// own encoding, so the next update of that type compares against it as is.
-    pub(crate) fn set_own(&self, slot: &Slot, record: Arc<Record>, t: TypeId) {
-        self.set_known(slot, Some(record), Some((t, Verdict::Canonical)));
+    /// Remembers `record`, just loaded by a request sent at `seen` (when the time was taken),
+    /// in `slot`, unless the slot holds the same one already: then that one (and its memo) is
+    /// kept and returned.
+    pub(crate) fn keep_or_set(
+        &self,
+        slot: &Slot,
+        record: Option<Arc<Record>>,
+        seen: Option<Instant>,
+    ) -> Option<Arc<Record>> {
+        if let Some(r) = &record {
+            if let Some(same) = slot.keep_same(r, seen) {
+                return Some(same);
+            }
+        }
+        self.set_known(slot, record.clone(), None, seen);
+        record
     }
 
-    fn set_known(&self, slot: &Slot, record: Option<Arc<Record>>, memo: Option<(TypeId, Verdict)>) {
+    /// Remembers `record` written by this process from a value of type `t` with a
+    /// compare-and-swap sent at `seen` (when the time was taken): its data is `t`'s own
+    /// encoding, so the next update of that type compares against it as is.
+    pub(crate) fn set_own(
+        &self,
+        slot: &Slot,
+        record: Arc<Record>,
+        t: TypeId,
+        seen: Option<Instant>,
+    ) {
+        self.set_known(slot, Some(record), Some((t, Verdict::Canonical)), seen);
+    }
+
+    fn set_known(
+        &self,
+        slot: &Slot,
+        record: Option<Arc<Record>>,
+        memo: Option<(TypeId, Verdict)>,
+        seen: Option<Instant>,
+    ) {
         let record = if self.caching { record } else { None };
         let new = record.as_deref().map_or(0, weight);
         let bytes = &self.bytes[slot.shard];
@@ -207,6 +337,7 @@ impl Slots {
                 return;
             }
             cached.memo = if record.is_some() { memo } else { None };
+            cached.seen = if record.is_some() { seen } else { None };
             let old = std::mem::replace(&mut cached.record, record);
             let old = old.as_deref().map_or(0, weight);
             if new > old {
@@ -239,6 +370,7 @@ impl Slots {
             return;
         }
         cached.memo = None;
+        cached.seen = None;
         if let Some(held) = cached.record.take() {
             self.bytes[slot.shard].fetch_sub(weight(&held), Ordering::Relaxed);
         }

@@ -327,7 +327,15 @@ impl<'a> Run<'a> {
 
     /// Loads the record and caches it (keeping the cached one when it is the same).
     pub(super) async fn load(&self) -> Result<Option<Arc<Record>>, Error> {
-        load(self.engine, self.key, self.slot).await
+        load_noting(self.engine, self.key, self.slot, self.others_in_flight()).await
+    }
+
+    /// Whether other updates of this process hold the scope's slot (queued for its turn, or
+    /// running): then what this call learns of the record is noted with its time, and an update
+    /// queued behind it may answer from it without a load of its own ([`Run::confirm`]).
+    fn others_in_flight(&self) -> bool {
+        // The slot map and this update hold it.
+        Arc::strong_count(self.slot) > 2
     }
 
     /// The encoding of the value an attempt starts from, to tell whether the closure changed
@@ -342,6 +350,17 @@ impl<'a> Run<'a> {
     async fn confirm(&self, base: &Base) -> Result<Option<Start>, Error> {
         if !base.from_cache {
             return Ok(None);
+        }
+        // With other updates of the scope in flight in this process: when a load or a write of
+        // theirs sent after this call began found the record this call decided on current, the
+        // scope held it during the call, which is all a load of its own would show. So it
+        // answers from theirs (waiting for a load they have in flight), and a hot scope's
+        // concurrent read-only updates share their loads.
+        if let Some(r) = base.current.as_ref().filter(|_| self.others_in_flight()) {
+            if self.slot.wait_for_load(r, self.started).await {
+                self.engine.bump(Counter::SharedConfirms);
+                return Ok(None);
+            }
         }
         let fresh = self.load().await?;
         if fresh.as_ref().map(|r| r.revision()) == base.expected() {
@@ -404,8 +423,9 @@ impl<'a> Run<'a> {
             }
         };
         let mut write = new();
+        let mut sent;
         let outcome = loop {
-            let sent = Instant::now();
+            sent = Instant::now();
             let driver = &self.engine.driver;
             let result = match driver.cas_now(self.key.as_str(), expected, write) {
                 Some(result) => {
@@ -501,7 +521,8 @@ impl<'a> Run<'a> {
                     }
                 };
                 if let Some(record) = record {
-                    self.engine.slots.set_own(self.slot, record, own);
+                    let seen = self.others_in_flight().then_some(sent);
+                    self.engine.slots.set_own(self.slot, record, own, seen);
                 }
                 self.engine.bump(Counter::Commits);
                 tracing::debug!(attempts = self.attempts, version, "committed");
@@ -699,32 +720,29 @@ pub(super) async fn load(
     key: &Key<'_>,
     slot: &Slot,
 ) -> Result<Option<Arc<Record>>, Error> {
-    engine.bump(Counter::Loads);
-    let record = match engine.driver.load_shared_now(key.as_str()) {
-        Some(record) => {
-            tokio::task::coop::consume_budget().await;
-            record
-        }
-        None => engine.driver.load_shared(key.as_str()).await,
-    };
-    let record = record.map_err(|e| e.for_scope(key.scope()))?;
-    Ok(keep_or_cache(engine, slot, record))
+    load_noting(engine, key, slot, false).await
 }
 
-/// Caches `record`, freshly read, in `slot`, unless the slot holds the same one already: then
-/// that one (and its memo) is kept and returned.
-pub(super) fn keep_or_cache(
+/// [`load`], noting when the load was sent if `note` ([`Slot::seen_since`]).
+async fn load_noting(
     engine: &Engine,
+    key: &Key<'_>,
     slot: &Slot,
-    record: Option<Arc<Record>>,
-) -> Option<Arc<Record>> {
-    if let (Some(r), Some(cached)) = (&record, slot.get()) {
-        if Arc::ptr_eq(r, &cached) || *cached == **r {
-            return Some(cached);
-        }
+    note: bool,
+) -> Result<Option<Arc<Record>>, Error> {
+    engine.bump(Counter::Loads);
+    if let Some(record) = engine.driver.load_shared_now(key.as_str()) {
+        tokio::task::coop::consume_budget().await;
+        let record = record.map_err(|e| e.for_scope(key.scope()))?;
+        return Ok(engine.slots.keep_or_set(slot, record, None));
     }
-    engine.slots.set(slot, record.clone());
-    record
+    // While other updates of the scope are in flight, they may wait for this load instead of
+    // sending their own (`Run::confirm`).
+    let sent = note.then(Instant::now);
+    let _loading = sent.map(|at| slot.loading(at));
+    let record = engine.driver.load_shared(key.as_str()).await;
+    let record = record.map_err(|e| e.for_scope(key.scope()))?;
+    Ok(engine.slots.keep_or_set(slot, record, sent))
 }
 
 /// The encoding of the value an attempt on `key` (cached in `slot`) starts from: see

@@ -76,6 +76,7 @@ macro_rules! behavior_suite {
             idempotent_updates_commit_once,
             reservations_let_their_holder_in_first,
             a_losing_write_reserves_when_asked,
+            a_refusal_says_how_long_the_reservation_lasts,
             rolled_back_store_is_not_trusted,
             read_only_over_the_size_limit_answers,
             abort_on_a_stale_cache_is_decided_again,
@@ -1117,6 +1118,66 @@ pub async fn a_losing_write_reserves_when_asked(t: &Target) {
         ),
         "an expired reservation holds nobody back"
     );
+}
+
+/// A compare-and-swap refused by another claimant's live reservation says how long it still
+/// holds ([`Record::reserved_for`](crate::driver::Record), contract rule 13), so that a waiting
+/// process sleeps until the slice ends instead of polling it; its holder is told nothing.
+pub async fn a_refusal_says_how_long_the_reservation_lasts(t: &Target) {
+    let key = t.key("reserved-for");
+    let (a, b) = (11u64, 22u64);
+    let ttl = Duration::from_secs(5);
+    let w1 = write(b"1");
+    let CasOutcome::Committed(v1) = create(t, &key, w1).await else {
+        panic!("create must commit")
+    };
+    if !t.driver().reserve(&key, a, ttl).await.unwrap() {
+        // No reservations: nothing to report (`reservations_let_their_holder_in_first`).
+        return;
+    }
+    let left = |outcome: CasOutcome, what: &str| match outcome {
+        CasOutcome::Conflict(Some(r)) => r
+            .reserved_for
+            .unwrap_or_else(|| panic!("{what}: the refusal does not say for how long")),
+        other => panic!("{what}: {other:?}"),
+    };
+    let refused = || update(t, &key, v1, w1.token, write(b"b").with_claimant(b));
+    let first = left(refused().await, "refused at the expected revision");
+    assert!(
+        first <= ttl && first > ttl - Duration::from_secs(2),
+        "{first:?} left of a {ttl:?} reservation just taken"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = left(refused().await, "refused again");
+    assert!(
+        second < first,
+        "the time left runs down: {first:?}, then {second:?}"
+    );
+    // The holder's own writes are not refused, and its conflicts report no reservation.
+    let wa = write(b"a").with_claimant(a);
+    let CasOutcome::Committed(v2) = update(t, &key, v1, w1.token, wa).await else {
+        panic!("the holder's write must commit")
+    };
+    match update(t, &key, v1, w1.token, write(b"a2").with_claimant(a)).await {
+        CasOutcome::Conflict(Some(r)) => {
+            assert_eq!(r.version, v2);
+            assert_eq!(r.reserved_for, None, "the holder is held back by nobody");
+        }
+        other => panic!("a stale write of the holder: {other:?}"),
+    }
+    // Another's lost write that asks to reserve learns how long the holder has left too.
+    if t.driver().capabilities().reserve_on_conflict {
+        let lost = update(
+            t,
+            &key,
+            v1,
+            w1.token,
+            write(b"b").with_claimant(b).with_reserve(ttl),
+        )
+        .await;
+        let third = left(lost, "a lost write that asked to reserve a held scope");
+        assert!(third <= second, "{third:?} after {second:?}");
+    }
 }
 
 /// A store rolled back (a restore from an older copy, a failover) and written again by another

@@ -74,17 +74,21 @@ impl Store {
 
     /// Whether `key` is reserved for someone other than `claimant` now.
     fn reserved_for_other(&mut self, key: &str, claimant: u64) -> bool {
+        self.held_for_other(key, claimant).is_some()
+    }
+
+    /// How long a reservation of someone other than `claimant` still holds `key`, if one does.
+    fn held_for_other(&mut self, key: &str, claimant: u64) -> Option<Duration> {
         if self.reserved.is_empty() {
-            return false;
+            return None;
         }
-        match self.reserved.get(key) {
-            Some(&(_, until)) if Instant::now() >= until => {
-                self.reserved.remove(key);
-                false
-            }
-            Some(&(holder, _)) => holder != claimant,
-            None => false,
+        let &(holder, until) = self.reserved.get(key)?;
+        let now = Instant::now();
+        if now >= until {
+            self.reserved.remove(key);
+            return None;
         }
+        (holder != claimant).then(|| until - now)
     }
 }
 
@@ -151,8 +155,12 @@ impl MemoryDriver {
     /// [`Driver::cas`], at once.
     fn cas_sync(&self, key: &str, expected: Option<Revision>, write: Write<'_>) -> CasOutcome {
         let mut store = self.map();
-        if store.reserved_for_other(key, write.claimant) {
-            return CasOutcome::Conflict(store.live(key).map(|r| Record::clone(r)));
+        if let Some(left) = store.held_for_other(key, write.claimant) {
+            return CasOutcome::Conflict(
+                store
+                    .live(key)
+                    .map(|r| Record::clone(r).with_reserved_for(Some(left))),
+            );
         }
         match store.live(key) {
             Some(current) if expected.is_some_and(|e| e.matches(current)) => {

@@ -608,6 +608,19 @@ impl Driver for MysqlDriver {
                         write.next_version(Some(revision.version)),
                     ));
                 }
+                // The record it lost to, and whether another's reservation turned it away.
+                let found: Option<Row> = conn
+                    .exec_first(sql.select_held.as_str(), (write.claimant, key.as_bytes()))
+                    .await
+                    .map_err(backend)?;
+                let Some(mut found) = found else {
+                    return Ok(CasOutcome::Conflict(None));
+                };
+                let table = &self.inner.table;
+                let held_us: Option<u64> = row::column(table, key, &mut found, 6, "held")?;
+                let record = row::record(table, key, found)?
+                    .with_reserved_for(held_us.map(Duration::from_micros));
+                return Ok(CasOutcome::Conflict(Some(record)));
             }
             None => {
                 let (kind, after, at) = expiry_params(write.expiry);

@@ -25,6 +25,9 @@ pub(super) struct Sql {
     /// Reserves a row for a claimant (contract rule 13).
     pub reserve: String,
     pub select: String,
+    /// The row as `select` reads it, then how long a live reservation of another claimant than
+    /// the first parameter still holds it, in µs (NULL: none); the second is the name.
+    pub select_held: String,
     pub update: String,
     pub insert: String,
     pub upsert: String,
@@ -109,6 +112,12 @@ impl Sql {
             select: format!(
                 "SELECT version, schema_v, data, tokens, meta, expires_at FROM {t} \
                  WHERE name = ? AND {LIVE}"
+            ),
+            select_held: format!(
+                "SELECT version, schema_v, data, tokens, meta, expires_at, \
+                 IF(res_by IS NOT NULL AND res_by <> ? AND res_until >= UTC_TIMESTAMP(6), \
+                 GREATEST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), res_until), 0), NULL) \
+                 FROM {t} WHERE name = ? AND {LIVE}"
             ),
             // The revision: the version and the last token (the tail of `tokens`).
             // A live reservation of another claimant refuses it (contract rule 13).

@@ -379,8 +379,12 @@ impl PostgresDriver {
                 .map_err(|_| self.corrupt(key, format!("version {version} is negative")))?;
             return Ok(CasOutcome::Committed(version));
         }
-        let reserved: bool = row::column(table, key, row, 7, "reserved")?;
-        let record = self.record(key, row, 1)?;
+        // How long another claimant's reservation still holds the record, in µs (NULL: none).
+        let held_us: Option<i64> = row::column(table, key, row, 7, "reserved")?;
+        let reserved = held_us.is_some();
+        let record = self.record(key, row, 1)?.with_reserved_for(
+            held_us.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
+        );
         // The statement that reserves when it loses says whether it did.
         if row.len() > 8 && row::column::<bool>(table, key, row, 8, "took")? {
             return Ok(CasOutcome::Reserved(record));

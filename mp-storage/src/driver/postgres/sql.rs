@@ -77,6 +77,16 @@ fn held_by_other(n: usize) -> String {
     format!("(r.res_by IS NOT NULL AND r.res_by <> ${n} AND r.res_until >= now())")
 }
 
+/// How long a live reservation of another claimant than `$n` still holds, in microseconds;
+/// NULL when none does.
+fn held_for(n: usize) -> String {
+    format!(
+        "CASE WHEN {held} THEN greatest(0, floor(extract(epoch FROM r.res_until - now()) \
+         * 1000000))::bigint END",
+        held = held_by_other(n)
+    )
+}
+
 /// The tokens of `r` with `new` appended, the newest [`RECENT_TOKENS`] kept.
 fn push_token(new: &str) -> String {
     format!(
@@ -136,11 +146,11 @@ impl Sql {
         // The answer of a compare-and-swap: (done, version) when it wrote; else the current
         // live record, if any, and whether another claimant's reservation holds it.
         let answer = |written: &str, name: usize, claimant: Option<usize>| {
-            let reserved = claimant.map_or_else(|| "false".to_owned(), held_by_other);
+            let reserved = claimant.map_or_else(|| "NULL::bigint".to_owned(), held_for);
             format!(
                 "WITH w AS ({written} RETURNING r.version) \
                  SELECT true, w.version, NULL::bigint, NULL::bytea, NULL::bytea, NULL::bytea, \
-                 NULL::bigint, false FROM w \
+                 NULL::bigint, NULL::bigint FROM w \
                  UNION ALL \
                  SELECT false, {RECORD}, {reserved} FROM {t} AS r \
                  WHERE r.name = ${name} AND {live} AND NOT EXISTS (SELECT 1 FROM w)"
@@ -161,16 +171,16 @@ impl Sql {
              AND length(r.tokens) % {TOKEN_LEN} = 0 AND {free} AND {live} \
              RETURNING {RECORD}, set_config('synchronous_commit', 'off', true) AS sc) \
              SELECT true, w.version, NULL::bigint, NULL::bytea, NULL::bytea, NULL::bytea, \
-             NULL::bigint, false, false FROM w \
+             NULL::bigint, NULL::bigint, false FROM w \
              UNION ALL \
-             SELECT false, v.version, v.schema_v, v.data, v.tokens, v.meta, v.expires_at, false, \
-             v.sc IS NOT NULL FROM v \
+             SELECT false, v.version, v.schema_v, v.data, v.tokens, v.meta, v.expires_at, \
+             NULL::bigint, v.sc IS NOT NULL FROM v \
              UNION ALL \
              SELECT false, {RECORD}, {held}, false \
              FROM {t} AS r WHERE r.name = $8 AND {live} \
              AND NOT EXISTS (SELECT 1 FROM w) AND NOT EXISTS (SELECT 1 FROM v)",
             free = free_for(11),
-            held = held_by_other(11),
+            held = held_for(11),
         );
         Sql {
             update_reserving: reserving,

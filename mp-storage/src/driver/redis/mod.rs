@@ -28,7 +28,7 @@
 //!
 //! # Layout
 //!
-//! A scope named `n` is the hash at key `<prefix>n` with four fields:
+//! A scope named `n` is the hash at key `<prefix>n` with these fields:
 //!
 //! | field | holds |
 //! |---|---|
@@ -37,6 +37,7 @@
 //! | `d` | the data (the scope's JSON), as is |
 //! | `t` | the commit tokens of the last 16 writes, oldest first, each as 16 lower-case hex digits, with no separator |
 //! | `m` | the engine's notes on the record ([`Record::meta`]), as is; absent or empty for most |
+//! | `rc`, `ru` | a reservation (contract rule 13): its claimant as 16 lower-case hex digits, and until when, in ms since 1970 by the server's clock; absent when nobody reserved the scope |
 //!
 //! Versions and tokens stay strings inside Redis (Lua numbers are doubles): a compare is a string
 //! compare, and the next version of a compare-and-swap is computed here, not in Lua.
@@ -573,7 +574,11 @@ impl<C: Connection> Driver for RedisDriver<C> {
                 // Reserved by this lost write when the record names its claimant now.
                 let took = reserve_ms.is_some()
                     && hash_field(&other, b"rc") == Some(claimant_arg.as_bytes());
-                match parse_record(other, key, &rkey)? {
+                // How long another claimant's reservation that turned it away has left.
+                let left = hash_field(&other, b"rl")
+                    .and_then(|ms| std::str::from_utf8(ms).ok()?.parse::<u64>().ok())
+                    .map(Duration::from_millis);
+                match parse_record(other, key, &rkey)?.map(|r| r.with_reserved_for(left)) {
                     // This very write, sent again by the client after its reply was lost (a cluster
                     // connection resends a command whose connection broke): it took effect once.
                     // With a replica wait, though, nothing says the replicas have it.

@@ -35,7 +35,8 @@ pub(super) fn with_publish(command: Option<&str>, body: &str) -> String {
 /// value (left out for `k` and `n` unless a reservation follows), and the reservation to take if
 /// the write loses to another revision (ms; left out when not asked for). Replies 1 when
 /// written, else the record as `HGETALL` gives it (empty when absent), its `rc` naming the
-/// claimant when the lost write reserved it (contract rule 13).
+/// claimant when the lost write reserved it (contract rule 13), and followed by the pair `rl`,
+/// the milliseconds left, when another claimant's reservation turned the write away.
 pub(super) const CAS_SCRIPT: &str = r"
 local key = KEYS[1]
 local cur = redis.call('HMGET', key, 'v', 't', 'rc')
@@ -48,9 +49,13 @@ elseif v ~= ARGV[1] or not t or string.sub(t, -16) ~= ARGV[2] then
     local now = redis.call('TIME')
     local ms = now[1] * 1000 + math.floor(now[2] / 1000)
     local until_ms = rc and rc ~= ARGV[8] and tonumber(redis.call('HGET', key, 'ru'))
-    if not (until_ms and until_ms > ms) then
-      redis.call('HSET', key, 'rc', ARGV[8], 'ru', string.format('%d', ms + tonumber(ARGV[11])))
+    if until_ms and until_ms > ms then
+      local all = redis.call('HGETALL', key)
+      all[#all + 1] = 'rl'
+      all[#all + 1] = string.format('%d', until_ms - ms)
+      return all
     end
+    redis.call('HSET', key, 'rc', ARGV[8], 'ru', string.format('%d', ms + tonumber(ARGV[11])))
   end
   return redis.call('HGETALL', key)
 elseif #t % 16 ~= 0 or #t > 256 then
@@ -59,8 +64,12 @@ end
 if rc and rc ~= ARGV[8] then
   local now = redis.call('TIME')
   local until_ms = tonumber(redis.call('HGET', key, 'ru'))
-  if until_ms and until_ms > now[1] * 1000 + math.floor(now[2] / 1000) then
-    return redis.call('HGETALL', key)
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  if until_ms and until_ms > ms then
+    local all = redis.call('HGETALL', key)
+    all[#all + 1] = 'rl'
+    all[#all + 1] = string.format('%d', until_ms - ms)
+    return all
   end
   redis.call('HDEL', key, 'rc', 'ru')
 end

@@ -131,9 +131,20 @@ impl Stored {
 
     /// Whether someone other than `claimant` holds a live reservation at `now`.
     pub fn reserved_for_other(&self, claimant: u64, now: u64) -> bool {
+        self.held_for_other(claimant, now).is_some()
+    }
+
+    /// How long a live reservation of someone other than `claimant` still holds at `now`, if
+    /// one does.
+    pub fn held_for_other(&self, claimant: u64, now: u64) -> Option<std::time::Duration> {
         match (self.res_by, self.res_until) {
-            (Some(holder), Some(until)) => holder != claimant && until > ms_i64(now),
-            _ => false,
+            (Some(holder), Some(until)) if holder != claimant && until > ms_i64(now) => {
+                let left = until.saturating_sub(ms_i64(now));
+                Some(std::time::Duration::from_millis(
+                    u64::try_from(left).unwrap_or(0),
+                ))
+            }
+            _ => None,
         }
     }
 }

@@ -466,12 +466,17 @@ impl Writer {
                 (None, None) => true,
                 _ => false,
             };
-            let reserved = !matches!(op.action, OwnedAction::Check)
-                && cur
-                    .as_ref()
-                    .is_some_and(|s| s.reserved_for_other(claimant, now));
-            if !at || reserved {
-                failed.push((i, cur.as_ref().map(|s| s.record.clone())));
+            // Another's reservation, and how long it has left (`Record::reserved_for`).
+            let held = match (&op.action, cur) {
+                (OwnedAction::Check, _) | (_, None) => None,
+                (_, Some(s)) => s.held_for_other(claimant, now),
+            };
+            if !at || held.is_some() {
+                failed.push((
+                    i,
+                    cur.as_ref()
+                        .map(|s| s.record.clone().with_reserved_for(held)),
+                ));
             }
         }
         if !failed.is_empty() {
