@@ -12,8 +12,9 @@
 //! callgrind_annotate --inclusive=yes callgrind.out.<pid>
 //! ```
 //!
-//! Instructions per update = the total collected / N. Usage: `mp-profile [write|read|mixed] [N]`
-//! (defaults: write, 100000). `mixed` is the bench's `mixed-90r-10w` row on one task: 10,000
+//! Instructions per update = the total collected / N. Usage: `mp-profile [write|read|mixed] [N]
+//! [URL]` (defaults: write, 100000, `memory://`; another store's URL profiles the client side of
+//! its driver, the server's round trips included in the time). `mixed` is the bench's `mixed-90r-10w` row on one task: 10,000
 //! scopes drawn at random, one update in ten a write; count it as the difference of two whole
 //! runs (`--collect-atstart=yes`, N and 3N), since its loop's own frame does not hold the
 //! updates' instructions under callgrind. Without a profiler it prints the rate it measured.
@@ -89,11 +90,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(s) => s.parse()?,
         None => 100_000,
     };
+    let url = args.next().unwrap_or_else(|| "memory://".to_owned());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let st = Storage::open("memory://").await?;
+        let st = Storage::open(&url).await?;
         let count = if mode == "mixed" {
             MIXED_SCOPES
         } else {

@@ -105,7 +105,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, QueueMode, RecyclingMethod};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
@@ -230,8 +230,13 @@ impl PostgresDriver {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // The connection used last goes out first: a scope whose updates take turns (one
+        // statement in flight at a time) keeps to one connection and one server backend, whose
+        // caches are warm, instead of going round every connection of the pool (first in,
+        // first out), which cost a hot scope a third of its rate with four processes on it.
         let pool = Pool::builder(manager)
             .max_size(config.get_pool_max())
+            .queue_mode(QueueMode::Lifo)
             .build()
             .map_err(|e| Error::backend_unsent(NAME, BackendKind::Other, e))?;
         let table = config.get_table().to_owned();
