@@ -442,7 +442,7 @@ impl<'a> Run<'a> {
                     if self.out_of_time() {
                         break Ok(CasOutcome::Conflict(Some(r)));
                     }
-                    tokio::time::sleep(self.refused_wait()).await;
+                    tokio::time::sleep(self.refused_wait(r.reserved_for)).await;
                     write = new();
                 }
                 Ok(CasOutcome::Committed(v)) => {
@@ -559,22 +559,33 @@ impl<'a> Run<'a> {
         self.reserved_until.is_some_and(|t| Instant::now() < t)
     }
 
-    /// How long a call refused by another process's reservation waits before it asks again.
-    /// The first refusal waits about a slice (the holder's reservation is at most that old);
-    /// each refusal after halves the wait, down to the timers' 1 ms. So the process that has
-    /// waited longest asks again first when a slice ends, and the one that just held a slice
-    /// (refused once, by its successor) asks last: slices go round instead of between two
-    /// processes while the others starve.
-    fn refused_wait(&mut self) -> Duration {
+    /// How long a call refused by another process's reservation waits before it asks again;
+    /// `left`: how long that reservation still holds, where the driver said
+    /// ([`Record::reserved_for`]).
+    ///
+    /// Known, the call sleeps until the slice ends and a little more, less for each time it was
+    /// refused before. Unknown, the first refusal waits about a slice (the holder's reservation
+    /// is at most that old) and each one after halves the wait, down to the timers' 1 ms. Either
+    /// way the process that has waited longest asks again first when a slice ends, and the one
+    /// that just held a slice (refused once, by its successor) asks last: slices go round
+    /// instead of between two processes while the others starve.
+    fn refused_wait(&mut self, left: Option<Duration>) -> Duration {
         // Being paced by the holder's slice is not a race: no backoff for the conflicts it
         // causes.
         self.streak = 0;
         self.engine.bump(Counter::Refused);
         let slice = self.engine.reservation_slice();
-        let wait = slice / (1u32 << self.refusals.min(4));
+        let mut rng = rand::rng();
+        let wait = match left {
+            Some(left) => {
+                let after = slice / (8 * (1 + self.refusals.min(7)));
+                left.min(self.engine.policy.reservation_ttl())
+                    + after.mul_f64(rng.random_range(0.5..1.0))
+            }
+            None => (slice / (1u32 << self.refusals.min(4))).mul_f64(rng.random_range(0.75..1.0)),
+        };
         self.refusals += 1;
-        wait.mul_f64(rand::rng().random_range(0.75..1.0))
-            .max(Duration::from_millis(1))
+        wait.max(Duration::from_millis(1))
     }
 
     /// After a lost compare-and-swap: caches what the conflict returned, gives up when the
@@ -597,8 +608,11 @@ impl<'a> Run<'a> {
         let progress = fresh
             .as_ref()
             .is_some_and(|r| base.current.as_ref().is_none_or(|b| r.version > b.version));
+        let left = fresh.as_ref().and_then(|r| r.reserved_for);
         let start = match fresh {
-            Some(r) => {
+            Some(mut r) => {
+                // The hint is of the moment: not kept in the cache.
+                r.reserved_for = None;
                 let r = Arc::new(r);
                 engine.slots.set(self.slot, Some(r.clone()));
                 Start::Fresh(Some(r))
@@ -673,7 +687,7 @@ impl<'a> Run<'a> {
             // its versions would cost a round trip or two per commit it makes. Wait for its
             // slice as a refused write does, then start from the cache.
             if held_by_other && !self.out_of_time() {
-                tokio::time::sleep(self.refused_wait()).await;
+                tokio::time::sleep(self.refused_wait(left)).await;
                 return Ok(Start::Unknown);
             }
             return Ok(start);
