@@ -281,9 +281,10 @@ async fn a_refused_write_sleeps_until_the_reservation_ends() {
             .unwrap();
     }
     let held = Duration::from_millis(150);
+    // Timed from before the reservation, which cannot end earlier than `held` after this.
+    let t = std::time::Instant::now();
     assert!(d.reserve("c", 999, held).await.unwrap());
     let before = d.calls.get();
-    let t = std::time::Instant::now();
     let n = st
         .scoped("c", |c: &mut Counter| {
             c.count += 1;
