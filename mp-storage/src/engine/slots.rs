@@ -36,7 +36,7 @@ pub(crate) struct Slot {
     /// The shard whose map holds this slot.
     shard: usize,
     /// Wakes the updates waiting for a load of this scope that another update sent
-    /// ([`Slot::loading_since`]).
+    /// ([`Slot::wait_for_load`]).
     loaded: tokio::sync::Notify,
 }
 

@@ -737,7 +737,7 @@ pub(super) async fn load(
     load_noting(engine, key, slot, false).await
 }
 
-/// [`load`], noting when the load was sent if `note` ([`Slot::seen_since`]).
+/// [`load`], noting when the load was sent if `note` (see [`Slot::wait_for_load`]).
 async fn load_noting(
     engine: &Engine,
     key: &Key<'_>,
