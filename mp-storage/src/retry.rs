@@ -90,7 +90,7 @@ impl RetryPolicy {
     /// The longest time slice for which a process that loses a scope to other processes'
     /// commits reserves it (on drivers that have reservations): for the slice its writes of the
     /// scope go through and the others' wait, so that several processes on one hot scope take
-    /// turns by slices instead of one of them starving. The slice is eight commits' worth at the
+    /// turns by slices instead of one of them starving. The slice is sixteen commits' worth at the
     /// round trip the engine measures (at least 1 ms), up to this bound: a few commits a turn,
     /// so that a process waiting for its turn waits a few commits, on a fast store as on a slow
     /// one. A process refused by another's slice asks again after about a slice, sooner the

@@ -306,6 +306,70 @@ async fn a_refused_write_sleeps_until_the_reservation_ends() {
     assert!(st.stats().refused >= 1, "{:?}", st.stats());
 }
 
+/// A write refused by another process's slice, sent again once the slice ends, finds the
+/// holder's newer record and takes the next slice in that same compare-and-swap: the process
+/// that waited gets a turn of its own (the holder's next write is refused), and it costs no
+/// round trip beyond the refusal, the write sent again and the one that commits.
+#[tokio::test]
+async fn a_write_sent_again_after_a_refusal_takes_the_next_slice() {
+    let d = faulty();
+    let policy = RetryPolicy::default().reservation(Duration::from_secs(1));
+    let st = storage(&d, policy);
+    for _ in 0..20 {
+        st.scoped("c", |c: &mut Counter| c.count += 1)
+            .await
+            .unwrap();
+    }
+    let other = 999;
+    // Another claimant's write of the scope, at the stored revision.
+    let write_as_other = move |d: Arc<Faulty>, count: u64| async move {
+        let current = d.load("c").await.unwrap().expect("stored");
+        let data = format!("{{\"count\":{count}}}");
+        let write = mp_storage::driver::Write::new(current.schema, data.as_bytes(), 7, 1)
+            .with_claimant(other);
+        d.cas("c", Some(current.revision()), write).await.unwrap()
+    };
+    assert!(d
+        .reserve("c", other, Duration::from_millis(100))
+        .await
+        .unwrap());
+    // The holder commits during its slice, after this process's write was refused.
+    let holder = tokio::spawn({
+        let d = d.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            write_as_other(d, 100).await
+        }
+    });
+    let before = d.calls.get();
+    let n = st
+        .scoped("c", |c: &mut Counter| {
+            c.count += 1;
+            c.count
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(holder.await.unwrap(), mp_storage::CasOutcome::Committed(_)),
+        "the holder's write in its own slice"
+    );
+    // Less the holder's own write.
+    let cas = d.calls.get().1 - before.1 - 1;
+    assert_eq!(n, 101, "decided on the holder's write");
+    let stats = st.stats();
+    assert!(stats.refused >= 1, "{stats:?}");
+    assert!(
+        cas <= 3,
+        "{cas} compare-and-swaps: refused, sent again (reserving), committed; {stats:?}"
+    );
+    // The slice this process took holds: the other claimant's next write is refused.
+    match write_as_other(d.clone(), 500).await {
+        mp_storage::CasOutcome::Conflict(Some(r)) => assert!(r.reserved_for.is_some(), "{r:?}"),
+        other => panic!("the other claimant wrote through this process's slice: {other:?}"),
+    }
+    assert_eq!(st.get::<Counter>("c").await.unwrap().unwrap().count, 101);
+}
+
 /// A CAS that took effect but whose reply was lost is recognised by its token: the closure is
 /// not applied twice and the caller gets its result.
 #[tokio::test]

@@ -169,7 +169,7 @@ impl Engine {
         self.commit_rtt_us.store(new, Ordering::Relaxed);
     }
 
-    /// The time slice a reservation holds: eight commits' worth at the measured round trip,
+    /// The time slice a reservation holds: sixteen commits' worth at the measured round trip,
     /// at least 1 ms (the timers' resolution) and at most the policy's reservation time. Short
     /// against a fast backend, so that the processes waiting for a slice wait a few commits,
     /// not a fixed 10 ms that a Redis process fills with hundreds of commits.
@@ -181,7 +181,7 @@ impl Engine {
         if rtt == 0 {
             return most;
         }
-        std::time::Duration::from_micros(rtt.saturating_mul(8))
+        std::time::Duration::from_micros(rtt.saturating_mul(16))
             .max(std::time::Duration::from_millis(1))
             .min(most)
     }

@@ -409,10 +409,10 @@ impl<'a> Run<'a> {
         };
         // After a lost race, the write asks to reserve the scope if it loses again, where the
         // driver takes that in the same step: no round trip of its own.
-        let reserve = self.reserve_inline(&base);
+        let mut reserve = self.reserve_inline(&base);
         let claimant = self.engine.claimant;
         // The write, with a token of its own each time it is sent.
-        let new = || {
+        let new = |reserve: Option<Duration>| {
             let write = new_write(schema, &data)
                 .with_meta(meta)
                 .with_claimant(claimant)
@@ -422,7 +422,7 @@ impl<'a> Run<'a> {
                 None => write,
             }
         };
-        let mut write = new();
+        let mut write = new(reserve);
         let mut sent;
         let outcome = loop {
             sent = Instant::now();
@@ -443,7 +443,11 @@ impl<'a> Run<'a> {
                         break Ok(CasOutcome::Conflict(Some(r)));
                     }
                     tokio::time::sleep(self.refused_wait(r.reserved_for)).await;
-                    write = new();
+                    // The holder has most likely committed meanwhile, so this write will find
+                    // a newer record: it asks to reserve the next turn as it does so, and the
+                    // attempt after it writes without waiting for another slice.
+                    reserve = self.reserve_inline(&base);
+                    write = new(reserve);
                 }
                 Ok(CasOutcome::Committed(v)) => {
                     self.engine.note_commit_rtt(sent.elapsed());
@@ -542,7 +546,7 @@ impl<'a> Run<'a> {
     /// How long the compare-and-swap of an attempt from `base` asks to reserve the scope for
     /// if it loses (contract rule 13): after a lost race, or from the cache once another
     /// process's reservation turned this call away (the attempt after a wait for another's
-    /// slice: its cached record is surely stale, and the compare-and-swap that finds the newer
+    /// slice, or the write sent again after one: its record is most likely stale, and the compare-and-swap that finds the newer
     /// one reserves the scope or learns that it is still held, with no second round trip);
     /// never while this call holds a live reservation; where the driver takes it in the same
     /// step.
