@@ -444,9 +444,10 @@ impl MysqlDriver {
             .exec_first(self.inner.sql.select.as_str(), (key.as_bytes(),))
             .await
             .map_err(backend)?;
-        found
-            .map(|r| row::record(&self.inner.table, key, r))
-            .transpose()
+        match found {
+            Some(r) => row::live_record(&self.inner.table, key, r),
+            None => Ok(None),
+        }
     }
 }
 
