@@ -149,7 +149,14 @@ impl MemoryDriver {
 
     /// [`Driver::load_shared`], at once.
     fn load_shared_sync(&self, key: &str) -> Option<Arc<Record>> {
-        self.map().live(key).cloned()
+        let mut store = self.map();
+        // One lookup for a live record (`Store::live` takes two, to hand out a mutable one).
+        match store.records.get(key) {
+            None => return None,
+            Some(r) if !r.expires_at.is_some_and(|t| t <= now_ms()) => return Some(r.clone()),
+            Some(_) => {}
+        }
+        store.live(key).cloned()
     }
 
     /// [`Driver::cas`], at once.
