@@ -153,7 +153,7 @@ impl MemoryDriver {
         // One lookup for a live record (`Store::live` takes two, to hand out a mutable one).
         match store.records.get(key) {
             None => return None,
-            Some(r) if !r.expires_at.is_some_and(|t| t <= now_ms()) => return Some(r.clone()),
+            Some(r) if r.expires_at.is_none_or(|t| t > now_ms()) => return Some(r.clone()),
             Some(_) => {}
         }
         store.live(key).cloned()
