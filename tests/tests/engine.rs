@@ -266,12 +266,9 @@ async fn concurrent_read_only_updates_share_loads() {
     }
 }
 
-/// A write refused by another claimant's reservation sleeps for the time the refusal says the
-/// reservation has left (`Record::reserved_for`), instead of polling at the slice this
-/// process measured (1 ms against the memory store): a handful of compare-and-swaps, not one
-/// a millisecond.
-#[tokio::test]
-async fn a_refused_write_sleeps_until_the_reservation_ends() {
+/// A storage on a faulty memory store with reservations of up to 1 s, whose scope `c` was
+/// updated 20 times (so the engine has measured its round trip and caches the record).
+async fn with_warm_counter() -> (Arc<Faulty>, Storage) {
     let d = faulty();
     let policy = RetryPolicy::default().reservation(Duration::from_secs(1));
     let st = storage(&d, policy);
@@ -280,6 +277,16 @@ async fn a_refused_write_sleeps_until_the_reservation_ends() {
             .await
             .unwrap();
     }
+    (d, st)
+}
+
+/// A write refused by another claimant's reservation sleeps for the time the refusal says the
+/// reservation has left (`Record::reserved_for`), instead of polling at the slice this
+/// process measured (1 ms against the memory store): a handful of compare-and-swaps, not one
+/// a millisecond.
+#[tokio::test]
+async fn a_refused_write_sleeps_until_the_reservation_ends() {
+    let (d, st) = with_warm_counter().await;
     let held = Duration::from_millis(150);
     // Timed from before the reservation, which cannot end earlier than `held` after this.
     let t = std::time::Instant::now();
@@ -312,14 +319,7 @@ async fn a_refused_write_sleeps_until_the_reservation_ends() {
 /// round trip beyond the refusal, the write sent again and the one that commits.
 #[tokio::test]
 async fn a_write_sent_again_after_a_refusal_takes_the_next_slice() {
-    let d = faulty();
-    let policy = RetryPolicy::default().reservation(Duration::from_secs(1));
-    let st = storage(&d, policy);
-    for _ in 0..20 {
-        st.scoped("c", |c: &mut Counter| c.count += 1)
-            .await
-            .unwrap();
-    }
+    let (d, st) = with_warm_counter().await;
     let other = 999;
     // Another claimant's write of the scope, at the stored revision.
     let write_as_other = move |d: Arc<Faulty>, count: u64| async move {
@@ -342,13 +342,7 @@ async fn a_write_sent_again_after_a_refusal_takes_the_next_slice() {
         }
     });
     let before = d.calls.get();
-    let n = st
-        .scoped("c", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = mp_storage_tests::increment(&st, "c").await.unwrap();
     assert!(
         matches!(holder.await.unwrap(), mp_storage::CasOutcome::Committed(_)),
         "the holder's write in its own slice"
