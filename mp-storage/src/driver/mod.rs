@@ -223,6 +223,11 @@ impl Record {
         self
     }
 
+    /// Whether this record has expired at `now` (ms since 1970).
+    pub(crate) fn expired_at(&self, now: u64) -> bool {
+        expired(self.expires_at, now)
+    }
+
     /// The same record expiring at `expires_at` (ms since 1970), or never.
     pub fn with_expiry(mut self, expires_at: Option<u64>) -> Record {
         self.expires_at = expires_at;
@@ -304,6 +309,12 @@ impl Expiry {
             Expiry::At(at) => Some(at),
         }
     }
+}
+
+/// Whether a record expiring at `expires_at` has expired at `now` (both ms since 1970): at its
+/// expiry it is gone (contract rule 15).
+pub(crate) fn expired(expires_at: Option<u64>, now: u64) -> bool {
+    expires_at.is_some_and(|t| t <= now)
 }
 
 /// Milliseconds since 1970 by this machine's clock, for drivers whose backend has none.

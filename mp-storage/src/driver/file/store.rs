@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::lock::ScopeLock;
 use super::name::{self, LOCK_DIR, LOCK_EXT, RECORD_EXT};
 use super::record;
-use crate::driver::{now_ms, push_token, CasOutcome, Expiry, Record, Revision};
+use crate::driver::{expired, now_ms, push_token, CasOutcome, Expiry, Record, Revision};
 use crate::{BackendKind, Error};
 
 /// How old a temp file must be before `open` removes it: any write still in flight is far
@@ -33,15 +33,10 @@ const EXPIRY_FLAG: &str = "expiry";
 /// ended, in ms since 1970.
 const SWEEP_LOCK: &str = "sweep.lock";
 
-/// Whether a record expiring at `expires_at` has expired at `now` (ms since 1970).
-pub(crate) fn expired(expires_at: Option<u64>, now: u64) -> bool {
-    expires_at.is_some_and(|t| t <= now)
-}
-
 /// `record` unless it has expired at `now`: what every call but the sweep and the journal's
 /// recovery sees.
 pub(crate) fn live(record: Option<Record>, now: u64) -> Option<Record> {
-    record.filter(|r| !expired(r.expires_at, now))
+    record.filter(|r| !r.expired_at(now))
 }
 
 /// A write, owned so it can move to a blocking thread.
@@ -379,7 +374,7 @@ impl Store {
         let files = self.files(key)?;
         let lock = self.lock_scope(&files)?;
         let existed = match self.read(key, &files.record) {
-            Ok(r) => r.map(|r| !expired(r.expires_at, now_ms())),
+            Ok(r) => r.map(|r| !r.expired_at(now_ms())),
             Err(Error::Corrupt { .. }) => Some(true),
             Err(e) => return Err(e),
         };
@@ -681,7 +676,7 @@ impl Store {
             };
             // Under the lock: only a record that is still expired goes.
             let still = match self.read(&key, &files.record) {
-                Ok(Some(r)) => expired(r.expires_at, now_ms()),
+                Ok(Some(r)) => r.expired_at(now_ms()),
                 Ok(None) | Err(Error::Corrupt { .. }) => false,
                 Err(e) => return Err(e),
             };

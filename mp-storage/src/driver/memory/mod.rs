@@ -63,8 +63,7 @@ struct Store {
 impl Store {
     /// The record of `key` unless it expired (an expired one is dropped here).
     fn live(&mut self, key: &str) -> Option<&mut Arc<Record>> {
-        let expires_at = self.records.get(key)?.expires_at;
-        if expires_at.is_some_and(|t| t <= now_ms()) {
+        if self.records.get(key)?.expired_at(now_ms()) {
             self.records.remove(key);
             self.reserved.remove(key);
             return None;
@@ -153,7 +152,7 @@ impl MemoryDriver {
         // One lookup for a live record (`Store::live` takes two, to hand out a mutable one).
         match store.records.get(key) {
             None => return None,
-            Some(r) if r.expires_at.is_none_or(|t| t > now_ms()) => return Some(r.clone()),
+            Some(r) if !r.expired_at(now_ms()) => return Some(r.clone()),
             Some(_) => {}
         }
         store.live(key).cloned()
@@ -393,9 +392,7 @@ impl Driver for MemoryDriver {
         let sorted: BTreeMap<&String, ()> = store
             .records
             .iter()
-            .filter(|(k, r)| {
-                k.as_bytes().starts_with(prefix.as_bytes()) && r.expires_at.is_none_or(|t| t > now)
-            })
+            .filter(|(k, r)| k.as_bytes().starts_with(prefix.as_bytes()) && !r.expired_at(now))
             .map(|(k, _)| (k, ()))
             .collect();
         Ok(sorted.into_keys().cloned().collect())

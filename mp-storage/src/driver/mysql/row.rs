@@ -70,8 +70,8 @@ pub(super) fn record(table: &str, key: &str, mut row: Row) -> Result<Record, Err
 pub(super) fn live_record(table: &str, key: &str, mut row: Row) -> Result<Option<Record>, Error> {
     let now: Option<u64> = column(table, key, &mut row, 6, "the server's clock")?;
     let record = record(table, key, row)?;
-    match (record.expires_at, now) {
-        (Some(at), Some(now)) if at <= now => Ok(None),
+    match now {
+        Some(now) if record.expired_at(now) => Ok(None),
         _ => Ok(Some(record)),
     }
 }

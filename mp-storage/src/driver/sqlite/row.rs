@@ -126,7 +126,7 @@ pub(super) struct Stored {
 impl Stored {
     /// Whether the record has not expired at `now` (ms since 1970).
     pub fn is_live(&self, now: u64) -> bool {
-        self.record.expires_at.is_none_or(|t| t > now)
+        !self.record.expired_at(now)
     }
 
     /// Whether someone other than `claimant` holds a live reservation at `now`.
