@@ -14,10 +14,11 @@
 //!
 //! Instructions per update = the total collected / N. Usage: `mp-profile [write|read|mixed] [N]
 //! [URL]` (defaults: write, 100000, `memory://`; another store's URL profiles the client side of
-//! its driver, the server's round trips included in the time). `mixed` is the bench's `mixed-90r-10w` row on one task: 10,000
-//! scopes drawn at random, one update in ten a write; count it as the difference of two whole
-//! runs (`--collect-atstart=yes`, N and 3N), since its loop's own frame does not hold the
-//! updates' instructions under callgrind. Without a profiler it prints the rate it measured.
+//! its driver, the server's round trips included in the time). `mixed` is the bench's
+//! `mixed-90r-10w` row on one task: 10,000 scopes drawn at random, one update in ten a write;
+//! count it as the difference of two whole runs (`--collect-atstart=yes`, N and 3N), since its
+//! loop's own frame does not hold the updates' instructions under callgrind. Without a profiler
+//! it prints the rate it measured.
 
 use std::time::Instant;
 

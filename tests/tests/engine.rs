@@ -292,13 +292,7 @@ async fn a_refused_write_sleeps_until_the_reservation_ends() {
     let t = std::time::Instant::now();
     assert!(d.reserve("c", 999, held).await.unwrap());
     let before = d.calls.get();
-    let n = st
-        .scoped("c", |c: &mut Counter| {
-            c.count += 1;
-            c.count
-        })
-        .await
-        .unwrap();
+    let n = mp_storage_tests::increment(&st, "c").await.unwrap();
     let waited = t.elapsed();
     let cas = d.calls.get().1 - before.1;
     assert_eq!(n, 21);

@@ -546,10 +546,10 @@ impl<'a> Run<'a> {
     /// How long the compare-and-swap of an attempt from `base` asks to reserve the scope for
     /// if it loses (contract rule 13): after a lost race, or from the cache once another
     /// process's reservation turned this call away (the attempt after a wait for another's
-    /// slice, or the write sent again after one: its record is most likely stale, and the compare-and-swap that finds the newer
-    /// one reserves the scope or learns that it is still held, with no second round trip);
-    /// never while this call holds a live reservation; where the driver takes it in the same
-    /// step.
+    /// slice, or the write sent again after one: its record is most likely stale, and the
+    /// compare-and-swap that finds the newer one reserves the scope or learns that it is still
+    /// held, with no second round trip); never while this call holds a live reservation; where
+    /// the driver takes it in the same step.
     fn reserve_inline(&self, base: &Base) -> Option<Duration> {
         if (base.from_cache && self.refusals == 0) || base.current.is_none() || self.holding() {
             return None;
