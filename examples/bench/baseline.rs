@@ -363,9 +363,19 @@ mod mysql_tx {
     impl MysqlTx {
         pub async fn connect(url: &str) -> Result<Self, BenchError> {
             let base = url.split('?').next().unwrap_or(url);
-            // The library keeps pooled connections as they are; so does the baseline.
+            // The library keeps pooled connections as they are, open while they are used, and
+            // at most 32 (see `DEFAULT_IDLE_TIMEOUT` and `DEFAULT_POOL_MAX`); so does the
+            // baseline.
+            use mp_storage::driver::mysql::{DEFAULT_IDLE_TIMEOUT, DEFAULT_POOL_MAX};
+            let constraints = mysql_async::PoolConstraints::new(10, DEFAULT_POOL_MAX)
+                .ok_or("bad pool constraints")?;
             let opts = mysql_async::OptsBuilder::from_opts(mysql_async::Opts::from_url(base)?)
-                .pool_opts(mysql_async::PoolOpts::default().with_reset_connection(false));
+                .pool_opts(
+                    mysql_async::PoolOpts::default()
+                        .with_reset_connection(false)
+                        .with_inactive_connection_ttl(DEFAULT_IDLE_TIMEOUT)
+                        .with_constraints(constraints),
+                );
             let pool = mysql_async::Pool::new(opts);
             let mut conn = pool.get_conn().await?;
             conn.query_drop(format!(

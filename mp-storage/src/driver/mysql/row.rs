@@ -64,7 +64,7 @@ pub(super) fn record(table: &str, key: &str, mut row: Row) -> Result<Record, Err
         .with_expiry(expires_at))
 }
 
-/// The record of a row of [`Sql::select`](super::sql::Sql::select), `None` when it has expired
+/// The record of a row of [`Sql::select_clocked`](super::sql::Sql::select_clocked), `None` when it has expired
 /// by the server's clock (the row's last column): what `WHERE … AND` the live-row condition
 /// would have found.
 pub(super) fn live_record(table: &str, key: &str, mut row: Row) -> Result<Option<Record>, Error> {
