@@ -117,12 +117,20 @@ impl Store {
             raw.push(self.read(&op.key, &f.record)?);
         }
         let current: Vec<Option<Record>> = raw.iter().map(|r| live(r.clone(), now)).collect();
+        // A write is refused by another claimant's live reservation too (rule 13).
         let failed: Vec<(usize, Option<Record>)> = ops
             .iter()
             .zip(&current)
+            .zip(&files)
             .enumerate()
-            .filter(|(_, (op, cur))| cur.as_ref().map(Record::revision) != op.expected)
-            .map(|(i, (_, cur))| (i, cur.clone()))
+            .filter(|(_, ((op, cur), f))| {
+                cur.as_ref().map(Record::revision) != op.expected
+                    || op
+                        .write
+                        .as_ref()
+                        .is_some_and(|w| self.held_for_other(f, w.claimant).is_some())
+            })
+            .map(|(i, ((_, cur), _))| (i, cur.clone()))
             .collect();
         if !failed.is_empty() {
             return Ok(CommitOutcome::Conflict(failed));

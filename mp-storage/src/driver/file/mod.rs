@@ -298,6 +298,8 @@ fn owned(write: Write<'_>) -> OwnedWrite {
         initial_version: write.initial_version,
         meta: write.meta.to_vec(),
         expiry: write.expiry,
+        claimant: write.claimant,
+        reserve: write.reserve,
     }
 }
 
@@ -312,6 +314,8 @@ impl Driver for FileDriver {
             .with_multi_key_commit()
             .with_expiry()
             .with_watch()
+            .with_reservations()
+            .with_reserve_on_conflict()
     }
 
     fn changes(
@@ -386,6 +390,16 @@ impl Driver for FileDriver {
     async fn delete(&self, key: &str) -> Result<bool, Error> {
         let (store, key) = (self.store.clone(), key.to_owned());
         blocking(move || store.delete(&key)).await
+    }
+
+    async fn reserve(
+        &self,
+        key: &str,
+        claimant: u64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, Error> {
+        let (store, key) = (self.store.clone(), key.to_owned());
+        blocking(move || store.reserve(&key, claimant, ttl)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {

@@ -42,6 +42,9 @@ pub(crate) const RECORD_EXT: &str = ".json";
 /// 0.1 directories.
 pub(crate) const LOCK_EXT: &str = ".lock";
 
+/// The extension of reservation files, `<stem>.res` in the lock directory (contract rule 13).
+pub(crate) const RESERVATION_EXT: &str = ".res";
+
 /// The subdirectory of the lock files. No stem starts with `%l`, so no key's files share its
 /// name.
 pub(crate) const LOCK_DIR: &str = "%locks";

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::lock::ScopeLock;
-use super::name::{self, LOCK_DIR, LOCK_EXT, RECORD_EXT};
+use super::name::{self, LOCK_DIR, LOCK_EXT, RECORD_EXT, RESERVATION_EXT};
 use super::record;
 use crate::driver::{expired, now_ms, push_token, CasOutcome, Expiry, Record, Revision};
 use crate::{BackendKind, Error};
@@ -47,6 +47,10 @@ pub(crate) struct OwnedWrite {
     pub initial_version: u64,
     pub meta: Vec<u8>,
     pub expiry: Expiry,
+    /// Who writes (contract rule 13: another's live reservation refuses the write).
+    pub claimant: u64,
+    /// Reserve the scope for this long if the compare-and-swap loses (contract rule 13).
+    pub reserve: Option<Duration>,
 }
 
 /// The directory of a file driver.
@@ -350,8 +354,20 @@ impl Store {
         // An expired record is absent: a compare-and-swap expecting it conflicts, one expecting
         // absence creates the scope anew over it.
         let current = live(self.read(key, &files.record)?, now_ms());
+        if let Some(left) = self.held_for_other(&files, write.claimant) {
+            return Ok(CasOutcome::Conflict(
+                current.map(|r| r.with_reserved_for(Some(left))),
+            ));
+        }
         if current.as_ref().map(|r| r.revision()) != expected {
-            return Ok(CasOutcome::Conflict(current));
+            return Ok(match (write.reserve, current) {
+                // Lost, and nobody else holds it (checked above): reserve it (rule 13).
+                (Some(ttl), Some(current)) => {
+                    self.write_reservation(&files, write.claimant, ttl)?;
+                    CasOutcome::Reserved(current)
+                }
+                (_, current) => CasOutcome::Conflict(current),
+            });
         }
         let version = self.replace(key, &files, current.as_ref(), write)?;
         drop(lock);
@@ -364,8 +380,57 @@ impl Store {
         // A corrupt record is an error here too: it is never overwritten.
         let current = live(self.read(key, &files.record)?, now_ms());
         let version = self.replace(key, &files, current.as_ref(), write)?;
+        // An unconditional write ends any reservation, as it does on every driver.
+        self.drop_reservation(&files);
         drop(lock);
         Ok(version)
+    }
+
+    /// Reserves live `key` for `claimant` for `ttl` unless another claimant holds a live
+    /// reservation on it (contract rule 13); whether `claimant` holds it now.
+    pub(crate) fn reserve(&self, key: &str, claimant: u64, ttl: Duration) -> Result<bool, Error> {
+        let files = self.files(key)?;
+        let lock = self.lock_scope(&files)?;
+        let current = live(self.read(key, &files.record)?, now_ms());
+        if current.is_none() || self.held_for_other(&files, claimant).is_some() {
+            return Ok(false);
+        }
+        self.write_reservation(&files, claimant, ttl)?;
+        drop(lock);
+        Ok(true)
+    }
+
+    /// The reservation file of a scope: its claimant and the end of its slice (ms since 1970
+    /// by this machine's clock, which every process on the directory shares), 16 bytes, little
+    /// endian. Written under the scope's lock and never synced: a reservation lost in a crash
+    /// only lets another process in sooner.
+    fn reservation_path(&self, files: &Files) -> PathBuf {
+        self.locks.join(format!("{}{RESERVATION_EXT}", files.stem))
+    }
+
+    /// How long a live reservation of another claimant than `claimant` still holds the scope.
+    /// A missing, unreadable or malformed reservation file holds nothing.
+    pub(super) fn held_for_other(&self, files: &Files, claimant: u64) -> Option<Duration> {
+        let bytes = fs::read(self.reservation_path(files)).ok()?;
+        let (by, until) = bytes.split_at_checked(8)?;
+        let by = u64::from_le_bytes(by.try_into().ok()?);
+        let until = u64::from_le_bytes(until.try_into().ok()?);
+        let now = now_ms();
+        (by != claimant && until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    fn write_reservation(&self, files: &Files, claimant: u64, ttl: Duration) -> Result<(), Error> {
+        let until = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let mut bytes = claimant.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&until.to_le_bytes());
+        let path = self.reservation_path(files);
+        // Written in place: a reader under the same lock never sees it half done.
+        fs::write(&path, bytes).map_err(|e| io_error("write reservation", &path, e))
+    }
+
+    fn drop_reservation(&self, files: &Files) {
+        // Absent is the usual case; a file left behind holds nothing once its slice ends.
+        let _ = fs::remove_file(self.reservation_path(files));
     }
 
     /// Deletes `key`; returns whether it existed (an expired record did not, but its file goes
@@ -378,6 +443,7 @@ impl Store {
             Err(Error::Corrupt { .. }) => Some(true),
             Err(e) => return Err(e),
         };
+        self.drop_reservation(&files);
         if existed.is_some() {
             match fs::remove_file(&files.record) {
                 Ok(()) => {}
@@ -403,9 +469,13 @@ impl Store {
         let lock = self.lock_scope(&files)?;
         let raw = self.read(key, &files.record)?;
         let current = live(raw.clone(), now_ms());
-        if current.as_ref().map(|r| r.revision()) != expected {
+        // A conditional removal claims nothing: any live reservation refuses it (rule 13).
+        if current.as_ref().map(|r| r.revision()) != expected
+            || self.held_for_other(&files, 0).is_some()
+        {
             return Ok(Some(current));
         }
+        self.drop_reservation(&files);
         // Expected absent and expired: its file goes too.
         if raw.is_some() {
             match fs::remove_file(&files.record) {
