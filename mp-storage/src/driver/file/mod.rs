@@ -38,10 +38,12 @@
 //!
 //! Beside the records, the subdirectory `%locks` holds the lock files: at most 256 of them,
 //! `00.lock` to `ff.lock`, whatever the number of scopes (see *Writes*), and two small files of
-//! the expiry sweep. **Disk cost**: one file (one inode) per scope: a header of about 90 bytes
+//! the expiry sweep, and the reservation files of contended scopes (see *Reservations*).
+//! **Disk cost**: one file (one inode) per scope: a header of about 90 bytes
 //! plus the key, 19 bytes per commit token kept (up to 16) and the data; for a one-counter scope
 //! named `counter:N`, 123 bytes, which take one 4 KiB block on ext4, plus its directory entry.
-//! The whole store adds the `%locks` directory and its at most 258 empty or near-empty files.
+//! The whole store adds the `%locks` directory and its at most 258 empty or near-empty files,
+//! and 16 bytes in a file of its own for each scope that was ever reserved.
 //! (100,000 such scopes: 100,258 inodes and 410 MB allocated, against 200,001 inodes for 0.1,
 //! which kept an empty lock file beside each record.)
 //!
@@ -66,6 +68,18 @@
 //! by 0.1 holds a lock file per scope beside the records (`<stem>.lock`): `open` settles the
 //! commits they name and removes them. Every process on a directory must run one version: a
 //! 0.1 process locks other files than this one.
+//!
+//! ## Reservations
+//!
+//! A process that keeps losing a scope to another's commits reserves it for a slice (contract
+//! rule 13): `%locks/<stem>.res` holds the claimant and the end of the slice (ms since 1970 by
+//! the machine's clock, which every process on the directory shares), written under the scope's
+//! lock and never synced, since a reservation lost in a crash only lets another process in
+//! sooner. Until the slice ends, compare-and-swaps and commits of other claimants are refused
+//! with the time it has left. An unconditional write or a removal ends it. A reservation file
+//! stays behind once its slice is over and holds nothing; there is at most one per scope that
+//! was ever contended. Without them, a process whose every retry found the lock taken by the
+//! other process's next commit could lose a hot scope a hundred times in a row.
 //!
 //! ## Several scopes, all or nothing
 //!
