@@ -464,37 +464,25 @@ impl MysqlDriver {
         let sql = &self.inner.sql;
         let table = &self.inner.table;
         let clocked = self.inner.expiring.load(Ordering::Relaxed) > CLOCKED_FIRST;
-        let stmt = if clocked {
-            &sql.select_clocked
-        } else {
-            &sql.select
-        };
-        let found: Option<Row> = conn
-            .exec_first(stmt.as_str(), (key.as_bytes(),))
-            .await
-            .map_err(backend)?;
-        let Some(found) = found else {
+        if !clocked {
+            let Some(found) = select_row(conn, &sql.select, key).await? else {
+                return Ok(None);
+            };
+            let record = row::record(table, key, found)?;
+            self.note_expiry(record.expires_at.is_some());
+            if record.expires_at.is_none() {
+                return Ok(Some(record));
+            }
+        }
+        let Some(found) = select_row(conn, &sql.select_clocked, key).await? else {
             return Ok(None);
         };
+        let record = row::live_record(table, key, found)?;
         if clocked {
-            let record = row::live_record(table, key, found)?;
             // An expired row had an expiry too.
             self.note_expiry(record.as_ref().is_none_or(|r| r.expires_at.is_some()));
-            return Ok(record);
         }
-        let record = row::record(table, key, found)?;
-        self.note_expiry(record.expires_at.is_some());
-        if record.expires_at.is_none() {
-            return Ok(Some(record));
-        }
-        let found: Option<Row> = conn
-            .exec_first(sql.select_clocked.as_str(), (key.as_bytes(),))
-            .await
-            .map_err(backend)?;
-        match found {
-            Some(r) => row::live_record(table, key, r),
-            None => Ok(None),
-        }
+        Ok(record)
     }
 
     /// Notes whether a loaded row had an expiry, in the moving average of
@@ -506,6 +494,13 @@ impl MysqlDriver {
         // Concurrent loads may overwrite each other's step: a guess, not a count.
         share.store(old - old / 16 + seen / 16, Ordering::Relaxed);
     }
+}
+
+/// The row `stmt` selects for `key`, if any.
+async fn select_row(conn: &mut Conn, stmt: &str, key: &str) -> Result<Option<Row>, Error> {
+    conn.exec_first(stmt, (key.as_bytes(),))
+        .await
+        .map_err(backend)
 }
 
 /// The expiry parameters of the statements: kind (0 keep, 1 never, 2 after, 3 at), ms after,

@@ -64,9 +64,9 @@ pub(super) fn record(table: &str, key: &str, mut row: Row) -> Result<Record, Err
         .with_expiry(expires_at))
 }
 
-/// The record of a row of [`Sql::select_clocked`](super::sql::Sql::select_clocked), `None` when it has expired
-/// by the server's clock (the row's last column): what `WHERE … AND` the live-row condition
-/// would have found.
+/// The record of a row of [`Sql::select_clocked`](super::sql::Sql::select_clocked), `None`
+/// when it has expired by the server's clock (the row's last column): what `WHERE … AND` the
+/// live-row condition would have found.
 pub(super) fn live_record(table: &str, key: &str, mut row: Row) -> Result<Option<Record>, Error> {
     let now: Option<u64> = column(table, key, &mut row, 6, "the server's clock")?;
     let record = record(table, key, row)?;
