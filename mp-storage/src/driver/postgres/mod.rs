@@ -105,7 +105,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, QueueMode, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, QueueMode, RecyclingMethod};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
@@ -114,9 +114,11 @@ use super::{
 };
 use crate::driver::net::ServerError;
 use crate::{BackendKind, Error};
+use pool::{Object, PgManager, Pool};
 
 mod config;
 mod error;
+mod pool;
 mod row;
 mod sql;
 mod watch;
@@ -234,7 +236,7 @@ impl PostgresDriver {
         // statement in flight at a time) keeps to one connection and one server backend, whose
         // caches are warm, instead of going round every connection of the pool (first in,
         // first out), which cost a hot scope a third of its rate with four processes on it.
-        let pool = Pool::builder(manager)
+        let pool = Pool::builder(PgManager(manager))
             .max_size(config.get_pool_max())
             .queue_mode(QueueMode::Lifo)
             .build()
@@ -306,7 +308,7 @@ impl PostgresDriver {
             tries += 1;
             let conn = self.conn().await?;
             let client = conn.client()?;
-            match client.prepare_cached(sql).await {
+            match client.prepare_kept(sql).await {
                 Ok(stmt) if !client.is_closed() || tries >= STALE_RETRIES => {
                     return Ok((conn, stmt))
                 }
@@ -561,7 +563,7 @@ impl Drop for Conn {
 /// no write.
 async fn prepared(conn: &Conn, sql: &str) -> Result<Statement, Error> {
     conn.client()?
-        .prepare_cached(sql)
+        .prepare_kept(sql)
         .await
         .map_err(|e| conn.fail(e).unsent_now())
 }
