@@ -228,6 +228,12 @@ impl Record {
         expired(self.expires_at, now)
     }
 
+    /// Whether it has expired by this machine's clock, which is read only when it has an
+    /// expiry.
+    pub(crate) fn expired_now(&self) -> bool {
+        self.expires_at.is_some() && self.expired_at(now_ms())
+    }
+
     /// The same record expiring at `expires_at` (ms since 1970), or never.
     pub fn with_expiry(mut self, expires_at: Option<u64>) -> Record {
         self.expires_at = expires_at;

@@ -427,12 +427,12 @@ impl<'a> Run<'a> {
         let outcome = loop {
             sent = Instant::now();
             let driver = &self.engine.driver;
-            let result = match driver.cas_now(self.key.as_str(), expected, write) {
+            let (result, instant) = match driver.cas_now(self.key.as_str(), expected, write) {
                 Some(result) => {
                     tokio::task::coop::consume_budget().await;
-                    result
+                    (result, true)
                 }
-                None => driver.cas(self.key.as_str(), expected, write).await,
+                None => (driver.cas(self.key.as_str(), expected, write).await, false),
             };
             match result {
                 // Refused at the expected revision: another process holds a reservation. Wait
@@ -450,7 +450,13 @@ impl<'a> Run<'a> {
                     write = new(reserve);
                 }
                 Ok(CasOutcome::Committed(v)) => {
-                    self.engine.note_commit_rtt(sent.elapsed());
+                    // An answer given at once had no round trip (and the clock is not read).
+                    let rtt = if instant {
+                        Duration::ZERO
+                    } else {
+                        sent.elapsed()
+                    };
+                    self.engine.note_commit_rtt(rtt);
                     break Ok(CasOutcome::Committed(v));
                 }
                 Ok(CasOutcome::Reserved(r)) => {

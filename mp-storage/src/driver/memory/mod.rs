@@ -63,7 +63,7 @@ struct Store {
 impl Store {
     /// The record of `key` unless it expired (an expired one is dropped here).
     fn live(&mut self, key: &str) -> Option<&mut Arc<Record>> {
-        if self.records.get(key)?.expired_at(now_ms()) {
+        if self.records.get(key)?.expired_now() {
             self.records.remove(key);
             self.reserved.remove(key);
             return None;
@@ -152,7 +152,7 @@ impl MemoryDriver {
         // One lookup for a live record (`Store::live` takes two, to hand out a mutable one).
         match store.records.get(key) {
             None => return None,
-            Some(r) if !r.expired_at(now_ms()) => return Some(r.clone()),
+            Some(r) if !r.expired_now() => return Some(r.clone()),
             Some(_) => {}
         }
         store.live(key).cloned()
