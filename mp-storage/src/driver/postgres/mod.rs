@@ -332,12 +332,13 @@ impl PostgresDriver {
 
     async fn load_on(&self, conn: &Conn, key: &str) -> Result<Option<Record>, Error> {
         let stmt = prepared(conn, &self.inner.sql.select).await?;
-        let rows = conn
+        // At most one row: the name is the primary key.
+        let row = conn
             .client()?
-            .query(&stmt, &[&key.as_bytes()])
+            .query_opt(&stmt, &[&key.as_bytes()])
             .await
             .map_err(|e| conn.fail(e))?;
-        rows.first().map(|r| self.record(key, r, 0)).transpose()
+        row.map(|r| self.record(key, &r, 0)).transpose()
     }
 
     /// The current records of `keys`, in their order, in one statement.
