@@ -68,7 +68,13 @@ pub(crate) fn stripe_of(stem: &str) -> u16 {
 
 /// The file name (in [`LOCK_DIR`]) of stripe `n`: `00.lock` to `ff.lock`.
 pub(crate) fn stripe_file_name(n: u16) -> String {
-    format!("{n:02x}{LOCK_EXT}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Below STRIPES (256): two hex digits.
+    let mut out = String::with_capacity(2 + LOCK_EXT.len());
+    out.push(char::from(HEX[usize::from((n >> 4) & 15)]));
+    out.push(char::from(HEX[usize::from(n & 15)]));
+    out.push_str(LOCK_EXT);
+    out
 }
 
 /// The extension of temp files.

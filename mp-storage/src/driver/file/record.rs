@@ -12,7 +12,11 @@
 //! Both are left out when empty, so a file written before expiry existed reads as a record that
 //! never expires.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::driver::Record;
 
@@ -26,15 +30,84 @@ pub(crate) const MAX_HEADER: usize = 64 << 10;
 struct Header<'a> {
     format: u32,
     #[serde(borrow)]
-    key: std::borrow::Cow<'a, str>,
+    key: Cow<'a, str>,
     version: u64,
     schema: u32,
     len: usize,
-    tokens: Vec<String>,
+    tokens: Tokens,
     #[serde(default, skip_serializing_if = "str::is_empty", borrow)]
-    meta: std::borrow::Cow<'a, str>,
+    meta: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<u64>,
+}
+
+/// The commit tokens of a header as read: each one's value, or the text that is not 16 hex
+/// digits (reported by [`decode`]; [`key_of_header`] does not need them). Parsed as they are
+/// read, so that a header's 16 tokens cost no allocation of their own.
+struct Tokens(Vec<Result<u64, String>>);
+
+impl Serialize for Tokens {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|t| match t {
+            Ok(v) => Cow::Owned(format!("{v:016x}")),
+            Err(text) => Cow::Borrowed(text.as_str()),
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for Tokens {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tokens, D::Error> {
+        struct Seq;
+        impl<'de> Visitor<'de> for Seq {
+            type Value = Tokens;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of commit tokens")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tokens, A::Error> {
+                let mut tokens = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(Token(t)) = seq.next_element()? {
+                    tokens.push(t);
+                }
+                Ok(Tokens(tokens))
+            }
+        }
+        d.deserialize_seq(Seq)
+    }
+}
+
+/// One commit token as read (see [`Tokens`]).
+struct Token(Result<u64, String>);
+
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Token, D::Error> {
+        struct Text;
+        impl Visitor<'_> for Text {
+            type Value = Token;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a commit token")
+            }
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Token, E> {
+                Ok(Token(hex_token(t).ok_or_else(|| t.to_owned())))
+            }
+        }
+        d.deserialize_str(Text)
+    }
+}
+
+/// The value of a token written as exactly 16 hex digits (either case).
+fn hex_token(t: &str) -> Option<u64> {
+    if t.len() != 16 {
+        return None;
+    }
+    t.bytes().try_fold(0u64, |v, c| {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        Some(v << 4 | u64::from(digit))
+    })
 }
 
 /// The bytes of a record file for `key`.
@@ -54,7 +127,7 @@ pub(crate) fn encode(
         version,
         schema,
         len: data.len(),
-        tokens: tokens.iter().map(|t| format!("{t:016x}")).collect(),
+        tokens: Tokens(tokens.iter().map(|&t| Ok(t)).collect()),
         meta: meta.into(),
         expires_at,
     };
@@ -87,7 +160,7 @@ fn check_format(header: &Header<'_>) -> Result<(), String> {
 }
 
 /// Parses a whole record file: the key it names and its record.
-pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Record), String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<(Cow<'_, str>, Record), String> {
     let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
         if bytes.is_empty() {
             return Err("the file is empty".to_owned());
@@ -111,16 +184,14 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(String, Record), String> {
             rest.len() - header.len
         ));
     }
-    let mut tokens = Vec::with_capacity(header.tokens.len());
-    for t in &header.tokens {
-        let ok = t.len() == 16 && t.bytes().all(|c| c.is_ascii_hexdigit());
-        match u64::from_str_radix(t, 16) {
-            Ok(v) if ok => tokens.push(v),
-            _ => return Err(format!("bad commit token {t:?}")),
-        }
-    }
+    let tokens = header
+        .tokens
+        .0
+        .into_iter()
+        .map(|t| t.map_err(|t| format!("bad commit token {t:?}")))
+        .collect::<Result<Vec<u64>, String>>()?;
     Ok((
-        header.key.into_owned(),
+        header.key,
         Record::new(header.version, header.schema, data.to_vec(), tokens)
             .with_meta(header.meta.as_bytes().to_vec())
             .with_expiry(header.expires_at),
@@ -209,5 +280,31 @@ mod tests {
 []
 "#;
         assert!(decode(bad_token).is_err());
+    }
+
+    #[test]
+    fn tokens_read_in_either_case_and_escaped() {
+        let file = |tokens: &str| {
+            format!(
+                "{{\"format\":1,\"key\":\"k\",\"version\":1,\"schema\":0,\"len\":2,\"tokens\":[{tokens}]}}\n[]\n"
+            )
+        };
+        let (_, r) =
+            decode(file(r#""00000000000000fF","\u0030000000000000001""#).as_bytes()).unwrap();
+        assert_eq!(r.tokens, vec![255, 1]);
+        for bad in [
+            r#""fff""#,
+            r#""00000000000000fff""#,
+            r#""000000000000000g""#,
+            r#""+000000000000001""#,
+            "1",
+        ] {
+            let err = decode(file(bad).as_bytes()).unwrap_err();
+            assert!(err.contains("token"), "{bad}: {err}");
+        }
+        // The key and expiry of a header read for a listing do not depend on its tokens.
+        let line = file(r#""fff""#);
+        let first = &line.as_bytes()[..=line.find('\n').unwrap()];
+        assert_eq!(key_of_header(first).unwrap(), ("k".to_owned(), None));
     }
 }
