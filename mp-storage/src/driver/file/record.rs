@@ -44,14 +44,28 @@ struct Header<'a> {
 /// The commit tokens of a header as read: each one's value, or the text that is not 16 hex
 /// digits (reported by [`decode`]; [`key_of_header`] does not need them). Parsed as they are
 /// read, so that a header's 16 tokens cost no allocation of their own.
-struct Tokens(Vec<Result<u64, String>>);
+struct Tokens(Vec<Token>);
 
 impl Serialize for Tokens {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|t| match t {
-            Ok(v) => Cow::Owned(format!("{v:016x}")),
-            Err(text) => Cow::Borrowed(text.as_str()),
-        }))
+        s.collect_seq(&self.0)
+    }
+}
+
+impl Serialize for Token {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Ok(v) => {
+                // 16 lowercase hex digits, without a string of their own.
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut digits = [0u8; 16];
+                for (i, d) in digits.iter_mut().enumerate() {
+                    *d = HEX[((v >> (60 - 4 * i)) & 15) as usize];
+                }
+                s.serialize_str(std::str::from_utf8(&digits).map_err(serde::ser::Error::custom)?)
+            }
+            Err(text) => s.serialize_str(text),
+        }
     }
 }
 
@@ -65,7 +79,7 @@ impl<'de> Deserialize<'de> for Tokens {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tokens, A::Error> {
                 let mut tokens = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
-                while let Some(Token(t)) = seq.next_element()? {
+                while let Some(t) = seq.next_element()? {
                     tokens.push(t);
                 }
                 Ok(Tokens(tokens))
@@ -127,7 +141,7 @@ pub(crate) fn encode(
         version,
         schema,
         len: data.len(),
-        tokens: Tokens(tokens.iter().map(|&t| Ok(t)).collect()),
+        tokens: Tokens(tokens.iter().map(|&t| Token(Ok(t))).collect()),
         meta: meta.into(),
         expires_at,
     };
@@ -188,7 +202,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Cow<'_, str>, Record), String> {
         .tokens
         .0
         .into_iter()
-        .map(|t| t.map_err(|t| format!("bad commit token {t:?}")))
+        .map(|Token(t)| t.map_err(|t| format!("bad commit token {t:?}")))
         .collect::<Result<Vec<u64>, String>>()?;
     Ok((
         header.key,
