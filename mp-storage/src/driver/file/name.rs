@@ -68,11 +68,10 @@ pub(crate) fn stripe_of(stem: &str) -> u16 {
 
 /// The file name (in [`LOCK_DIR`]) of stripe `n`: `00.lock` to `ff.lock`.
 pub(crate) fn stripe_file_name(n: u16) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    // Below STRIPES (256): two hex digits.
     let mut out = String::with_capacity(2 + LOCK_EXT.len());
-    out.push(char::from(HEX[usize::from((n >> 4) & 15)]));
-    out.push(char::from(HEX[usize::from(n & 15)]));
+    // Below STRIPES (256): its low byte is all of it.
+    let [_, low] = n.to_be_bytes();
+    push_hex(&mut out, low);
     out.push_str(LOCK_EXT);
     out
 }
@@ -98,8 +97,13 @@ fn is_plain_byte(b: u8) -> bool {
 }
 
 fn push_escaped(out: &mut String, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('%');
+    push_hex(out, b);
+}
+
+/// Appends `b` as two lowercase hex digits.
+fn push_hex(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(char::from(HEX[usize::from(b >> 4)]));
     out.push(char::from(HEX[usize::from(b & 15)]));
 }

@@ -429,7 +429,7 @@ impl Store {
     /// endian. Written under the scope's lock and never synced: a reservation lost in a crash
     /// only lets another process in sooner.
     fn reservation_path(&self, files: &Files) -> PathBuf {
-        self.locks.join(format!("{}{RESERVATION_EXT}", files.stem))
+        in_dir(&self.locks, &[&files.stem, RESERVATION_EXT])
     }
 
     /// How long a live reservation of another claimant than `claimant` still holds the scope.
