@@ -40,6 +40,13 @@ struct Kept {
     statement: Statement,
 }
 
+impl Kept {
+    /// Whether this is `sql`, stored at `at`.
+    fn is(&self, at: usize, sql: &str) -> bool {
+        self.at == at && *self.sql == *sql
+    }
+}
+
 impl PgConn {
     fn kept(&self) -> MutexGuard<'_, Vec<Kept>> {
         // Each change under this lock is one push: a panic elsewhere leaves it consistent.
@@ -50,16 +57,12 @@ impl PgConn {
     /// cache (preparing it the first time), then kept.
     pub(super) async fn prepare_kept(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         let at = sql.as_ptr() as usize;
-        if let Some(k) = self
-            .kept()
-            .iter()
-            .find(|k| k.at == at && k.sql.len() == sql.len() && *k.sql == *sql)
-        {
+        if let Some(k) = self.kept().iter().find(|k| k.is(at, sql)) {
             return Ok(k.statement.clone());
         }
         let statement = self.client.prepare_cached(sql).await?;
         let mut kept = self.kept();
-        if kept.len() < KEPT && !kept.iter().any(|k| k.at == at && *k.sql == *sql) {
+        if kept.len() < KEPT && !kept.iter().any(|k| k.is(at, sql)) {
             kept.push(Kept {
                 at,
                 sql: sql.into(),
