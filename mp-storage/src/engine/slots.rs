@@ -7,12 +7,12 @@
 //! and an answer decided on cached data without a write is confirmed by a load before it
 //! returns.
 //!
-//! Bounded twice: by scopes (least recently used slots go first) and by the bytes of the cached
+//! Bounded twice: by scopes (the slots not used lately go first) and by the bytes of the cached
 //! records. Sharded by key hash, so tasks on different scopes rarely wait for each other's lock.
 
 use std::any::TypeId;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
@@ -35,6 +35,8 @@ pub(crate) struct Slot {
     pub(crate) turn: Turn,
     /// The shard whose map holds this slot.
     shard: usize,
+    /// The shard's clock when the slot last went to the front of its map ([`Slots::find`]).
+    stamp: AtomicU64,
     /// Wakes the updates waiting for a load of this scope that another update sent
     /// ([`Slot::wait_for_load`]).
     loaded: tokio::sync::Notify,
@@ -209,11 +211,16 @@ impl Slot {
     }
 }
 
-/// The slots of one shard, least recently used first out.
-type Shard = Mutex<LruCache<String, Arc<Slot>>>;
+/// The slots of one shard, the least recently moved to the front first out.
+struct Shard {
+    map: LruCache<String, Arc<Slot>>,
+    /// Counts the slots put or moved to the front of `map`: one whose stamp is `s` has at most
+    /// `clock - s` slots in front of it.
+    clock: u64,
+}
 
 pub(crate) struct Slots {
-    shards: Box<[Shard]>,
+    shards: Box<[Mutex<Shard>]>,
     /// Bytes of the records cached in each shard's slots.
     bytes: Box<[AtomicUsize]>,
     hasher: lru::DefaultHasher,
@@ -235,7 +242,12 @@ impl Slots {
         let per_shard = capacity.div_ceil(SHARDS);
         Slots {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::unbounded()))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: LruCache::unbounded(),
+                        clock: 0,
+                    })
+                })
                 .collect(),
             bytes: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
             hasher: lru::DefaultHasher::default(),
@@ -249,31 +261,50 @@ impl Slots {
         (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
-    fn lock_shard(&self, i: usize) -> MutexGuard<'_, LruCache<String, Arc<Slot>>> {
+    fn lock_shard(&self, i: usize) -> MutexGuard<'_, Shard> {
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot of `key` in `shard`, moved to the front of the map only when it may have fallen
+    /// behind half of the shard's bound. A slot in use stays in the front half, so the bound by
+    /// scopes never drops it, and the lookup of a hot scope writes nothing to the map's list (a
+    /// move to the front rewrites its neighbours' links: cache misses with many scopes).
+    fn find(&self, shard: &mut Shard, key: &str) -> Option<Arc<Slot>> {
+        let slot = shard.map.peek(key)?.clone();
+        let behind = shard
+            .clock
+            .saturating_sub(slot.stamp.load(Ordering::Relaxed));
+        if behind > (self.slots_per_shard / 2) as u64 {
+            shard.map.promote(key);
+            shard.clock += 1;
+            slot.stamp.store(shard.clock, Ordering::Relaxed);
+        }
+        Some(slot)
     }
 
     /// The slot of `key`, made on first use.
     pub(crate) fn slot(&self, key: &str) -> Arc<Slot> {
         let i = self.shard_of(key);
-        let mut map = self.lock_shard(i);
-        if let Some(slot) = map.get(key) {
-            return slot.clone();
+        let mut shard = self.lock_shard(i);
+        if let Some(slot) = self.find(&mut shard, key) {
+            return slot;
         }
+        shard.clock += 1;
         let slot = Arc::new(Slot {
             cached: Mutex::default(),
             turn: Turn::new(()),
             shard: i,
+            stamp: AtomicU64::new(shard.clock),
             loaded: tokio::sync::Notify::new(),
         });
-        map.put(key.to_owned(), slot.clone());
-        self.trim(i, &mut map);
+        shard.map.put(key.to_owned(), slot.clone());
+        self.trim(i, &mut shard.map);
         slot
     }
 
     /// The slot of `key` if there is one, without making one.
     pub(crate) fn existing(&self, key: &str) -> Option<Arc<Slot>> {
-        self.lock_shard(self.shard_of(key)).get(key).cloned()
+        self.find(&mut self.lock_shard(self.shard_of(key)), key)
     }
 
     /// The cached record of `key`.
@@ -352,8 +383,8 @@ impl Slots {
         };
         // Outside the slot's lock: `trim` takes the shard's lock, then slots' locks.
         if over {
-            let mut map = self.lock_shard(slot.shard);
-            self.trim(slot.shard, &mut map);
+            let mut shard = self.lock_shard(slot.shard);
+            self.trim(slot.shard, &mut shard.map);
         }
     }
 
@@ -465,6 +496,23 @@ mod tests {
             .filter(|i| s.get(&format!("k{i}")).is_some())
             .count();
         assert!(kept <= MIN_SLOTS_PER_SHARD * SHARDS, "{kept}");
+    }
+
+    #[test]
+    fn slots_in_use_stay_while_unused_ones_go() {
+        let s = Slots::new(MIN_SLOTS_PER_SHARD * SHARDS, 1 << 30);
+        s.put("hot", rec(1, 1));
+        s.put("cold", rec(1, 1));
+        for i in 0..20_000 {
+            s.put(&format!("k{i}"), rec(i, 1));
+            assert!(
+                s.get("hot").is_some(),
+                "the scope in use was dropped after {i}"
+            );
+        }
+        assert!(s.get("cold").is_none());
+        // What is dropped is what was used least lately: the newest keys are all there.
+        assert!((19_990..20_000).all(|i| s.get(&format!("k{i}")).is_some()));
     }
 
     #[test]
