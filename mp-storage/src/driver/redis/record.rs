@@ -28,30 +28,13 @@ pub(super) fn hash_field<'a>(reply: &'a Value, name: &[u8]) -> Option<&'a [u8]> 
 }
 
 pub(super) fn parse_record(reply: Value, key: &str, rkey: &str) -> Result<Option<Record>, Error> {
-    let pairs: Vec<(Value, Value)> = match reply {
-        Value::Nil => return Ok(None),
-        Value::Array(items) => {
-            if !items.len().is_multiple_of(2) {
-                return Err(corrupt(key, rkey, "odd number of hash fields in reply"));
-            }
-            let mut it = items.into_iter();
-            let mut pairs = Vec::with_capacity(4);
-            while let (Some(f), Some(v)) = (it.next(), it.next()) {
-                pairs.push((f, v));
-            }
-            pairs
-        }
-        Value::Map(pairs) => pairs,
-        _ => return Err(corrupt(key, rkey, "unexpected reply type for a record")),
-    };
-    if pairs.is_empty() {
-        return Ok(None);
-    }
     let (mut v, mut s, mut d, mut t, mut m) = (None, None, None, None, None);
-    for (field, value) in pairs {
+    let mut fields = 0usize;
+    let mut take = |field: Value, value: Value| {
         let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else {
             return Err(corrupt(key, rkey, "a hash field is not a string"));
         };
+        fields += 1;
         match field.as_slice() {
             b"v" => v = Some(value),
             b"s" => s = Some(value),
@@ -60,6 +43,28 @@ pub(super) fn parse_record(reply: Value, key: &str, rkey: &str) -> Result<Option
             b"m" => m = Some(value),
             _ => {}
         }
+        Ok(())
+    };
+    match reply {
+        Value::Nil => return Ok(None),
+        Value::Array(items) => {
+            if !items.len().is_multiple_of(2) {
+                return Err(corrupt(key, rkey, "odd number of hash fields in reply"));
+            }
+            let mut it = items.into_iter();
+            while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                take(f, v)?;
+            }
+        }
+        Value::Map(pairs) => {
+            for (f, v) in pairs {
+                take(f, v)?;
+            }
+        }
+        _ => return Err(corrupt(key, rkey, "unexpected reply type for a record")),
+    }
+    if fields == 0 {
+        return Ok(None);
     }
     let version = match v {
         None => return Err(corrupt(key, rkey, "the version (field v) is missing")),
@@ -116,12 +121,16 @@ fn parse_tokens(raw: &[u8]) -> Option<Vec<u64>> {
     if !raw.len().is_multiple_of(TOKEN_HEX) || raw.len() > TOKEN_HEX * RECENT_TOKENS {
         return None;
     }
-    raw.chunks(TOKEN_HEX)
+    raw.chunks_exact(TOKEN_HEX)
         .map(|c| {
-            if !c.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                return None;
-            }
-            u64::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok()
+            c.iter().try_fold(0u64, |n, b| {
+                let digit = match b {
+                    b'0'..=b'9' => b - b'0',
+                    b'a'..=b'f' => b - b'a' + 10,
+                    _ => return None,
+                };
+                Some(n << 4 | u64::from(digit))
+            })
         })
         .collect()
 }
