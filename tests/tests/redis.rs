@@ -156,51 +156,59 @@ async fn a_server_refusing_transactions_is_read_with_the_script() {
     use mp_storage::Expiry;
     let Some(url) = server_url() else { return };
     let mut raw = RespClient::connect(&url).await;
-    // A user of this test's own that may run every command but MULTI: the loads' transaction
-    // is refused before it runs, as a server without PEXPIRETIME (Redis 6) or a proxy without
-    // MULTI refuses it.
-    let user = format!("mptest{:016x}", rand::random::<u64>());
-    let created = raw
-        .cmd(&[
-            b"ACL",
-            b"SETUSER",
-            user.as_bytes(),
-            b"on",
-            b">pw",
-            b"~*",
-            b"&*",
-            b"+@all",
-            b"-multi",
-        ])
-        .await;
-    assert_eq!(created, Resp::Simple("OK".into()));
-    let hp = host_port(&url);
-    let db = url.rsplit_once('/').map_or("", |(_, db)| db);
-    let prefix = private_prefix("no-multi");
-    let d = open_driver(&format!("redis://{user}:pw@{hp}/{db}"), &prefix).await;
-    let plain = open_driver(&url, &prefix).await;
-    let at = mp_storage::driver::now_ms() + 3_600_123;
-    d.put("at", write(b"1", 1, 10).with_expiry(Expiry::At(at)))
-        .await
-        .unwrap();
-    d.put("never", write(b"2", 2, 10)).await.unwrap();
-    for key in ["at", "never", "absent"] {
-        let (a, b) = (d.load(key).await.unwrap(), plain.load(key).await.unwrap());
-        assert_eq!(a, b, "{key}");
-    }
-    assert_eq!(d.load("at").await.unwrap().unwrap().expires_at, Some(at));
-    // A key of another type is the same error both ways.
-    raw.cmd(&[b"SET", format!("{prefix}str").as_bytes(), b"x"])
-        .await;
-    for driver in [&d, &plain] {
-        match driver.load("str").await {
-            Err(e) => assert!(e.to_string().contains("not a hash"), "{e}"),
-            Ok(r) => panic!("a string read as a record: {r:?}"),
+    // Users of this test's own that may run every command but one the loads' transaction
+    // sends: without MULTI the server refuses the transaction as a proxy without it does (the
+    // reads then run on their own, and EXEC fails); without PEXPIRETIME, as Redis 6 does
+    // (EXECABORT).
+    for denied in ["multi", "pexpiretime"] {
+        let user = format!("mptest{:016x}", rand::random::<u64>());
+        let created = raw
+            .cmd(&[
+                b"ACL",
+                b"SETUSER",
+                user.as_bytes(),
+                b"on",
+                b">pw",
+                b"~*",
+                b"&*",
+                b"+@all",
+                format!("-{denied}").as_bytes(),
+            ])
+            .await;
+        assert_eq!(created, Resp::Simple("OK".into()));
+        let hp = host_port(&url);
+        let db = url.rsplit_once('/').map_or("", |(_, db)| db);
+        let prefix = private_prefix(&format!("no-{denied}"));
+        let proxy = Proxy::counting_resp(hp.clone()).await;
+        let denied_url = format!("redis://{user}:pw@{hp}/{db}");
+        let d = open_driver(&via(&denied_url, proxy.addr()), &prefix).await;
+        let plain = open_driver(&url, &prefix).await;
+        let at = mp_storage::driver::now_ms() + 3_600_123;
+        d.put("at", write(b"1", 1, 10).with_expiry(Expiry::At(at)))
+            .await
+            .unwrap();
+        d.put("never", write(b"2", 2, 10)).await.unwrap();
+        for key in ["at", "never", "absent", "at"] {
+            let (a, b) = (d.load(key).await.unwrap(), plain.load(key).await.unwrap());
+            assert_eq!(a, b, "{key} without {denied}");
         }
+        // Refused once, the transaction is not sent again: a load is the script alone.
+        let before = proxy.commands();
+        assert_eq!(d.load("at").await.unwrap().unwrap().expires_at, Some(at));
+        assert_eq!(proxy.commands() - before, 1, "a load without {denied}");
+        // A key of another type is the same error both ways.
+        raw.cmd(&[b"SET", format!("{prefix}str").as_bytes(), b"x"])
+            .await;
+        for driver in [&d, &plain] {
+            match driver.load("str").await {
+                Err(e) => assert!(e.to_string().contains("not a hash"), "{e}"),
+                Ok(r) => panic!("a string read as a record: {r:?}"),
+            }
+        }
+        raw.cmd(&[b"DEL", format!("{prefix}str").as_bytes()]).await;
+        assert!(plain.delete("at").await.unwrap() && plain.delete("never").await.unwrap());
+        raw.cmd(&[b"ACL", b"DELUSER", user.as_bytes()]).await;
     }
-    raw.cmd(&[b"DEL", format!("{prefix}str").as_bytes()]).await;
-    assert!(plain.delete("at").await.unwrap() && plain.delete("never").await.unwrap());
-    raw.cmd(&[b"ACL", b"DELUSER", user.as_bytes()]).await;
 }
 
 #[tokio::test]
