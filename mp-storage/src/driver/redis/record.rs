@@ -9,7 +9,6 @@ use crate::Error;
 /// The hex digits of one token in field `t`.
 const TOKEN_HEX: usize = 16;
 
-/// Parses a record from an `HGETALL` reply (an array of field/value pairs, or a map in RESP3).
 /// The value of hash field `name` in an `HGETALL` reply (RESP2 array or RESP3 map).
 pub(super) fn hash_field<'a>(reply: &'a Value, name: &[u8]) -> Option<&'a [u8]> {
     let is = |f: &Value| matches!(f, Value::BulkString(f) if f.as_slice() == name);
@@ -27,6 +26,7 @@ pub(super) fn hash_field<'a>(reply: &'a Value, name: &[u8]) -> Option<&'a [u8]> 
     }
 }
 
+/// Parses a record from an `HGETALL` reply (an array of field/value pairs, or a map in RESP3).
 pub(super) fn parse_record(reply: Value, key: &str, rkey: &str) -> Result<Option<Record>, Error> {
     let (mut v, mut s, mut d, mut t, mut m) = (None, None, None, None, None);
     let mut fields = 0usize;
