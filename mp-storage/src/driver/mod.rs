@@ -143,6 +143,36 @@ pub use registry::{driver_for_scheme, drivers, known_schemes, open, DriverEntry}
 /// How many commit tokens a record remembers (see [`Record::tokens`]).
 pub const RECENT_TOKENS: usize = 16;
 
+/// A commit token as the stores that keep tokens as text write it: 16 lowercase hex digits,
+/// the most significant first.
+#[cfg(any(feature = "file", feature = "redis"))]
+pub(crate) fn token_digits(token: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((token >> (60 - 4 * i)) & 15) as usize];
+    }
+    digits
+}
+
+/// The token written as exactly 16 hex digits (see [`token_digits`]); `either_case` also takes
+/// `A`–`F`.
+#[cfg(any(feature = "file", feature = "redis"))]
+pub(crate) fn parse_token_digits(digits: &[u8], either_case: bool) -> Option<u64> {
+    if digits.len() != 16 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |v, &c| {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' if either_case => c - b'A' + 10,
+            _ => return None,
+        };
+        Some(v << 4 | u64::from(digit))
+    })
+}
+
 /// What a compare-and-swap expects to find: the version and the last commit token of the
 /// record the engine read. The token makes it unrepeatable (contract rule 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

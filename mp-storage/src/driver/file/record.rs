@@ -18,7 +18,7 @@ use std::fmt;
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::driver::Record;
+use crate::driver::{parse_token_digits, token_digits, Record};
 
 /// The format this code writes and reads.
 const FORMAT: u32 = 1;
@@ -57,11 +57,7 @@ impl Serialize for Token {
         match &self.0 {
             Ok(v) => {
                 // 16 lowercase hex digits, without a string of their own.
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let mut digits = [0u8; 16];
-                for (i, d) in digits.iter_mut().enumerate() {
-                    *d = HEX[((v >> (60 - 4 * i)) & 15) as usize];
-                }
+                let digits = token_digits(*v);
                 s.serialize_str(std::str::from_utf8(&digits).map_err(serde::ser::Error::custom)?)
             }
             Err(text) => s.serialize_str(text),
@@ -101,27 +97,13 @@ impl<'de> Deserialize<'de> for Token {
                 f.write_str("a commit token")
             }
             fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Token, E> {
-                Ok(Token(hex_token(t).ok_or_else(|| t.to_owned())))
+                Ok(Token(
+                    parse_token_digits(t.as_bytes(), true).ok_or_else(|| t.to_owned()),
+                ))
             }
         }
         d.deserialize_str(Text)
     }
-}
-
-/// The value of a token written as exactly 16 hex digits (either case).
-fn hex_token(t: &str) -> Option<u64> {
-    if t.len() != 16 {
-        return None;
-    }
-    t.bytes().try_fold(0u64, |v, c| {
-        let digit = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            b'A'..=b'F' => c - b'A' + 10,
-            _ => return None,
-        };
-        Some(v << 4 | u64::from(digit))
-    })
 }
 
 /// The bytes of a record file for `key`.

@@ -3,7 +3,7 @@
 
 use redis::Value;
 
-use crate::driver::{Record, RECENT_TOKENS};
+use crate::driver::{parse_token_digits, token_digits, Record, RECENT_TOKENS};
 use crate::Error;
 
 /// The hex digits of one token in field `t`.
@@ -29,12 +29,10 @@ pub(super) fn hash_field<'a>(reply: &'a Value, name: &[u8]) -> Option<&'a [u8]> 
 /// Parses a record from an `HGETALL` reply (an array of field/value pairs, or a map in RESP3).
 pub(super) fn parse_record(reply: Value, key: &str, rkey: &str) -> Result<Option<Record>, Error> {
     let (mut v, mut s, mut d, mut t, mut m) = (None, None, None, None, None);
-    let mut fields = 0usize;
     let mut take = |field: Value, value: Value| {
         let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else {
             return Err(corrupt(key, rkey, "a hash field is not a string"));
         };
-        fields += 1;
         match field.as_slice() {
             b"v" => v = Some(value),
             b"s" => s = Some(value),
@@ -46,7 +44,10 @@ pub(super) fn parse_record(reply: Value, key: &str, rkey: &str) -> Result<Option
         Ok(())
     };
     match reply {
+        // No field: the key does not exist.
         Value::Nil => return Ok(None),
+        Value::Array(items) if items.is_empty() => return Ok(None),
+        Value::Map(pairs) if pairs.is_empty() => return Ok(None),
         Value::Array(items) => {
             if !items.len().is_multiple_of(2) {
                 return Err(corrupt(key, rkey, "odd number of hash fields in reply"));
@@ -62,9 +63,6 @@ pub(super) fn parse_record(reply: Value, key: &str, rkey: &str) -> Result<Option
             }
         }
         _ => return Err(corrupt(key, rkey, "unexpected reply type for a record")),
-    }
-    if fields == 0 {
-        return Ok(None);
     }
     let version = match v {
         None => return Err(corrupt(key, rkey, "the version (field v) is missing")),
@@ -122,26 +120,12 @@ fn parse_tokens(raw: &[u8]) -> Option<Vec<u64>> {
         return None;
     }
     raw.chunks_exact(TOKEN_HEX)
-        .map(|c| {
-            c.iter().try_fold(0u64, |n, b| {
-                let digit = match b {
-                    b'0'..=b'9' => b - b'0',
-                    b'a'..=b'f' => b - b'a' + 10,
-                    _ => return None,
-                };
-                Some(n << 4 | u64::from(digit))
-            })
-        })
+        .map(|c| parse_token_digits(c, false))
         .collect()
 }
 
 pub(super) fn token_hex(token: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(16);
-    for shift in (0..16).rev() {
-        out.push(char::from(HEX[((token >> (shift * 4)) & 0xf) as usize]));
-    }
-    out
+    token_digits(token).iter().map(|&d| char::from(d)).collect()
 }
 
 /// An [`Error::Corrupt`] for scope `key` at Redis key `rkey`.
