@@ -18,6 +18,11 @@ use rand::Rng;
 /// [`RetryPolicy::reservation`]; at most 10 ms by default) unless reservations are off: the
 /// scope is moving, and a process asleep for a second meanwhile is one that starves.
 ///
+/// Where the driver reserves a scope in the same step as a lost write (contract rule 13), two
+/// conflicts never back off, however many came before: one whose write reserved the scope is
+/// retried at once (the other processes wait for its slice, so the retry commits), and one that
+/// found another process's reservation waits for that slice, as a write it refused does.
+///
 /// ```
 /// use std::time::Duration;
 /// use mp_storage::RetryPolicy;

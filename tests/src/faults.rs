@@ -37,6 +37,9 @@ impl Calls {
     }
 }
 
+/// The claimant of [`Fault::HolderWrites`].
+pub const HOLDER: u64 = 999;
+
 /// What [`Faulty`] does to the next `cas` calls (and `commit` calls, where the "stored counter"
 /// is the first key the commit writes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +49,10 @@ pub enum Fault {
     /// Before each of the next N `cas` calls, another writer adds 100 to the stored counter, so
     /// the call genuinely conflicts.
     Interfere(u32),
+    /// Before each of the next N `cas` calls, the claimant [`HOLDER`] adds 100 to the stored
+    /// counter with a compare-and-swap of its own, which goes through the reservation it holds
+    /// (where [`Fault::Interfere`]'s unconditional write would end it).
+    HolderWrites(u32),
     /// The next N `cas` calls take effect, but their reply is lost (a connection error).
     LoseReplyAfterCommit(u32),
     /// The next N `cas` calls fail with a connection error before reaching the backend.
@@ -112,6 +119,7 @@ impl Faulty {
         let n = match fault {
             Fault::None => 0,
             Fault::Interfere(n)
+            | Fault::HolderWrites(n)
             | Fault::LoseReplyAfterCommit(n)
             | Fault::FailBeforeSend(n)
             | Fault::Refused(n)
@@ -137,8 +145,14 @@ impl Faulty {
 }
 
 impl Faulty {
-    /// Another writer adds 100 to the stored counter.
-    async fn add_100(&self, key: &str, like: Write<'_>) -> Result<(), Error> {
+    /// Another writer adds 100 to the stored counter: unconditionally, or as `claimant` with a
+    /// compare-and-swap on the stored revision.
+    async fn add_100(
+        &self,
+        key: &str,
+        like: Write<'_>,
+        claimant: Option<u64>,
+    ) -> Result<(), Error> {
         let current = self.inner.load(key).await?;
         let mut value: serde_json::Value = current
             .as_ref()
@@ -157,7 +171,24 @@ impl Faulty {
             like.initial_version,
         )
         .with_meta(meta);
-        self.inner.put(key, other).await?;
+        match (claimant, &current) {
+            (Some(claimant), Some(current)) => {
+                let outcome = self
+                    .inner
+                    .cas(key, Some(current.revision()), other.with_claimant(claimant))
+                    .await?;
+                if !matches!(outcome, CasOutcome::Committed(_)) {
+                    return Err(Error::backend(
+                        "faulty",
+                        BackendKind::Other,
+                        format!("the holder's write did not commit: {outcome:?}"),
+                    ));
+                }
+            }
+            _ => {
+                self.inner.put(key, other).await?;
+            }
+        }
         Ok(())
     }
 }
@@ -215,13 +246,17 @@ impl Driver for Faulty {
         match self.take_fault() {
             Fault::None => self.inner.cas(key, expected, write).await,
             Fault::Interfere(_) => {
-                self.add_100(key, write).await?;
+                self.add_100(key, write, None).await?;
+                self.inner.cas(key, expected, write).await
+            }
+            Fault::HolderWrites(_) => {
+                self.add_100(key, write, Some(HOLDER)).await?;
                 self.inner.cas(key, expected, write).await
             }
             Fault::LoseReplyThenOthersWrite(n) => {
                 self.inner.cas(key, expected, write).await?;
                 for _ in 0..n {
-                    self.add_100(key, write).await?;
+                    self.add_100(key, write, None).await?;
                 }
                 Err(lost())
             }
@@ -278,7 +313,11 @@ impl Driver for Faulty {
             (Fault::Refused(_), _) => Err(refused()),
             (Fault::None, _) | (_, None) => self.inner.commit(ops).await,
             (Fault::Interfere(_), Some((key, w))) => {
-                self.add_100(key, w).await?;
+                self.add_100(key, w, None).await?;
+                self.inner.commit(ops).await
+            }
+            (Fault::HolderWrites(_), Some((key, w))) => {
+                self.add_100(key, w, Some(HOLDER)).await?;
                 self.inner.commit(ops).await
             }
             (Fault::LoseReplyAfterCommit(_), _) => {
@@ -289,7 +328,7 @@ impl Driver for Faulty {
                 let done = self.inner.commit(ops).await?;
                 if matches!(done, CommitOutcome::Committed(_)) {
                     for _ in 0..n {
-                        self.add_100(key, w).await?;
+                        self.add_100(key, w, None).await?;
                     }
                 }
                 Err(lost())

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mp_storage::driver::Driver;
 use mp_storage::{driver::memory::MemoryDriver, BackendKind, Error, RetryPolicy, Storage};
-use mp_storage_tests::faults::{Fault, Faulty};
+use mp_storage_tests::faults::{Fault, Faulty, HOLDER};
 use mp_storage_tests::Counter;
 
 fn faulty() -> Arc<Faulty> {
@@ -269,8 +269,12 @@ async fn concurrent_read_only_updates_share_loads() {
 /// A storage on a faulty memory store with reservations of up to 1 s, whose scope `c` was
 /// updated 20 times (so the engine has measured its round trip and caches the record).
 async fn with_warm_counter() -> (Arc<Faulty>, Storage) {
+    with_warm_counter_under(RetryPolicy::default().reservation(Duration::from_secs(1))).await
+}
+
+/// [`with_warm_counter`] under `policy`.
+async fn with_warm_counter_under(policy: RetryPolicy) -> (Arc<Faulty>, Storage) {
     let d = faulty();
-    let policy = RetryPolicy::default().reservation(Duration::from_secs(1));
     let st = storage(&d, policy);
     for _ in 0..20 {
         st.scoped("c", |c: &mut Counter| c.count += 1)
@@ -356,6 +360,55 @@ async fn a_write_sent_again_after_a_refusal_takes_the_next_slice() {
         other => panic!("the other claimant wrote through this process's slice: {other:?}"),
     }
     assert_eq!(st.get::<Counter>("c").await.unwrap().unwrap().count, 101);
+}
+
+/// A write that lost and reserved the scope in the same step retries at once, however many
+/// conflicts came before: the others wait for its slice, so its retry commits. (Backing off
+/// instead spent the slice asleep; with several processes on one scope the call then found
+/// their commits after it, slice after slice, and gave up after 100 attempts in a quarter of a
+/// second.) With no immediate retries allowed, every conflict but the first takes the backoff
+/// unless it reserved the scope.
+#[tokio::test]
+async fn a_write_that_lost_and_reserved_retries_at_once() {
+    let policy = RetryPolicy::default()
+        .reservation(Duration::from_secs(1))
+        .immediate_retries(0);
+    let (d, st) = with_warm_counter_under(policy).await;
+    let before = st.stats();
+    // Three writes lose to another writer's commit: the first from the cache (no reservation
+    // asked), the next two from the record the conflict returned, each taking the slice.
+    d.set_fault(Fault::Interfere(3));
+    assert_eq!(mp_storage_tests::increment(&st, "c").await.unwrap(), 321);
+    let stats = st.stats();
+    assert_eq!(stats.conflicts - before.conflicts, 3, "{stats:?}");
+    assert!(stats.reservations > before.reservations, "{stats:?}");
+    assert_eq!(stats.backoffs, before.backoffs, "backed off: {stats:?}");
+}
+
+/// A write that lost and asked to reserve the scope, but found another process's reservation,
+/// waits for that slice as a refused write does, however many conflicts came before, instead
+/// of backing off and chasing the holder's commits one revision late.
+#[tokio::test]
+async fn a_write_that_lost_to_a_held_scope_waits_for_the_slice() {
+    let policy = RetryPolicy::default()
+        .reservation(Duration::from_secs(1))
+        .immediate_retries(0);
+    let (d, st) = with_warm_counter_under(policy).await;
+    let held = Duration::from_millis(100);
+    let t = std::time::Instant::now();
+    assert!(d.reserve("c", HOLDER, held).await.unwrap());
+    let before = st.stats();
+    // The holder commits before each of the next three writes.
+    d.set_fault(Fault::HolderWrites(3));
+    assert_eq!(mp_storage_tests::increment(&st, "c").await.unwrap(), 321);
+    let stats = st.stats();
+    assert!(stats.refused > before.refused, "{stats:?}");
+    assert_eq!(stats.backoffs, before.backoffs, "backed off: {stats:?}");
+    assert!(
+        t.elapsed() >= held,
+        "committed through a live reservation after {:?}",
+        t.elapsed()
+    );
 }
 
 /// A CAS that took effect but whose reply was lost is recognised by its token: the closure is

@@ -170,9 +170,10 @@ impl Engine {
     }
 
     /// The time slice a reservation holds: sixteen commits' worth at the measured round trip,
-    /// at least 1 ms (the timers' resolution) and at most the policy's reservation time. Short
-    /// against a fast backend, so that the processes waiting for a slice wait a few commits,
-    /// not a fixed 10 ms that a Redis process fills with hundreds of commits.
+    /// in whole milliseconds (what a driver keeps: none is cut off in its hands), at least 1 ms
+    /// (the timers' resolution) and at most the policy's reservation time. Short against a fast
+    /// backend, so that the processes waiting for a slice wait a few commits, not a fixed 10 ms
+    /// that a Redis process fills with hundreds of commits.
     pub(crate) fn reservation_slice(&self) -> std::time::Duration {
         let most = self.policy.reservation_ttl();
         let rtt = self
@@ -181,9 +182,7 @@ impl Engine {
         if rtt == 0 {
             return most;
         }
-        std::time::Duration::from_micros(rtt.saturating_mul(16))
-            .max(std::time::Duration::from_millis(1))
-            .min(most)
+        std::time::Duration::from_millis((rtt.saturating_mul(16) / 1000).max(1)).min(most)
     }
 
     /// A conflict error once an unconditional write or removal that began at `started` has run

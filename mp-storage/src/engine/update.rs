@@ -462,7 +462,7 @@ impl<'a> Run<'a> {
                 Ok(CasOutcome::Reserved(r)) => {
                     if let Some(ttl) = reserve {
                         self.engine.bump(Counter::Reservations);
-                        self.reserved_until = Some(sent + ttl);
+                        self.reserved_until = Some(held_until(sent, ttl));
                     }
                     break Ok(CasOutcome::Reserved(r));
                 }
@@ -619,6 +619,12 @@ impl<'a> Run<'a> {
             .as_ref()
             .is_some_and(|r| base.current.as_ref().is_none_or(|b| r.version > b.version));
         let left = fresh.as_ref().and_then(|r| r.reserved_for);
+        // Another claimant committed while this call believed it held the scope: the
+        // reservation has ended (or was never what this process's clock said). The next write
+        // asks for it again, in the same step.
+        if progress && inline == Inline::NotAsked && self.holding() {
+            self.reserved_until = None;
+        }
         let start = match fresh {
             Some(mut r) => {
                 // The hint is of the moment: not kept in the cache.
@@ -648,10 +654,23 @@ impl<'a> Run<'a> {
                 elapsed,
             });
         }
-        // A stale cache is not contention: retry at once (unless the attempt asked to reserve
-        // the scope: then its answer decides, below).
-        if base.from_cache && inline == Inline::NotAsked {
-            return Ok(start);
+        match inline {
+            // A stale cache is not contention: retry at once.
+            Inline::NotAsked if base.from_cache => return Ok(start),
+            // The lost write reserved the scope: the others wait for this call's slice, so the
+            // retry on the record the conflict returned commits. Backing off now would spend
+            // the slice asleep, and the call would find the others' commits after it, again
+            // and again.
+            Inline::Took => return Ok(start),
+            // Another process holds the scope for its slice and commits back to back: chasing
+            // its versions costs a round trip or two per commit it makes. Wait for its slice
+            // as a refused write does (that resets the backoff: being paced by a slice is not
+            // a race), then start from the cache.
+            Inline::HeldByOther if !self.out_of_time() => {
+                tokio::time::sleep(self.refused_wait(left)).await;
+                return Ok(Start::Unknown);
+            }
+            Inline::HeldByOther | Inline::NotAsked => {}
         }
         // Lost to another process's commit: retry at once on the record it returned. Each
         // process has at most one attempt in flight on a scope (the turns), so the wasted work is
@@ -664,38 +683,28 @@ impl<'a> Run<'a> {
             // arriving one revision late. Reserve the next turn so they wait for it.
             // (Not again while the reservation this call took is live: one write less, which
             // on a SQL store is one flush less.)
-            let held_by_other = match inline {
-                // The compare-and-swap took it.
-                Inline::Took => false,
-                Inline::HeldByOther => true,
-                Inline::NotAsked => {
-                    let ttl = engine.reservation_slice();
-                    if ttl.is_zero() || self.holding() || !engine.driver.capabilities().reservations
-                    {
-                        return Ok(start);
-                    }
-                    let asked = Instant::now();
-                    match engine
-                        .driver
-                        .reserve(self.key.as_str(), engine.claimant, ttl)
-                        .await
-                    {
-                        Ok(true) => {
-                            engine.bump(Counter::Reservations);
-                            self.reserved_until = Some(asked + ttl);
-                            false
-                        }
-                        Ok(false) => true,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "reservation failed");
-                            false
-                        }
-                    }
+            let ttl = engine.reservation_slice();
+            if ttl.is_zero() || self.holding() || !engine.driver.capabilities().reservations {
+                return Ok(start);
+            }
+            let asked = Instant::now();
+            let held_by_other = match engine
+                .driver
+                .reserve(self.key.as_str(), engine.claimant, ttl)
+                .await
+            {
+                Ok(true) => {
+                    engine.bump(Counter::Reservations);
+                    self.reserved_until = Some(held_until(asked, ttl));
+                    false
+                }
+                Ok(false) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reservation failed");
+                    false
                 }
             };
-            // Another process holds the scope for its slice and commits back to back: chasing
-            // its versions would cost a round trip or two per commit it makes. Wait for its
-            // slice as a refused write does, then start from the cache.
+            // Held by another: wait for its slice, as above.
             if held_by_other && !self.out_of_time() {
                 tokio::time::sleep(self.refused_wait(left)).await;
                 return Ok(Start::Unknown);
@@ -724,6 +733,13 @@ impl<'a> Run<'a> {
         // that returns the latest).
         Ok(Start::Unknown)
     }
+}
+
+/// Until when a reservation of `ttl` asked for at `asked` holds, by this process's clock, at
+/// the earliest: the backend keeps it by its own clock, which may tick in whole milliseconds
+/// (a reservation taken late in one of its milliseconds ends up to one sooner than asked).
+fn held_until(asked: Instant, ttl: Duration) -> Instant {
+    asked + ttl.saturating_sub(Duration::from_millis(1))
 }
 
 /// What became of the reservation a compare-and-swap asked to take if it lost.
