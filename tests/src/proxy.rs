@@ -9,7 +9,8 @@
 //!   and deliver them in order later; replies still flow;
 //! - [`Proxy::stop`]: stop listening and cut everything: the server looks down.
 //!
-//! [`Proxy::counting_resp`] also counts the Redis commands clients send.
+//! [`Proxy::counting_resp`] also counts the Redis commands clients send, and the requests they
+//! make (a `MULTI` … `EXEC` transaction is one).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,7 @@ struct Control {
 /// A TCP proxy on a free loopback port; dropping it stops it. See the [module](self).
 pub struct Proxy {
     addr: String,
-    commands: Arc<AtomicU64>,
+    counts: Arc<Counts>,
     control: Arc<watch::Sender<Control>>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
@@ -73,11 +74,11 @@ impl Proxy {
 
     fn serve(listener: TcpListener, upstream: String, count_resp: bool) -> Proxy {
         let addr = listener.local_addr().expect("addr").to_string();
-        let commands = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(Counts::default());
         let control = Arc::new(watch::Sender::new(Control::default()));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
-            let commands = count_resp.then(|| commands.clone());
+            let counts = count_resp.then(|| counts.clone());
             let control = control.clone();
             let conns = conns.clone();
             tokio::spawn(async move {
@@ -91,7 +92,7 @@ impl Proxy {
                         server,
                         control.subscribe(),
                         born,
-                        commands.clone(),
+                        counts.clone(),
                     ));
                     let mut conns = conns.lock().unwrap_or_else(|p| p.into_inner());
                     conns.retain(|c| !c.is_finished());
@@ -101,7 +102,7 @@ impl Proxy {
         };
         Proxy {
             addr,
-            commands,
+            counts,
             control,
             conns,
             accept,
@@ -115,7 +116,13 @@ impl Proxy {
 
     /// The commands clients sent so far (only with [`Proxy::counting_resp`]; else 0).
     pub fn commands(&self) -> u64 {
-        self.commands.load(Ordering::SeqCst)
+        self.counts.commands.load(Ordering::SeqCst)
+    }
+
+    /// The requests clients sent so far: commands, a `MULTI` … `EXEC` transaction counted as
+    /// one (only with [`Proxy::counting_resp`]; else 0).
+    pub fn requests(&self) -> u64 {
+        self.counts.requests.load(Ordering::SeqCst)
     }
 
     /// Closes both sides of every open connection; new ones are still accepted.
@@ -161,19 +168,26 @@ impl Drop for Proxy {
     }
 }
 
+/// What a counting proxy's clients sent.
+#[derive(Default)]
+struct Counts {
+    commands: AtomicU64,
+    requests: AtomicU64,
+}
+
 /// Relays one connection until either end closes it, or until the proxy cuts it.
 async fn relay(
     client: TcpStream,
     server: TcpStream,
     control: watch::Receiver<Control>,
     born: u64,
-    commands: Option<Arc<AtomicU64>>,
+    counts: Option<Arc<Counts>>,
 ) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = up(cr, sw, control.clone(), born, commands);
+    let up = up(cr, sw, control.clone(), born, counts);
     let down = down(sr, cw, control, born);
     tokio::pin!(up, down);
     tokio::select! {
@@ -197,9 +211,9 @@ async fn up(
     mut server: OwnedWriteHalf,
     mut control: watch::Receiver<Control>,
     born: u64,
-    commands: Option<Arc<AtomicU64>>,
+    counts: Option<Arc<Counts>>,
 ) -> Option<OwnedWriteHalf> {
-    let mut counter = commands.map(|c| (c, CommandCounter::default()));
+    let mut counter = counts.map(|c| (c, CommandCounter::default()));
     let mut held = Vec::new();
     let mut buf = vec![0; 64 * 1024];
     loop {
@@ -230,7 +244,9 @@ async fn up(
                     Ok(n) => n,
                 };
                 if let Some((total, counter)) = &mut counter {
-                    total.fetch_add(counter.feed(&buf[..n]), Ordering::SeqCst);
+                    let counted = counter.feed(&buf[..n]);
+                    total.commands.fetch_add(counted.commands, Ordering::SeqCst);
+                    total.requests.fetch_add(counted.requests, Ordering::SeqCst);
                 }
                 if now.paused {
                     held.extend_from_slice(&buf[..n]);
@@ -378,7 +394,7 @@ mod tests {
         )
         .await;
         next(&mut seen).await;
-        assert_eq!(proxy.commands(), 3);
+        assert_eq!((proxy.commands(), proxy.requests()), (3, 3));
         drop(client);
         assert_eq!(next(&mut seen).await, Seen::Closed(1));
     }

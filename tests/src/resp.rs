@@ -123,7 +123,18 @@ impl RespClient {
     }
 }
 
-/// Counts the RESP arrays (commands) in a client's byte stream, fed in pieces as they arrive.
+/// What a piece of a client's byte stream held ([`CommandCounter::feed`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// Commands (RESP arrays) that started in it.
+    pub commands: u64,
+    /// Requests that started in it: a command, or a `MULTI` … `EXEC` transaction as a whole
+    /// (counted at its `MULTI`).
+    pub requests: u64,
+}
+
+/// Counts the RESP arrays (commands) in a client's byte stream, fed in pieces as they arrive,
+/// and the requests they make (a transaction is one).
 #[derive(Default)]
 pub struct CommandCounter {
     pending: Vec<u8>,
@@ -131,25 +142,41 @@ pub struct CommandCounter {
     bulks_left: u64,
     /// Bytes of a bulk string (with its CRLF) still to skip.
     skip: usize,
+    /// While the current command's first bulk string (its name) is read: its bytes so far.
+    name: Option<Vec<u8>>,
+    /// The name's bytes still to read (its CRLF not counted).
+    name_left: usize,
+    /// Whether the command's name is the next bulk string.
+    name_next: bool,
+    /// Inside a `MULTI` … `EXEC` (or `DISCARD`).
+    in_multi: bool,
 }
 
 impl CommandCounter {
-    /// Takes the next bytes; returns how many commands started in them.
-    pub fn feed(&mut self, bytes: &[u8]) -> u64 {
-        let mut count = 0;
+    /// Takes the next bytes; returns how many commands and requests started in them.
+    pub fn feed(&mut self, bytes: &[u8]) -> Counted {
+        let mut counted = Counted::default();
         let mut bytes = bytes;
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
+                if let Some(name) = &mut self.name {
+                    let take = n.min(self.name_left);
+                    name.extend_from_slice(&bytes[..take]);
+                    self.name_left -= take;
+                }
                 self.skip -= n;
                 bytes = &bytes[n..];
                 if self.skip > 0 {
-                    return count;
+                    return counted;
+                }
+                if let Some(name) = self.name.take() {
+                    self.named(&name, &mut counted);
                 }
             }
             let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
                 self.pending.extend_from_slice(bytes);
-                return count;
+                return counted;
             };
             self.pending.extend_from_slice(&bytes[..=nl]);
             bytes = &bytes[nl + 1..];
@@ -158,14 +185,30 @@ impl CommandCounter {
             let text = text.trim_end();
             if self.bulks_left == 0 {
                 assert!(text.starts_with('*'), "not a command: {text:?}");
-                count += 1;
+                counted.commands += 1;
                 self.bulks_left = text[1..].parse().expect("array length");
+                self.name_next = true;
             } else {
                 assert!(text.starts_with('$'), "not a bulk string: {text:?}");
                 let len: usize = text[1..].parse().expect("bulk length");
                 self.skip = len + 2;
                 self.bulks_left -= 1;
+                if std::mem::take(&mut self.name_next) {
+                    self.name = Some(Vec::with_capacity(len));
+                    self.name_left = len;
+                }
             }
+        }
+    }
+
+    /// Counts the request a command named `name` makes, if any.
+    fn named(&mut self, name: &[u8], counted: &mut Counted) {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if self.in_multi {
+            self.in_multi = !(is("EXEC") || is("DISCARD"));
+        } else {
+            counted.requests += 1;
+            self.in_multi = is("MULTI");
         }
     }
 }
@@ -179,8 +222,40 @@ mod tests {
         let stream = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\n\r\n\r\n";
         for split in 0..stream.len() {
             let mut c = CommandCounter::default();
-            let n = c.feed(&stream[..split]) + c.feed(&stream[split..]);
-            assert_eq!(n, 2, "split at {split}");
+            let (a, b) = (c.feed(&stream[..split]), c.feed(&stream[split..]));
+            assert_eq!(a.commands + b.commands, 2, "split at {split}");
+            assert_eq!(a.requests + b.requests, 2, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn a_transaction_is_one_request() {
+        let cmd = |parts: &[&str]| {
+            let mut out = format!("*{}\r\n", parts.len());
+            for p in parts {
+                out.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+            }
+            out
+        };
+        let stream = [
+            cmd(&["GET", "k"]),
+            cmd(&["multi"]),
+            cmd(&["HGETALL", "k"]),
+            cmd(&["PEXPIRETIME", "k"]),
+            cmd(&["exec"]),
+            cmd(&["MULTI"]),
+            cmd(&["SET", "k", "MULTI"]),
+            cmd(&["DISCARD"]),
+            cmd(&["EVALSHA", "0123", "1", "k"]),
+        ]
+        .concat()
+        .into_bytes();
+        for split in 0..stream.len() {
+            let mut c = CommandCounter::default();
+            let (a, b) = (c.feed(&stream[..split]), c.feed(&stream[split..]));
+            assert_eq!(a.commands + b.commands, 9, "split at {split}");
+            // GET, the two transactions (a name in an argument is not a command's), EVALSHA.
+            assert_eq!(a.requests + b.requests, 4, "split at {split}");
         }
     }
 }

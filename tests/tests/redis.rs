@@ -152,6 +152,66 @@ async fn load_reports_the_expiry_exactly() {
 }
 
 #[tokio::test]
+async fn a_server_refusing_transactions_is_read_with_the_script() {
+    use mp_storage::Expiry;
+    let Some(url) = server_url() else { return };
+    let mut raw = RespClient::connect(&url).await;
+    // Users of this test's own that may run every command but one the loads' transaction
+    // sends: without MULTI the server refuses the transaction as a proxy without it does (the
+    // reads then run on their own, and EXEC fails); without PEXPIRETIME, as Redis 6 does
+    // (EXECABORT).
+    for denied in ["multi", "pexpiretime"] {
+        let user = format!("mptest{:016x}", rand::random::<u64>());
+        let created = raw
+            .cmd(&[
+                b"ACL",
+                b"SETUSER",
+                user.as_bytes(),
+                b"on",
+                b">pw",
+                b"~*",
+                b"&*",
+                b"+@all",
+                format!("-{denied}").as_bytes(),
+            ])
+            .await;
+        assert_eq!(created, Resp::Simple("OK".into()));
+        let hp = host_port(&url);
+        let db = url.rsplit_once('/').map_or("", |(_, db)| db);
+        let prefix = private_prefix(&format!("no-{denied}"));
+        let proxy = Proxy::counting_resp(hp.clone()).await;
+        let denied_url = format!("redis://{user}:pw@{hp}/{db}");
+        let d = open_driver(&via(&denied_url, proxy.addr()), &prefix).await;
+        let plain = open_driver(&url, &prefix).await;
+        let at = mp_storage::driver::now_ms() + 3_600_123;
+        d.put("at", write(b"1", 1, 10).with_expiry(Expiry::At(at)))
+            .await
+            .unwrap();
+        d.put("never", write(b"2", 2, 10)).await.unwrap();
+        for key in ["at", "never", "absent", "at"] {
+            let (a, b) = (d.load(key).await.unwrap(), plain.load(key).await.unwrap());
+            assert_eq!(a, b, "{key} without {denied}");
+        }
+        // Refused once, the transaction is not sent again: a load is the script alone.
+        let before = proxy.commands();
+        assert_eq!(d.load("at").await.unwrap().unwrap().expires_at, Some(at));
+        assert_eq!(proxy.commands() - before, 1, "a load without {denied}");
+        // A key of another type is the same error both ways.
+        raw.cmd(&[b"SET", format!("{prefix}str").as_bytes(), b"x"])
+            .await;
+        for driver in [&d, &plain] {
+            match driver.load("str").await {
+                Err(e) => assert!(e.to_string().contains("not a hash"), "{e}"),
+                Ok(r) => panic!("a string read as a record: {r:?}"),
+            }
+        }
+        raw.cmd(&[b"DEL", format!("{prefix}str").as_bytes()]).await;
+        assert!(plain.delete("at").await.unwrap() && plain.delete("never").await.unwrap());
+        raw.cmd(&[b"ACL", b"DELUSER", user.as_bytes()]).await;
+    }
+}
+
+#[tokio::test]
 async fn tokens_keep_the_last_sixteen_and_versions_stay_exact() {
     let Some(url) = server_url() else { return };
     let prefix = private_prefix("tokens");
@@ -418,10 +478,14 @@ async fn warm_update_is_one_command_and_conflict_adds_one() {
     );
     assert_eq!(proxy.commands() - before, 2);
 
-    // A cold create: one load, one compare-and-swap.
-    let before = proxy.commands();
+    // A cold create: one load (a transaction of HGETALL and PEXPIRETIME: four commands, one
+    // request), one compare-and-swap.
+    let before = (proxy.commands(), proxy.requests());
     st.scoped("fresh", |n: &mut u64| *n += 1).await.unwrap();
-    assert_eq!(proxy.commands() - before, 2);
+    assert_eq!(
+        (proxy.commands() - before.0, proxy.requests() - before.1),
+        (5, 2)
+    );
     st.remove("n").await.unwrap();
     st.remove("fresh").await.unwrap();
 }

@@ -40,6 +40,12 @@ pub(super) mod sealed {
         /// returns each reply as is, a server's error as [`Value::ServerError`].
         async fn send_pipe(&self, pipe: &redis::Pipeline) -> RedisResult<Vec<Value>>;
 
+        /// Whether the driver may send a `MULTI` … `EXEC` transaction in a pipeline here: one
+        /// server, not a cluster (whose client routes each command of a pipeline by its key).
+        fn sends_transactions(&self) -> bool {
+            false
+        }
+
         /// Splits keys into the groups one pipeline can carry: all of them on one server,
         /// one hash slot each in a cluster. Indexes into `rkeys`, in order.
         fn groups(&self, rkeys: &[String]) -> Vec<Vec<usize>> {
@@ -156,6 +162,10 @@ impl sealed::Link for Node {
             .clone()
             .req_packed_commands(pipe, 0, pipe.len())
             .await
+    }
+
+    fn sends_transactions(&self) -> bool {
+        true
     }
 
     async fn scan(&self, pattern: &str) -> RedisResult<Vec<Vec<u8>>> {
