@@ -362,6 +362,14 @@ async fn a_write_sent_again_after_a_refusal_takes_the_next_slice() {
     assert_eq!(st.get::<Counter>("c").await.unwrap().unwrap().count, 101);
 }
 
+/// Reservations of up to 1 s, and no conflict retried at once for another writer's progress:
+/// every conflict but the first backs off, unless what the write learned says otherwise.
+fn no_immediate_retries() -> RetryPolicy {
+    RetryPolicy::default()
+        .reservation(Duration::from_secs(1))
+        .immediate_retries(0)
+}
+
 /// A write that lost and reserved the scope in the same step retries at once, however many
 /// conflicts came before: the others wait for its slice, so its retry commits. (Backing off
 /// instead spent the slice asleep; with several processes on one scope the call then found
@@ -370,10 +378,7 @@ async fn a_write_sent_again_after_a_refusal_takes_the_next_slice() {
 /// unless it reserved the scope.
 #[tokio::test]
 async fn a_write_that_lost_and_reserved_retries_at_once() {
-    let policy = RetryPolicy::default()
-        .reservation(Duration::from_secs(1))
-        .immediate_retries(0);
-    let (d, st) = with_warm_counter_under(policy).await;
+    let (d, st) = with_warm_counter_under(no_immediate_retries()).await;
     let before = st.stats();
     // Three writes lose to another writer's commit: the first from the cache (no reservation
     // asked), the next two from the record the conflict returned, each taking the slice.
@@ -390,10 +395,7 @@ async fn a_write_that_lost_and_reserved_retries_at_once() {
 /// of backing off and chasing the holder's commits one revision late.
 #[tokio::test]
 async fn a_write_that_lost_to_a_held_scope_waits_for_the_slice() {
-    let policy = RetryPolicy::default()
-        .reservation(Duration::from_secs(1))
-        .immediate_retries(0);
-    let (d, st) = with_warm_counter_under(policy).await;
+    let (d, st) = with_warm_counter_under(no_immediate_retries()).await;
     let held = Duration::from_millis(100);
     let t = std::time::Instant::now();
     assert!(d.reserve("c", HOLDER, held).await.unwrap());

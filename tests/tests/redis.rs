@@ -45,6 +45,18 @@ async fn open_storage(url: &str, prefix: &str) -> Storage {
         .expect("open a redis storage")
 }
 
+/// Creates a user of the calling test's own on the server of `url`, with password `pw` and ACL
+/// `rules`; its name, and `url` as that user (the test deletes the user when done).
+async fn acl_user(raw: &mut RespClient, url: &str, rules: &[&[u8]]) -> (String, String) {
+    let user = format!("mptest{:016x}", rand::random::<u64>());
+    let mut cmd: Vec<&[u8]> = vec![b"ACL", b"SETUSER", user.as_bytes(), b"on", b">pw"];
+    cmd.extend_from_slice(rules);
+    assert_eq!(raw.cmd(&cmd).await, Resp::Simple("OK".into()));
+    let db = url.rsplit_once('/').map_or("", |(_, db)| db);
+    let as_user = format!("redis://{user}:pw@{}/{db}", host_port(url));
+    (user, as_user)
+}
+
 fn write(data: &[u8], token: u64, initial_version: u64) -> Write<'_> {
     mp_storage_tests::write_with(1, data, token, initial_version)
 }
@@ -161,26 +173,11 @@ async fn a_server_refusing_transactions_is_read_with_the_script() {
     // reads then run on their own, and EXEC fails); without PEXPIRETIME, as Redis 6 does
     // (EXECABORT).
     for denied in ["multi", "pexpiretime"] {
-        let user = format!("mptest{:016x}", rand::random::<u64>());
-        let created = raw
-            .cmd(&[
-                b"ACL",
-                b"SETUSER",
-                user.as_bytes(),
-                b"on",
-                b">pw",
-                b"~*",
-                b"&*",
-                b"+@all",
-                format!("-{denied}").as_bytes(),
-            ])
-            .await;
-        assert_eq!(created, Resp::Simple("OK".into()));
-        let hp = host_port(&url);
-        let db = url.rsplit_once('/').map_or("", |(_, db)| db);
+        let rule = format!("-{denied}");
+        let (user, denied_url) =
+            acl_user(&mut raw, &url, &[b"~*", b"&*", b"+@all", rule.as_bytes()]).await;
         let prefix = private_prefix(&format!("no-{denied}"));
-        let proxy = Proxy::counting_resp(hp.clone()).await;
-        let denied_url = format!("redis://{user}:pw@{hp}/{db}");
+        let proxy = Proxy::counting_resp(host_port(&url)).await;
         let d = open_driver(&via(&denied_url, proxy.addr()), &prefix).await;
         let plain = open_driver(&url, &prefix).await;
         let at = mp_storage::driver::now_ms() + 3_600_123;
@@ -812,24 +809,7 @@ async fn refused_access_is_permission_denied() {
     let Some(url) = server_url() else { return };
     let mut raw = RespClient::connect(&url).await;
     // A user of this test's own that may touch only keys under `allowed:`.
-    let user = format!("mptest{:016x}", rand::random::<u64>());
-    let rule = b"~allowed:*".as_slice();
-    let created = raw
-        .cmd(&[
-            b"ACL",
-            b"SETUSER",
-            user.as_bytes(),
-            b"on",
-            b">pw",
-            rule,
-            b"+@all",
-        ])
-        .await;
-    assert_eq!(created, Resp::Simple("OK".into()));
-    let hp = host_port(&url);
-    let db = url.rsplit_once('/').map_or("", |(_, db)| db);
-
-    let denied = format!("redis://{user}:pw@{hp}/{db}");
+    let (user, denied) = acl_user(&mut raw, &url, &[b"~allowed:*", b"+@all"]).await;
     let st = open_storage(&denied, "mp:").await;
     for r in [
         st.get::<u64>("n").await.map(|_| ()),
@@ -846,7 +826,7 @@ async fn refused_access_is_permission_denied() {
     st.scoped("n", |n: &mut u64| *n += 1).await.unwrap();
     assert!(st.remove("n").await.unwrap());
 
-    let wrong = format!("redis://{user}:nope@{hp}/{db}");
+    let wrong = denied.replacen(":pw@", ":nope@", 1);
     match Storage::open(&wrong).await {
         Err(e) => assert_eq!(e.backend_kind(), Some(BackendKind::PermissionDenied), "{e}"),
         Ok(_) => panic!("a wrong password was taken"),
