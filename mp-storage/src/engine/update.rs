@@ -654,7 +654,7 @@ impl<'a> Run<'a> {
                 elapsed,
             });
         }
-        match inline {
+        let held_by_other = match inline {
             // A stale cache is not contention: retry at once.
             Inline::NotAsked if base.from_cache => return Ok(start),
             // The lost write reserved the scope: the others wait for this call's slice, so the
@@ -662,54 +662,50 @@ impl<'a> Run<'a> {
             // the slice asleep, and the call would find the others' commits after it, again
             // and again.
             Inline::Took => return Ok(start),
-            // Another process holds the scope for its slice and commits back to back: chasing
-            // its versions costs a round trip or two per commit it makes. Wait for its slice
-            // as a refused write does (that resets the backoff: being paced by a slice is not
-            // a race), then start from the cache.
-            Inline::HeldByOther if !self.out_of_time() => {
-                tokio::time::sleep(self.refused_wait(left)).await;
-                return Ok(Start::Unknown);
-            }
-            Inline::HeldByOther | Inline::NotAsked => {}
-        }
-        // Lost to another process's commit: retry at once on the record it returned. Each
-        // process has at most one attempt in flight on a scope (the turns), so the wasted work is
-        // bounded by the number of processes, and a process that backed off here would keep
-        // arriving one version late while the others commit back to back: it would starve.
-        // Only after many such losses in a row (many processes on one scope) does it back off.
-        if progress && self.streak < engine.policy.immediate_retry_limit() {
-            self.streak += 1;
-            // Lost to another process: it may commit back to back while this one keeps
-            // arriving one revision late. Reserve the next turn so they wait for it.
-            // (Not again while the reservation this call took is live: one write less, which
-            // on a SQL store is one flush less.)
-            let ttl = engine.reservation_slice();
-            if ttl.is_zero() || self.holding() || !engine.driver.capabilities().reservations {
-                return Ok(start);
-            }
-            let asked = Instant::now();
-            let held_by_other = match engine
-                .driver
-                .reserve(self.key.as_str(), engine.claimant, ttl)
-                .await
-            {
-                Ok(true) => {
-                    engine.bump(Counter::Reservations);
-                    self.reserved_until = Some(held_until(asked, ttl));
-                    false
+            Inline::HeldByOther => true,
+            // Lost to another process's commit: retry at once on the record it returned. Each
+            // process has at most one attempt in flight on a scope (the turns), so the wasted
+            // work is bounded by the number of processes, and a process that backed off here
+            // would keep arriving one version late while the others commit back to back: it
+            // would starve. Only after many such losses in a row (many processes on one scope)
+            // does it back off.
+            Inline::NotAsked if progress && self.streak < engine.policy.immediate_retry_limit() => {
+                self.streak += 1;
+                // It may commit back to back while this one keeps arriving one revision late:
+                // reserve the next turn so that it waits for it. (Not again while the
+                // reservation this call took is live: one write less, which on a SQL store is
+                // one flush less.)
+                let ttl = engine.reservation_slice();
+                if ttl.is_zero() || self.holding() || !engine.driver.capabilities().reservations {
+                    return Ok(start);
                 }
-                Ok(false) => true,
-                Err(e) => {
-                    tracing::debug!(error = %e, "reservation failed");
-                    false
+                let asked = Instant::now();
+                match engine
+                    .driver
+                    .reserve(self.key.as_str(), engine.claimant, ttl)
+                    .await
+                {
+                    Ok(true) => {
+                        engine.bump(Counter::Reservations);
+                        self.reserved_until = Some(held_until(asked, ttl));
+                        return Ok(start);
+                    }
+                    Ok(false) => true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reservation failed");
+                        return Ok(start);
+                    }
                 }
-            };
-            // Held by another: wait for its slice, as above.
-            if held_by_other && !self.out_of_time() {
-                tokio::time::sleep(self.refused_wait(left)).await;
-                return Ok(Start::Unknown);
             }
-            return Ok(start);
+            Inline::NotAsked => false,
+        };
+        // Another process holds the scope for its slice and commits back to back: chasing its
+        // versions costs a round trip or two per commit it makes. Wait for its slice as a
+        // refused write does (that resets the backoff: being paced by a slice is not a race),
+        // then start from the cache.
+        if held_by_other && !self.out_of_time() {
+            tokio::time::sleep(self.refused_wait(left)).await;
+            return Ok(Start::Unknown);
         }
         self.waits += 1;
         let mut delay = engine.policy.delay_for_retry(self.waits);

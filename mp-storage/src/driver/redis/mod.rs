@@ -287,6 +287,14 @@ impl<C: Connection> RedisDriver<C> {
         }
     }
 
+    /// [`RedisDriver::read`] for a pipeline of reads.
+    async fn read_pipe(&self, pipe: &redis::Pipeline) -> redis::RedisResult<Vec<Value>> {
+        match self.con.send_pipe(pipe).await {
+            Err(e) if e.is_connection_dropped() => self.con.send_pipe(pipe).await,
+            other => other,
+        }
+    }
+
     /// Runs a script on one key; see [`RedisDriver::run_script_on`].
     async fn run_script(
         &self,
@@ -431,11 +439,7 @@ impl<C: Connection> RedisDriver<C> {
             .cmd("PEXPIRETIME")
             .arg(rkey)
             .cmd("EXEC");
-        let replies = match self.con.send_pipe(&pipe).await {
-            Err(e) if e.is_connection_dropped() => self.con.send_pipe(&pipe).await,
-            other => other,
-        };
-        let mut replies = match replies {
+        let mut replies = match self.read_pipe(&pipe).await {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
@@ -774,24 +778,18 @@ impl<C: Connection> Driver for RedisDriver<C> {
                 }
                 pipe
             };
-            let send = |pipe: redis::Pipeline| async move {
-                match self.con.send_pipe(&pipe).await {
-                    Err(e) if e.is_connection_dropped() => self.con.send_pipe(&pipe).await,
-                    other => other,
-                }
-            };
             let no_script = |e: &redis::RedisError| {
                 e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript)
             };
-            let replies = match send(pipe(true)).await {
+            let replies = match self.read_pipe(&pipe(true)).await {
                 Ok(replies)
                     if replies
                         .iter()
                         .any(|r| r.clone().extract_error().is_err_and(|e| no_script(&e))) =>
                 {
-                    send(pipe(false)).await
+                    self.read_pipe(&pipe(false)).await
                 }
-                Err(e) if no_script(&e) => send(pipe(false)).await,
+                Err(e) if no_script(&e) => self.read_pipe(&pipe(false)).await,
                 other => other,
             };
             replies.map_err(|e| match group.first() {
